@@ -1,0 +1,1 @@
+//! The keel trainer (in progress).
