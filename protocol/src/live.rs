@@ -32,10 +32,20 @@ pub struct EventRecord {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum LiveMessage {
     /// Newly stored steps of one branch.
-    Steps { branch: u32, steps: Vec<StepRecord> },
-    Event { event: EventRecord },
-    Command { command: CommandRecord },
-    Status { status: RunStatus, branch: u32 },
+    Steps {
+        branch: u32,
+        steps: Vec<StepRecord>,
+    },
+    Event {
+        event: EventRecord,
+    },
+    Command {
+        command: CommandRecord,
+    },
+    Status {
+        status: RunStatus,
+        branch: u32,
+    },
     /// The subscriber fell behind and missed messages: refetch what is shown.
     Resync,
 }

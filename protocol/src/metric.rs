@@ -20,7 +20,11 @@ impl Metric {
 
     /// The value, with any NaN made the canonical positive NaN.
     pub fn new(value: f64) -> Self {
-        if value.is_nan() { Self::NAN } else { Metric(value) }
+        if value.is_nan() {
+            Self::NAN
+        } else {
+            Metric(value)
+        }
     }
 
     pub fn get(self) -> f64 {

@@ -1,1 +1,103 @@
-//! The keel server.
+//! The keel server: HTTP API, SQLite storage, live hub.
+//!
+//! - [`routes`]: every URL, each area's handlers (extract → call → respond).
+//! - [`storage`]: all SQL — the store, its single writer, the series queries.
+//! - [`hub`]: live fan-out of committed changes to SSE subscribers.
+//! - [`auth`]: the operator token check.
+//! - [`error`]: the error type and the extractors that answer in its shape.
+//! - [`watchdog`]: marks runs whose trainer went silent as `lost`.
+//!
+//! [`serve`] is the whole server given a bound listener, so tests run it on port 0.
+
+pub mod auth;
+pub mod error;
+pub mod hub;
+pub mod routes;
+pub mod storage;
+pub mod watchdog;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::Hub;
+use crate::storage::Store;
+
+/// Everything the server can be told. Every field has a default (see [`Config::new`]).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub addr: SocketAddr,
+    pub db: PathBuf,
+    /// The operator and ingest secret.
+    pub token: String,
+    /// Largest accepted request body, in bytes.
+    pub body_limit: usize,
+    /// Where the CSS and JS of the pages are.
+    pub static_dir: PathBuf,
+    /// A running run not heard from for this long shows as `lost`.
+    pub lost_after: Duration,
+    /// How long shutdown waits for open requests before it stops anyway.
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    pub fn new(db: PathBuf, token: String) -> Config {
+        Config {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            db,
+            token,
+            body_limit: 32 * 1024 * 1024,
+            static_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../static")),
+            lost_after: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What every handler gets: cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub hub: Hub,
+    pub config: Arc<Config>,
+    /// Cancelled at shutdown: long-lived responses (SSE, long polls) end on it.
+    pub shutdown: CancellationToken,
+}
+
+/// Opens the store and serves on `listener` until `shutdown` is cancelled; then waits at
+/// most `config.shutdown_grace` for open requests to finish.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (store, changes) = Store::open(&config.db).await?;
+    let hub = Hub::spawn(changes);
+    let grace = config.shutdown_grace;
+    let state = AppState {
+        store,
+        hub,
+        config: Arc::new(config),
+        shutdown: shutdown.clone(),
+    };
+    watchdog::spawn(state.clone());
+    let app = routes::router(state);
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = server => result.context("serving HTTP"),
+        () = deadline => {
+            tracing::warn!("open connections did not finish within {grace:?}; stopping anyway");
+            Ok(())
+        }
+    }
+}

@@ -1,1 +1,31 @@
-//! The keel trainer (in progress).
+//! The keel trainer: a candle Llama-style proxy model with stability taps.
+//!
+//! - [`config`]: the TOML training config, every stability switch a key.
+//! - [`rng`]: the seeded generator behind initial weights and batch sampling.
+//! - [`params`]: named parameters, their groups and their initialisation schemes.
+//! - [`model`]: the decoder, its forward pass with taps, and the loss.
+//! - [`stats`]: per-layer statistics and per-step scalars under the contract's names.
+//! - [`optim`]: AdamW with parameter groups and saveable moments; global-norm clipping.
+//! - [`schedule`]: the warmup–stable–decay LR schedule as a pure function.
+//! - [`data`] and [`generators`]: the weighted data mix, tokenizers and built-in sources.
+
+pub mod ablation;
+pub mod checkpoint;
+pub mod commands;
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod generators;
+pub mod link;
+pub mod model;
+pub mod optim;
+pub mod params;
+pub mod rng;
+pub mod run;
+pub mod schedule;
+pub mod stats;
+pub mod trainer;
+
+pub use ablation::load_grid;
+pub use config::{TrainConfig, load_config};
+pub use run::{TrainOptions, TrainSummary, train};

@@ -1,0 +1,140 @@
+//! Operator commands: issuing and listing them, the trainer's long poll, outcomes, events.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use keel_protocol::{
+    Command, CommandOutcome, CommandRecord, CommandStatus, EventRecord, LiveMessage,
+};
+use serde::Deserialize;
+
+use crate::AppState;
+use crate::auth::Operator;
+use crate::error::{ApiJson, ApiPath, ApiQuery, AppError, AppResult};
+use crate::storage::{WriteOp, runs};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/runs/{id}/commands", post(issue).get(list))
+        .route("/api/v1/runs/{id}/commands/pending", get(pending))
+        .route("/api/v1/runs/{id}/commands/{cid}/outcome", post(outcome))
+        .route("/api/v1/runs/{id}/events", get(events))
+}
+
+/// The longest a trainer's poll for commands is held open.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+async fn issue(
+    State(state): State<AppState>,
+    op: Operator,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(command): ApiJson<Command>,
+) -> AppResult<(StatusCode, Json<CommandRecord>)> {
+    command.validate().map_err(AppError::Invalid)?;
+    let record = state
+        .store
+        .write(|reply| WriteOp::AddCommand {
+            run_id: id,
+            command,
+            issued_by: op.by,
+            reply,
+        })
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(record)))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> AppResult<Json<Vec<CommandRecord>>> {
+    let db = state.store.reader();
+    runs::run_row(db, id).await?;
+    Ok(Json(runs::commands(db, id).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PendingQuery {
+    /// Only commands with an id above this (the trainer's newest seen); 0 after a restart.
+    #[serde(default)]
+    after: i64,
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+/// The trainer's long poll: open commands above `after`, delivered as soon as there are any.
+async fn pending(
+    State(state): State<AppState>,
+    _op: Operator,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<PendingQuery>,
+) -> AppResult<Json<Vec<CommandRecord>>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(q.wait_ms).min(MAX_WAIT);
+    // Subscribe before looking, so a command queued in between still wakes us.
+    let mut rx = state.hub.subscribe(id);
+    loop {
+        let open = state.store.write(|r| WriteOp::TakeCommands(id, r)).await?;
+        let open: Vec<_> = open.into_iter().filter(|c| c.id > q.after).collect();
+        if !open.is_empty() {
+            return Ok(Json(open));
+        }
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Ok(p) => match &p.message {
+                        LiveMessage::Command { command } if command.status == CommandStatus::Queued => break,
+                        _ => continue,
+                    },
+                    Err(_) => break,
+                },
+                () = tokio::time::sleep_until(deadline) => return Ok(Json(Vec::new())),
+                () = state.shutdown.cancelled() => return Ok(Json(Vec::new())),
+            }
+        }
+    }
+}
+
+async fn outcome(
+    State(state): State<AppState>,
+    _op: Operator,
+    ApiPath((id, cid)): ApiPath<(i64, i64)>,
+    ApiJson(outcome): ApiJson<CommandOutcome>,
+) -> AppResult<Json<CommandRecord>> {
+    if !outcome.status.is_final() {
+        return Err(AppError::Invalid(
+            "an outcome's status is `applied` or `rejected`".into(),
+        ));
+    }
+    let record = state
+        .store
+        .write(|r| WriteOp::Outcome(id, cid, outcome, r))
+        .await?;
+    Ok(Json(record))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    #[serde(default)]
+    after: i64,
+    limit: Option<i64>,
+}
+
+async fn events(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
+) -> AppResult<Json<Vec<EventRecord>>> {
+    let limit = q.limit.unwrap_or(1000);
+    if !(1..=10_000).contains(&limit) {
+        return Err(AppError::BadRequest(
+            "`limit` must be between 1 and 10000".into(),
+        ));
+    }
+    let db = state.store.reader();
+    runs::run_row(db, id).await?;
+    Ok(Json(runs::events(db, id, q.after, limit).await?))
+}

@@ -1,0 +1,162 @@
+//! Ingesting step records and reading series back at a chosen resolution.
+
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use keel_protocol::{IngestBatch, IngestReply, LayerMatrix, ScalarSeries, StepRecord};
+use serde::Deserialize;
+
+use crate::AppState;
+use crate::auth::Operator;
+use crate::error::{ApiJson, ApiPath, ApiQuery, AppError, AppResult};
+use crate::storage::series::{self, Window};
+use crate::storage::{WriteOp, runs};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/runs/{id}/steps", post(ingest))
+        .route("/api/v1/runs/{id}/scalars/{*key}", get(scalars))
+        .route("/api/v1/runs/{id}/layers/{stat}", get(layers))
+}
+
+/// Steps beyond this are taken for a bug in the sender, not a run.
+pub const MAX_STEP: u64 = 1_000_000_000_000;
+const MAX_BATCH: usize = 100_000;
+const MAX_SERIES_PER_STEP: usize = 1000;
+const MAX_KEY: usize = 128;
+/// Most buckets one query may ask for.
+const MAX_BUCKETS: u64 = 100_000;
+
+/// Series names the server fills from a step's own fields.
+const IMPLICIT: [&str; 2] = ["time", "tokens"];
+
+fn check_key(what: &str, key: &str) -> AppResult<()> {
+    let ok = !key.is_empty()
+        && key.chars().count() <= MAX_KEY
+        && !key.chars().any(char::is_control)
+        && key.trim() == key;
+    if ok {
+        Ok(())
+    } else {
+        Err(AppError::Invalid(format!(
+            "{what} name {key:?} must be 1 to {MAX_KEY} characters, without control characters or surrounding spaces"
+        )))
+    }
+}
+
+fn check_step(r: &StepRecord, layers: u32) -> AppResult<()> {
+    let at = |msg: String| AppError::Invalid(format!("step {}: {msg}", r.step));
+    if r.step > MAX_STEP {
+        return Err(AppError::Invalid(format!(
+            "step {} is beyond the largest step, {MAX_STEP}",
+            r.step
+        )));
+    }
+    if r.time.is_some_and(|t| !t.is_finite() || t < 0.0) {
+        return Err(at("`time` must be a finite number of seconds ≥ 0".into()));
+    }
+    if r.tokens.is_some_and(|t| t > i64::MAX as u64) {
+        return Err(at("`tokens` is too large".into()));
+    }
+    if r.scalars.len() + r.layers.len() > MAX_SERIES_PER_STEP {
+        return Err(at(format!("at most {MAX_SERIES_PER_STEP} series per step")));
+    }
+    for key in r.scalars.keys() {
+        check_key("scalar", key)?;
+        if IMPLICIT.contains(&key.as_str()) {
+            return Err(at(format!(
+                "`{key}` is a field of the step record, not a scalar"
+            )));
+        }
+    }
+    for (stat, values) in &r.layers {
+        check_key("layer statistic", stat)?;
+        if values.len() != layers as usize {
+            return Err(at(format!(
+                "`{stat}` has {} values; the run has {layers} layers",
+                values.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn ingest(
+    State(state): State<AppState>,
+    _op: Operator,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(batch): ApiJson<IngestBatch>,
+) -> AppResult<Json<IngestReply>> {
+    let run = runs::run_row(state.store.reader(), id).await?;
+    if batch.steps.is_empty() {
+        return Err(AppError::Invalid("the batch has no steps".into()));
+    }
+    if batch.steps.len() > MAX_BATCH {
+        return Err(AppError::Invalid(format!(
+            "at most {MAX_BATCH} steps per batch"
+        )));
+    }
+    for record in &batch.steps {
+        check_step(record, run.layers)?;
+    }
+    let reply = state.store.write(|r| WriteOp::Ingest(id, batch, r)).await?;
+    Ok(Json(reply))
+}
+
+/// `?from&to&points` (scalars) or `?from&to&columns` (layers), and `branch`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowQuery {
+    pub from: Option<u64>,
+    pub to: Option<u64>,
+    pub points: Option<u64>,
+    pub columns: Option<u64>,
+    pub branch: Option<u32>,
+}
+
+impl WindowQuery {
+    pub fn window(&self, buckets: Option<u64>, default: u64) -> AppResult<Window> {
+        let buckets = buckets.unwrap_or(default);
+        if !(1..=MAX_BUCKETS).contains(&buckets) {
+            return Err(AppError::BadRequest(format!(
+                "`points`/`columns` must be between 1 and {MAX_BUCKETS}"
+            )));
+        }
+        if let (Some(from), Some(to)) = (self.from, self.to)
+            && from > to
+        {
+            return Err(AppError::BadRequest("`from` must not be after `to`".into()));
+        }
+        if self.from.is_some_and(|s| s > MAX_STEP) || self.to.is_some_and(|s| s > MAX_STEP) {
+            return Err(AppError::BadRequest(format!("steps go up to {MAX_STEP}")));
+        }
+        Ok(Window {
+            from: self.from,
+            to: self.to,
+            buckets,
+            branch: self.branch,
+        })
+    }
+}
+
+async fn scalars(
+    State(state): State<AppState>,
+    ApiPath((id, key)): ApiPath<(i64, String)>,
+    ApiQuery(q): ApiQuery<WindowQuery>,
+) -> AppResult<Json<ScalarSeries>> {
+    let window = q.window(q.points, 2000)?;
+    let db = state.store.reader();
+    let run = runs::run_row(db, id).await?;
+    Ok(Json(series::scalar_series(db, &run, &key, window).await?))
+}
+
+async fn layers(
+    State(state): State<AppState>,
+    ApiPath((id, stat)): ApiPath<(i64, String)>,
+    ApiQuery(q): ApiQuery<WindowQuery>,
+) -> AppResult<Json<LayerMatrix>> {
+    let window = q.window(q.columns, 1000)?;
+    let db = state.store.reader();
+    let run = runs::run_row(db, id).await?;
+    Ok(Json(series::layer_matrix(db, &run, &stat, window).await?))
+}

@@ -1,0 +1,347 @@
+//! Reading runs, their series, branches, events and commands.
+
+use keel_protocol::{
+    CommandRecord, CommandStatus, EventRecord, Metric, RunDetail, RunStatus, RunSummary, Severity,
+    StepRecord,
+};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqliteExecutor};
+
+use super::{StoreError, StoreResult, codec};
+
+/// A run's row, as the writer and the queries need it.
+#[derive(Clone, Debug)]
+pub struct RunRow {
+    pub id: i64,
+    pub name: String,
+    pub group: Option<String>,
+    pub variant: Option<String>,
+    pub tags: Vec<String>,
+    pub config: String,
+    pub layers: u32,
+    pub status: RunStatus,
+    pub branch: u32,
+    pub last_step: Option<u64>,
+    pub last_loss: Option<f64>,
+    pub tokens: Option<u64>,
+    pub steps: u64,
+    pub alerts: u64,
+    pub created_at: f64,
+    pub updated_at: f64,
+    pub seen_at: f64,
+}
+
+impl RunRow {
+    pub fn summary(&self) -> RunSummary {
+        RunSummary {
+            id: self.id,
+            name: self.name.clone(),
+            group: self.group.clone(),
+            variant: self.variant.clone(),
+            tags: self.tags.clone(),
+            status: self.status,
+            layers: self.layers,
+            branch: self.branch,
+            last_step: self.last_step,
+            last_loss: self.last_loss.map(Metric::new),
+            tokens: self.tokens,
+            alerts: self.alerts,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+macro_rules! run_columns {
+    () => {
+        "id, name, grp, variant, tags, config, layers, status, branch, last_step, last_loss, \
+         tokens, steps, alerts, created_at, updated_at, seen_at"
+    };
+}
+
+fn run_from(row: &SqliteRow) -> RunRow {
+    let opt_u64 = |name: &str| row.get::<Option<i64>, _>(name).map(|v| v as u64);
+    RunRow {
+        id: row.get("id"),
+        name: row.get("name"),
+        group: row.get("grp"),
+        variant: row.get("variant"),
+        tags: serde_json::from_str(row.get("tags")).unwrap_or_default(),
+        config: row.get("config"),
+        layers: row.get::<i64, _>("layers") as u32,
+        status: RunStatus::parse(row.get("status")).unwrap_or(RunStatus::Failed),
+        branch: row.get::<i64, _>("branch") as u32,
+        last_step: opt_u64("last_step"),
+        last_loss: row
+            .get::<Option<Vec<u8>>, _>("last_loss")
+            .and_then(|b| codec::blob_f64(&b)),
+        tokens: opt_u64("tokens"),
+        steps: row.get::<i64, _>("steps") as u64,
+        alerts: row.get::<i64, _>("alerts") as u64,
+        created_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
+        seen_at: row.get("seen_at"),
+    }
+}
+
+pub async fn run_row(db: impl SqliteExecutor<'_>, id: i64) -> StoreResult<RunRow> {
+    let sql = concat!("SELECT ", run_columns!(), " FROM runs WHERE id = ?");
+    let row = sqlx::query(sql).bind(id).fetch_optional(db).await?;
+    row.map(|r| run_from(&r))
+        .ok_or_else(|| StoreError::NotFound(format!("run {id}")))
+}
+
+/// Every run, newest first.
+pub async fn list_runs(db: impl SqliteExecutor<'_>) -> StoreResult<Vec<RunRow>> {
+    let sql = concat!("SELECT ", run_columns!(), " FROM runs ORDER BY id DESC");
+    let rows = sqlx::query(sql).fetch_all(db).await?;
+    Ok(rows.iter().map(run_from).collect())
+}
+
+/// Runs whose trainer has not been heard from since `before` while they should be stepping.
+pub async fn silent_runs(db: impl SqliteExecutor<'_>, before: f64) -> StoreResult<Vec<i64>> {
+    let rows: Vec<(i64,)> =
+        sqlx::query_as("SELECT id FROM runs WHERE status IN ('running', 'paused') AND seen_at < ?")
+            .bind(before)
+            .fetch_all(db)
+            .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
+#[derive(Clone, Debug)]
+pub struct SeriesRow {
+    pub id: u32,
+    pub layer: bool,
+    pub name: String,
+    pub width: usize,
+}
+
+pub async fn series_of(db: impl SqliteExecutor<'_>, run_id: i64) -> StoreResult<Vec<SeriesRow>> {
+    let rows: Vec<(i64, String, String, i64)> =
+        sqlx::query_as("SELECT id, kind, name, width FROM series WHERE run_id = ? ORDER BY id")
+            .bind(run_id)
+            .fetch_all(db)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, kind, name, width)| SeriesRow {
+            id: id as u32,
+            layer: kind == "layer",
+            name,
+            width: width as usize,
+        })
+        .collect())
+}
+
+pub async fn run_detail(db: &sqlx::SqlitePool, id: i64) -> StoreResult<RunDetail> {
+    let run = run_row(db, id).await?;
+    let series = series_of(db, id).await?;
+    let names = |layer: bool| {
+        series
+            .iter()
+            .filter(|s| s.layer == layer)
+            .map(|s| s.name.clone())
+            .collect()
+    };
+    Ok(RunDetail {
+        summary: run.summary(),
+        config: serde_json::from_str(&run.config).unwrap_or(serde_json::Value::Null),
+        scalars: names(false),
+        layer_stats: names(true),
+        steps: run.steps,
+    })
+}
+
+/// A branch of a run's history: `fork_step` is the last step it shares with `parent`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BranchRow {
+    pub branch: u32,
+    pub parent: Option<u32>,
+    pub fork_step: Option<u64>,
+}
+
+pub async fn branches(db: impl SqliteExecutor<'_>, run_id: i64) -> StoreResult<Vec<BranchRow>> {
+    let rows: Vec<(i64, Option<i64>, Option<i64>)> = sqlx::query_as(
+        "SELECT branch, parent, fork_step FROM branches WHERE run_id = ? ORDER BY branch",
+    )
+    .bind(run_id)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(b, p, f)| BranchRow {
+            branch: b as u32,
+            parent: p.map(|p| p as u32),
+            fork_step: f.map(|f| f as u64),
+        })
+        .collect())
+}
+
+pub fn severity_str(s: Severity) -> &'static str {
+    match s {
+        Severity::Info => "info",
+        Severity::Warning => "warning",
+        Severity::Critical => "critical",
+    }
+}
+
+fn severity_from(s: &str) -> Severity {
+    match s {
+        "warning" => Severity::Warning,
+        "critical" => Severity::Critical,
+        _ => Severity::Info,
+    }
+}
+
+/// Events of a run with an id above `after`, oldest first, at most `limit`.
+pub async fn events(
+    db: impl SqliteExecutor<'_>,
+    run_id: i64,
+    after: i64,
+    limit: i64,
+) -> StoreResult<Vec<EventRecord>> {
+    let rows = sqlx::query(
+        "SELECT id, run_id, kind, name, severity, step, message, time FROM events
+         WHERE run_id = ? AND id > ? ORDER BY id LIMIT ?",
+    )
+    .bind(run_id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| EventRecord {
+            id: r.get("id"),
+            run_id: r.get("run_id"),
+            kind: r.get("kind"),
+            name: r.get("name"),
+            severity: severity_from(r.get("severity")),
+            step: r.get::<Option<i64>, _>("step").map(|s| s as u64),
+            message: r.get("message"),
+            time: r.get("time"),
+        })
+        .collect())
+}
+
+macro_rules! command_columns {
+    () => {
+        "id, run_id, body, status, applied_step, message, issued_by, created_at, updated_at"
+    };
+}
+
+fn command_from(r: &SqliteRow) -> StoreResult<CommandRecord> {
+    let body: String = r.get("body");
+    Ok(CommandRecord {
+        id: r.get("id"),
+        run_id: r.get("run_id"),
+        command: serde_json::from_str(&body).map_err(anyhow::Error::from)?,
+        status: CommandStatus::parse(r.get("status")).unwrap_or(CommandStatus::Rejected),
+        applied_step: r.get::<Option<i64>, _>("applied_step").map(|s| s as u64),
+        message: r.get("message"),
+        issued_by: r.get("issued_by"),
+        created_at: r.get("created_at"),
+        updated_at: r.get("updated_at"),
+    })
+}
+
+pub async fn command(
+    db: impl SqliteExecutor<'_>,
+    run_id: i64,
+    id: i64,
+) -> StoreResult<CommandRecord> {
+    let sql = concat!(
+        "SELECT ",
+        command_columns!(),
+        " FROM commands WHERE run_id = ? AND id = ?"
+    );
+    let row = sqlx::query(sql)
+        .bind(run_id)
+        .bind(id)
+        .fetch_optional(db)
+        .await?;
+    match row {
+        Some(r) => command_from(&r),
+        None => Err(StoreError::NotFound(format!(
+            "command {id} of run {run_id}"
+        ))),
+    }
+}
+
+pub async fn commands(db: impl SqliteExecutor<'_>, run_id: i64) -> StoreResult<Vec<CommandRecord>> {
+    let sql = concat!(
+        "SELECT ",
+        command_columns!(),
+        " FROM commands WHERE run_id = ? ORDER BY id"
+    );
+    let rows = sqlx::query(sql).bind(run_id).fetch_all(db).await?;
+    rows.iter().map(command_from).collect()
+}
+
+/// Commands not yet applied or rejected, oldest first.
+pub async fn open_commands(
+    db: impl SqliteExecutor<'_>,
+    run_id: i64,
+) -> StoreResult<Vec<CommandRecord>> {
+    let sql = concat!(
+        "SELECT ",
+        command_columns!(),
+        " FROM commands WHERE run_id = ? AND status IN ('queued', 'delivered') ORDER BY id"
+    );
+    let rows = sqlx::query(sql).bind(run_id).fetch_all(db).await?;
+    rows.iter().map(command_from).collect()
+}
+
+/// Steps of `branch` that arrived after arrival number `seq`, oldest arrival first, at most
+/// `limit` (for a live subscriber that resumes).
+pub async fn steps_since(
+    db: &sqlx::SqlitePool,
+    run_id: i64,
+    seq: i64,
+    limit: i64,
+) -> StoreResult<Vec<(u32, i64, StepRecord)>> {
+    let series = series_of(db, run_id).await?;
+    let rows: Vec<(i64, i64, i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT branch, step, seq, data FROM steps WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+    )
+    .bind(run_id)
+    .bind(seq)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(b, step, seq, data)| (b as u32, seq, decode_step(step as u64, &data, &series)))
+        .collect())
+}
+
+/// Rebuilds a step record from its blob, naming series with `series`.
+pub fn decode_step(step: u64, data: &[u8], series: &[SeriesRow]) -> StepRecord {
+    let mut record = StepRecord {
+        step,
+        time: None,
+        tokens: None,
+        scalars: Default::default(),
+        layers: Default::default(),
+    };
+    for (id, raw) in codec::entries(data) {
+        let Some(s) = series.iter().find(|s| s.id == id) else {
+            continue;
+        };
+        let values = codec::get_f64s(raw);
+        match (s.layer, s.name.as_str()) {
+            (false, "time") => record.time = values.first().copied(),
+            (false, "tokens") => record.tokens = values.first().map(|t| *t as u64),
+            (false, _) => {
+                record
+                    .scalars
+                    .insert(s.name.clone(), Metric::new(values[0]));
+            }
+            (true, _) => {
+                let v = values.into_iter().map(Metric::new).collect();
+                record.layers.insert(s.name.clone(), v);
+            }
+        }
+    }
+    record
+}

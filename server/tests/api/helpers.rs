@@ -1,0 +1,156 @@
+//! `TestApp`: a real keel server on a random port over a temporary SQLite file, driven over
+//! real HTTP. The server runs on its own thread and runtime, so tests are plain blocking code.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use keel_server::Config;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+pub const TOKEN: &str = "test-token-0123456789";
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub agent: ureq::Agent,
+    pub db: PathBuf,
+    shutdown: CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl TestApp {
+    pub fn spawn() -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("keel.db");
+        let mut app = TestApp::on(db, |_| {});
+        app._dir = Some(dir);
+        app
+    }
+
+    /// A server over an existing database file (to test restarts), with config tweaks.
+    pub fn on(db: PathBuf, tweak: impl FnOnce(&mut Config)) -> TestApp {
+        let mut config = Config::new(db.clone(), TOKEN.into());
+        tweak(&mut config);
+        let shutdown = CancellationToken::new();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let token = shutdown.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(listener.local_addr().unwrap()).unwrap();
+                keel_server::serve(config, listener, token).await.unwrap();
+            });
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .new_agent();
+        TestApp {
+            addr,
+            agent,
+            db,
+            shutdown,
+            thread: Some(thread),
+            _dir: None,
+        }
+    }
+
+    /// Stops the server and waits until it has let go of the database.
+    pub fn stop(mut self) -> Option<tempfile::TempDir> {
+        self.halt();
+        self._dir.take()
+    }
+
+    fn halt(&mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        let resp = self.agent.get(&self.url(path)).call().unwrap();
+        reply(resp)
+    }
+
+    pub fn get_with_token(&self, path: &str) -> Reply {
+        let req = self
+            .agent
+            .get(&self.url(path))
+            .header("Authorization", &format!("Bearer {TOKEN}"));
+        reply(req.call().unwrap())
+    }
+
+    /// POST raw bytes as JSON with an optional bearer token.
+    pub fn post_raw(&self, path: &str, body: &[u8], token: Option<&str>) -> Reply {
+        let mut req = self
+            .agent
+            .post(&self.url(path))
+            .content_type("application/json");
+        if let Some(t) = token {
+            req = req.header("Authorization", &format!("Bearer {t}"));
+        }
+        reply(req.send(body).unwrap())
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> Reply {
+        self.post_raw(path, body.to_string().as_bytes(), Some(TOKEN))
+    }
+
+    pub fn create_run(&self, name: &str, layers: u32) -> i64 {
+        let r = self.post(
+            "/api/v1/runs",
+            &json!({"name": name, "layers": layers, "config": {"lr": 0.01}}),
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.body["id"].as_i64().unwrap()
+    }
+
+    pub fn ingest(&self, run: i64, steps: Value) -> Reply {
+        self.post(
+            &format!("/api/v1/runs/{run}/steps"),
+            &json!({ "steps": steps }),
+        )
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+fn reply(mut resp: ureq::http::Response<ureq::Body>) -> Reply {
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Reply { status, body }
+}
+
+/// A step record with a loss and a layer vector `hidden_var` of `layers` values.
+pub fn step(step: u64, loss: Value, layers: u32) -> Value {
+    let var: Vec<Value> = (0..layers)
+        .map(|l| json!(1.0 + l as f64 * 0.1 + step as f64 * 0.001))
+        .collect();
+    json!({"step": step, "time": 1764300000.0 + step as f64, "tokens": step * 1024,
+           "scalars": {"loss": loss, "lr": 0.01},
+           "layers": {"hidden_var": var}})
+}

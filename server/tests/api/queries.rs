@@ -1,0 +1,79 @@
+use serde_json::json;
+
+use crate::helpers::TestApp;
+
+#[test]
+fn openapi_describes_every_route() {
+    let app = TestApp::spawn();
+    let doc = app.get("/api/openapi.json").body;
+    let paths = doc["paths"].as_object().unwrap();
+    for path in [
+        "/healthz",
+        "/api/v1/runs",
+        "/api/v1/runs/{id}",
+        "/api/v1/runs/{id}/status",
+        "/api/v1/runs/{id}/steps",
+        "/api/v1/runs/{id}/scalars/{key}",
+        "/api/v1/runs/{id}/layers/{stat}",
+        "/api/v1/runs/{id}/live",
+        "/api/v1/runs/{id}/commands",
+        "/api/v1/runs/{id}/commands/pending",
+        "/api/v1/runs/{id}/commands/{cid}/outcome",
+        "/api/v1/runs/{id}/events",
+    ] {
+        assert!(
+            paths.contains_key(path),
+            "{path} is missing from openapi.json"
+        );
+    }
+    assert_eq!(
+        paths.len(),
+        12,
+        "a route is described that the test does not know"
+    );
+}
+
+#[test]
+fn healthz_answers_when_the_database_is_ready() {
+    let app = TestApp::spawn();
+    let r = app.get("/healthz");
+    assert_eq!((r.status, r.body["status"].clone()), (200, json!("ok")));
+}
+
+#[test]
+fn a_rewound_run_reads_its_live_branch_and_keeps_the_abandoned_one() {
+    let app = TestApp::spawn();
+    let id = app.create_run("r", 1);
+    let batch = |range: std::ops::Range<u64>, v: f64| -> Vec<serde_json::Value> {
+        range
+            .map(|s| json!({"step": s, "scalars": {"loss": v}}))
+            .collect()
+    };
+    assert_eq!(app.ingest(id, json!(batch(0..100, 1.0))).status, 200);
+    // The trainer rewinds to step 59 and goes on as branch 1 from step 60.
+    let r = app.post(
+        &format!("/api/v1/runs/{id}/steps"),
+        &json!({"branch": 1, "steps": batch(60..120, 2.0)}),
+    );
+    assert_eq!(r.body["branch"], 1, "{}", r.body);
+    let live = app
+        .get(&format!("/api/v1/runs/{id}/scalars/loss?points=1000"))
+        .body;
+    assert_eq!(live["branch"], 1);
+    assert_eq!(live["step"].as_array().unwrap().len(), 120);
+    assert_eq!(live["last"][59], 1.0);
+    assert_eq!(live["last"][60], 2.0);
+    let old = app
+        .get(&format!(
+            "/api/v1/runs/{id}/scalars/loss?branch=0&points=1000"
+        ))
+        .body;
+    assert_eq!(old["step"].as_array().unwrap().len(), 100);
+    assert_eq!(old["last"][99], 1.0);
+    // Branch 3 cannot start before branch 2 exists.
+    let r = app.post(
+        &format!("/api/v1/runs/{id}/steps"),
+        &json!({"branch": 3, "steps": batch(0..1, 1.0)}),
+    );
+    assert_eq!(r.status, 409);
+}

@@ -1,0 +1,232 @@
+//! Bad input gets a clear JSON error with the right status and changes nothing.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Reply, TOKEN, TestApp, step};
+
+fn assert_refused(r: &Reply, status: u16, mentions: &str) {
+    assert_eq!(r.status, status, "{}", r.body);
+    let msg = r.body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no JSON error in {}", r.body));
+    assert!(
+        msg.contains(mentions),
+        "{msg:?} should mention {mentions:?}"
+    );
+}
+
+/// A run with one stored step, and a check that a refused write changed nothing.
+fn with_run(f: impl FnOnce(&TestApp, i64)) {
+    let app = TestApp::spawn();
+    let id = app.create_run("r", 2);
+    assert_eq!(app.ingest(id, json!([step(0, json!(1.0), 2)])).status, 200);
+    f(&app, id);
+    let detail = app.get(&format!("/api/v1/runs/{id}")).body;
+    assert_eq!(detail["steps"], 1, "a refused write changed the run");
+    assert_eq!(detail["last_step"], 0);
+}
+
+fn ingest_raw(app: &TestApp, id: i64, body: &str) -> Reply {
+    app.post_raw(
+        &format!("/api/v1/runs/{id}/steps"),
+        body.as_bytes(),
+        Some(TOKEN),
+    )
+}
+
+#[test]
+fn malformed_json_is_a_400() {
+    with_run(|app, id| {
+        assert_refused(
+            &ingest_raw(app, id, r#"{"steps": [{"step": 1,"#),
+            400,
+            "JSON",
+        )
+    });
+}
+
+#[test]
+fn a_value_of_the_wrong_type_is_a_422() {
+    with_run(|app, id| {
+        let r = ingest_raw(
+            app,
+            id,
+            r#"{"steps": [{"step": 1, "scalars": {"loss": "low"}}]}"#,
+        );
+        assert_refused(&r, 422, "NaN");
+    });
+}
+
+#[test]
+fn null_is_not_a_metric() {
+    with_run(|app, id| {
+        let r = ingest_raw(
+            app,
+            id,
+            r#"{"steps": [{"step": 1, "scalars": {"loss": null}}]}"#,
+        );
+        assert_refused(&r, 422, "number");
+    });
+}
+
+#[test]
+fn a_negative_step_is_a_422() {
+    with_run(|app, id| {
+        assert_refused(
+            &ingest_raw(app, id, r#"{"steps": [{"step": -1}]}"#),
+            422,
+            "step",
+        )
+    });
+}
+
+#[test]
+fn an_absurd_step_is_a_422() {
+    with_run(|app, id| {
+        let r = app.ingest(
+            id,
+            json!([step(1, json!(1.0), 2), step(10u64.pow(15), json!(1.0), 2)]),
+        );
+        assert_refused(&r, 422, "largest step");
+    });
+}
+
+#[test]
+fn a_layer_vector_of_the_wrong_length_is_a_422_and_stores_nothing_of_the_batch() {
+    with_run(|app, id| {
+        let r = app.ingest(id, json!([step(1, json!(1.0), 2), step(2, json!(1.0), 3)]));
+        assert_refused(&r, 422, "the run has 2 layers");
+    });
+}
+
+#[test]
+fn an_empty_batch_is_a_422() {
+    with_run(|app, id| assert_refused(&app.ingest(id, json!([])), 422, "no steps"));
+}
+
+#[test]
+fn unknown_fields_are_a_422() {
+    with_run(|app, id| {
+        let r = ingest_raw(app, id, r#"{"steps": [{"step": 1, "lossy": 2}]}"#);
+        assert_refused(&r, 422, "lossy");
+    });
+}
+
+#[test]
+fn a_reserved_scalar_name_is_a_422() {
+    with_run(|app, id| {
+        let r = app.ingest(id, json!([{"step": 1, "scalars": {"tokens": 5}}]));
+        assert_refused(&r, 422, "field of the step record");
+    });
+}
+
+#[test]
+fn an_unknown_run_is_a_404() {
+    let app = TestApp::spawn();
+    assert_refused(
+        &app.ingest(99, json!([step(0, json!(1.0), 2)])),
+        404,
+        "run 99",
+    );
+    assert_refused(&app.get("/api/v1/runs/99"), 404, "run 99");
+    assert_refused(&app.get("/api/v1/runs/99/scalars/loss"), 404, "run 99");
+    assert_refused(&app.get("/api/v1/runs/99/live"), 404, "run 99");
+}
+
+#[test]
+fn a_run_id_that_is_not_a_number_is_a_400() {
+    let app = TestApp::spawn();
+    assert_refused(&app.get("/api/v1/runs/abc"), 400, "");
+}
+
+#[test]
+fn a_write_without_a_token_is_a_401() {
+    with_run(|app, id| {
+        let body = json!({"steps": [step(5, json!(1.0), 2)]}).to_string();
+        let r = app.post_raw(&format!("/api/v1/runs/{id}/steps"), body.as_bytes(), None);
+        assert_refused(&r, 401, "Bearer");
+        let r = app.post_raw("/api/v1/runs", br#"{"name": "x", "layers": 1}"#, None);
+        assert_refused(&r, 401, "Bearer");
+    });
+}
+
+#[test]
+fn a_write_with_a_wrong_token_is_a_401() {
+    with_run(|app, id| {
+        let body = json!({"steps": [step(5, json!(1.0), 2)]}).to_string();
+        let r = app.post_raw(
+            &format!("/api/v1/runs/{id}/steps"),
+            body.as_bytes(),
+            Some("nope"),
+        );
+        assert_refused(&r, 401, "wrong");
+        assert!(!r.body.to_string().contains(TOKEN));
+    });
+}
+
+#[test]
+fn a_body_over_the_limit_is_a_413() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::on(dir.path().join("k.db"), |c| c.body_limit = 4096);
+    let id = app.create_run("r", 2);
+    let steps: Vec<Value> = (0..100).map(|s| step(s, json!(1.0), 2)).collect();
+    assert_refused(&app.ingest(id, json!(steps)), 413, "size limit");
+    assert_eq!(app.get(&format!("/api/v1/runs/{id}")).body["steps"], 0);
+}
+
+#[test]
+fn bad_query_parameters_are_a_400() {
+    with_run(|app, id| {
+        for q in [
+            "points=0",
+            "points=abc",
+            "from=9&to=3",
+            "colour=red",
+            "points=1000001",
+            "from=-4",
+        ] {
+            let r = app.get(&format!("/api/v1/runs/{id}/scalars/loss?{q}"));
+            assert_eq!(r.status, 400, "{q}: {}", r.body);
+            assert!(r.body["error"].is_string());
+        }
+    });
+}
+
+#[test]
+fn an_unknown_series_is_a_404() {
+    with_run(|app, id| {
+        assert_refused(
+            &app.get(&format!("/api/v1/runs/{id}/scalars/nope")),
+            404,
+            "nope",
+        );
+        assert_refused(
+            &app.get(&format!("/api/v1/runs/{id}/layers/loss")),
+            404,
+            "loss",
+        );
+    });
+}
+
+#[test]
+fn invalid_run_specs_are_422() {
+    let app = TestApp::spawn();
+    for spec in [
+        json!({"name": "", "layers": 2}),
+        json!({"name": "x", "layers": 0}),
+        json!({"name": "x", "layers": 100000}),
+        json!({"name": "x\u{7}", "layers": 2}),
+        json!({"name": "x", "layers": 2, "tags": [""]}),
+        json!({"layers": 2}),
+    ] {
+        let r = app.post("/api/v1/runs", &spec);
+        assert_eq!(r.status, 422, "{spec}: {}", r.body);
+    }
+    assert_eq!(app.get("/api/v1/runs").body, json!([]));
+}
+
+#[test]
+fn an_unknown_path_is_a_json_404() {
+    let app = TestApp::spawn();
+    assert_refused(&app.get("/api/v1/nothing"), 404, "no such");
+}

@@ -1,0 +1,149 @@
+//! Checkpoints on disk: `<dir>/step-00000150/` holds `model.safetensors` (parameters by name),
+//! `optim.safetensors` (AdamW moments `m.<name>`, `v.<name>`) and `state.json` (the
+//! [`RunState`]: step, schedule, data position, branch, run id, applied commands, config).
+//!
+//! A checkpoint named `step-N` was taken after N completed updates: resuming from it runs step
+//! N next. It is written to a temporary directory and renamed into place, so a crash never
+//! leaves a half-written checkpoint under a real name. This module does file layout only.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use keel_protocol::CommandStatus;
+use serde::{Deserialize, Serialize};
+
+use crate::config::TrainConfig;
+use crate::schedule::Schedule;
+
+/// Bumped when the layout or the sidecar changes incompatibly.
+pub const FORMAT: u32 = 1;
+
+/// What a command did, kept so a re-delivered command is answered, not re-applied.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AppliedCommand {
+    pub status: CommandStatus,
+    pub step: u64,
+    pub message: Option<String>,
+}
+
+/// Everything besides tensors that a resume needs. Operator changes (LR level, decay, mix,
+/// sequence length, RoPE θ, clip) live here, not in the config, so they survive a resume.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    pub format: u32,
+    /// Completed updates; the next step to run.
+    pub step: u64,
+    pub tokens: u64,
+    pub run_id: Option<i64>,
+    /// The history branch steps are recorded on; +1 at every rewind.
+    pub branch: u32,
+    pub schedule: Schedule,
+    pub data_weights: BTreeMap<String, f64>,
+    /// Batch index = step + batch_offset (a rewind that skips K batches adds K).
+    pub batch_offset: u64,
+    pub seq_len: usize,
+    pub rope_theta: f64,
+    pub grad_clip: f64,
+    pub optimizer_steps: u64,
+    pub applied: BTreeMap<i64, AppliedCommand>,
+    pub config: TrainConfig,
+}
+
+/// The tensors and state read back from a checkpoint.
+pub struct Loaded {
+    pub params: HashMap<String, Tensor>,
+    pub moments: HashMap<String, Tensor>,
+    pub state: RunState,
+}
+
+pub fn path_for(dir: &Path, step: u64) -> PathBuf {
+    dir.join(format!("step-{step:08}"))
+}
+
+/// Write one checkpoint atomically; replaces an older one of the same step (a rewind's
+/// new branch passes the same step numbers again).
+pub fn save(
+    dir: &Path,
+    params: &HashMap<String, Tensor>,
+    moments: &HashMap<String, Tensor>,
+    state: &RunState,
+) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let target = path_for(dir, state.step);
+    let tmp = dir.join(format!(".tmp-step-{:08}", state.step));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+    candle_core::safetensors::save(params, tmp.join("model.safetensors"))?;
+    candle_core::safetensors::save(moments, tmp.join("optim.safetensors"))?;
+    std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(state)?)?;
+    if target.exists() {
+        std::fs::remove_dir_all(&target)?;
+    }
+    std::fs::rename(&tmp, &target)
+        .with_context(|| format!("moving checkpoint into {}", target.display()))?;
+    Ok(target)
+}
+
+/// Read a checkpoint directory (or its `state.json`) onto `device`.
+pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
+    let dir = if path.is_file() {
+        path.parent().unwrap_or(path)
+    } else {
+        path
+    };
+    let read = |name: &str| -> Result<HashMap<String, Tensor>> {
+        candle_core::safetensors::load(dir.join(name), device)
+            .with_context(|| format!("reading {}", dir.join(name).display()))
+    };
+    let state_path = dir.join("state.json");
+    let bytes =
+        std::fs::read(&state_path).with_context(|| format!("reading {}", state_path.display()))?;
+    let state: RunState = serde_json::from_slice(&bytes)
+        .with_context(|| format!("parsing {}", state_path.display()))?;
+    anyhow::ensure!(
+        state.format == FORMAT,
+        "checkpoint format {} is not {FORMAT}",
+        state.format
+    );
+    Ok(Loaded {
+        params: read("model.safetensors")?,
+        moments: read("optim.safetensors")?,
+        state,
+    })
+}
+
+/// The checkpoints in `dir`, by step, oldest first.
+pub fn list(dir: &Path) -> Vec<(u64, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(u64, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let step = name.strip_prefix("step-")?.parse().ok()?;
+            e.path()
+                .join("state.json")
+                .exists()
+                .then(|| (step, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Delete all but the `keep` newest checkpoints (0 keeps everything).
+pub fn prune(dir: &Path, keep: usize) -> Result<()> {
+    let all = list(dir);
+    if keep == 0 || all.len() <= keep {
+        return Ok(());
+    }
+    for (_, path) in &all[..all.len() - keep] {
+        std::fs::remove_dir_all(path).with_context(|| format!("pruning {}", path.display()))?;
+    }
+    Ok(())
+}

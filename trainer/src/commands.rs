@@ -1,0 +1,144 @@
+//! Applying operator commands to a [`Trainer`] at a step boundary.
+//!
+//! Each command either changes the run state and is `applied` at the current step, or is
+//! `rejected` with a reason an operator can act on (an unknown data source, a rewind target
+//! without a checkpoint). A command is checked whole before anything changes, so a rejected
+//! `anneal` leaves no half-applied mix behind. Pausing and stopping are the loop's business:
+//! this module only reports that they were asked for.
+
+use keel_protocol::Command;
+
+use crate::checkpoint;
+use crate::trainer::Trainer;
+
+/// What the loop must do after a command was applied.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    Continue,
+    Pause,
+    Resume,
+    /// Checkpoint, then exit.
+    Stop,
+}
+
+/// An applied command's effect and a message for the command log.
+pub type Applied = (Effect, Option<String>);
+
+impl Trainer {
+    /// Apply one command now; `Err` is the rejection reason.
+    pub fn apply(&mut self, cmd: &Command) -> Result<Applied, String> {
+        cmd.validate()?;
+        match cmd {
+            Command::Pause => Ok((Effect::Pause, None)),
+            Command::Resume => Ok((Effect::Resume, None)),
+            Command::Stop => Ok((Effect::Stop, None)),
+            Command::Checkpoint => {
+                let path = self
+                    .checkpoint()
+                    .map_err(|e| format!("checkpoint failed: {e:#}"))?;
+                Ok((Effect::Continue, Some(format!("saved {}", path.display()))))
+            }
+            Command::SetLr { lr, multiplier } => {
+                let level = self.state.schedule.stable_lr;
+                self.state.schedule.stable_lr = lr.unwrap_or(level * multiplier.unwrap_or(1.0));
+                let msg = format!("stable LR {level} → {}", self.state.schedule.stable_lr);
+                Ok((Effect::Continue, Some(msg)))
+            }
+            Command::SetGradClip { max_norm } => {
+                self.state.grad_clip = *max_norm;
+                Ok((Effect::Continue, None))
+            }
+            Command::SetDataMix { weights } => {
+                self.data.set_weights(weights)?;
+                self.state.data_weights = self.data.weights();
+                Ok((Effect::Continue, None))
+            }
+            Command::Anneal { .. } => self.anneal(cmd),
+            Command::Rewind {
+                to_step,
+                skip_batches,
+            } => self.rewind(*to_step, *skip_batches),
+        }
+    }
+
+    fn anneal(&mut self, cmd: &Command) -> Result<Applied, String> {
+        let Command::Anneal {
+            steps,
+            shape,
+            final_lr,
+            data_mix,
+            seq_len,
+            rope_theta,
+        } = cmd
+        else {
+            unreachable!("anneal called with {}", cmd.kind());
+        };
+        // The mix is the only part that can still be refused: set it first.
+        if let Some(mix) = data_mix {
+            self.data.set_weights(mix)?;
+            self.state.data_weights = self.data.weights();
+        }
+        let step = self.state.step;
+        self.state.schedule.anneal(step, *steps, *shape, *final_lr);
+        if let Some(t) = seq_len {
+            self.state.seq_len = *t as usize;
+        }
+        if let Some(theta) = rope_theta {
+            self.state.rope_theta = *theta;
+            self.model.set_rope_theta(*theta);
+        }
+        let end = step + steps;
+        Ok((
+            Effect::Continue,
+            Some(format!("decay over steps {step}..{end}")),
+        ))
+    }
+
+    /// Go back to the checkpoint taken after `to_step` updates and skip `skip` batches.
+    ///
+    /// Weights, moments, step, tokens and data position come from the checkpoint; the
+    /// operator's current settings (LR level, decay, mix, clip, sequence length, RoPE θ) and
+    /// the record of applied commands are kept — the usual remedy for a spike is "lower the
+    /// LR, rewind, skip", and a rewind must not undo the first part. The branch goes up by one.
+    fn rewind(&mut self, to_step: u64, skip: u64) -> Result<Applied, String> {
+        if to_step > self.state.step {
+            return Err(format!(
+                "cannot rewind forward: the run is at step {}, asked for {to_step}",
+                self.state.step
+            ));
+        }
+        let path = checkpoint::path_for(&self.checkpoint_dir, to_step);
+        if !path.join("state.json").exists() {
+            let have: Vec<String> = checkpoint::list(&self.checkpoint_dir)
+                .iter()
+                .map(|(s, _)| s.to_string())
+                .collect();
+            let have = if have.is_empty() {
+                "none".into()
+            } else {
+                have.join(", ")
+            };
+            return Err(format!(
+                "no checkpoint at step {to_step}; checkpoints at: {have}"
+            ));
+        }
+        let loaded = checkpoint::load(&path, &self.device).map_err(|e| format!("{e:#}"))?;
+        let keep = self.state.clone();
+        let offset = loaded.state.batch_offset + skip;
+        self.restore(loaded).map_err(|e| format!("{e:#}"))?;
+        let restored = std::mem::replace(&mut self.state, keep);
+        self.state.step = restored.step;
+        self.state.tokens = restored.tokens;
+        self.state.batch_offset = offset;
+        self.state.optimizer_steps = restored.optimizer_steps;
+        self.state.branch = self.state.branch.max(restored.branch) + 1;
+        // `restore` put the checkpoint's mix and θ into the data and model: put ours back.
+        self.data.set_weights(&self.state.data_weights)?;
+        self.model.set_rope_theta(self.state.rope_theta);
+        let msg = format!(
+            "at step {to_step}, skipping {skip} batches, branch {}",
+            self.state.branch
+        );
+        Ok((Effect::Continue, Some(msg)))
+    }
+}

@@ -1,0 +1,243 @@
+//! Training data: named sources mixed by weight, tokenised, and cut into batches.
+//!
+//! A batch is a pure function of (seed, batch index, weights, batch size, sequence length), so
+//! a resumed run sees exactly the batches it would have seen, and a rewind that skips K batches
+//! only has to move the index. Sources are text files or globs, JSON lines with a `text` field,
+//! or one of the built-in generators (in [`crate::generators`]), which need no download.
+//! Tokens are bytes unless a HuggingFace `tokenizer.json` is configured.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::config::{DataConfig, SourceConfig, SourceKind};
+use crate::generators;
+use crate::rng::Rng;
+
+/// Text → token ids.
+pub enum Tokenizer {
+    /// One token per UTF-8 byte: vocabulary 256.
+    Bytes,
+    Hf(Box<tokenizers::Tokenizer>),
+}
+
+impl Tokenizer {
+    pub fn load(path: Option<&str>) -> Result<Self> {
+        let Some(path) = path else {
+            return Ok(Self::Bytes);
+        };
+        let t = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| anyhow::anyhow!("loading tokenizer {path}: {e}"))?;
+        Ok(Self::Hf(Box::new(t)))
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Self::Bytes => 256,
+            Self::Hf(t) => t.get_vocab_size(true),
+        }
+    }
+
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        match self {
+            Self::Bytes => Ok(text.bytes().map(u32::from).collect()),
+            Self::Hf(t) => Ok(t
+                .encode(text, false)
+                .map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?
+                .get_ids()
+                .to_vec()),
+        }
+    }
+}
+
+/// Where one source's tokens come from.
+enum Origin {
+    Generator(SourceKind),
+    /// Every document of the source, tokenised and joined.
+    Corpus(Vec<u32>),
+}
+
+/// One batch: `inputs` and `targets` are `[batch, seq_len]` row-major; `sources[r]` is the
+/// index of the source row `r` came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    pub inputs: Vec<u32>,
+    pub targets: Vec<u32>,
+    pub sources: Vec<usize>,
+    pub batch_size: usize,
+    pub seq_len: usize,
+}
+
+pub struct DataMix {
+    names: Vec<String>,
+    origins: Vec<Origin>,
+    weights: Vec<f64>,
+    tokenizer: Tokenizer,
+    seed: u64,
+}
+
+impl DataMix {
+    pub fn new(cfg: &DataConfig, seed: u64) -> Result<Self> {
+        let tokenizer = Tokenizer::load(cfg.tokenizer.as_deref())?;
+        let origins = cfg
+            .sources
+            .iter()
+            .map(|s| origin(s, &tokenizer))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            names: cfg.sources.iter().map(|s| s.name.clone()).collect(),
+            origins,
+            weights: cfg.sources.iter().map(|s| s.weight).collect(),
+            tokenizer,
+            seed,
+        })
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.vocab_size()
+    }
+
+    pub fn weights(&self) -> BTreeMap<String, f64> {
+        self.names
+            .iter()
+            .cloned()
+            .zip(self.weights.iter().copied())
+            .collect()
+    }
+
+    /// Replace the mix. Sources not named get weight 0; an unknown name is an error whose
+    /// text is meant for the operator.
+    pub fn set_weights(&mut self, weights: &BTreeMap<String, f64>) -> Result<(), String> {
+        let mut next = vec![0.0; self.names.len()];
+        for (name, w) in weights {
+            let Some(i) = self.names.iter().position(|n| n == name) else {
+                return Err(format!(
+                    "unknown data source `{name}`; this run has: {}",
+                    self.names.join(", ")
+                ));
+            };
+            if !(w.is_finite() && *w >= 0.0) {
+                return Err(format!("the weight of `{name}` must be ≥ 0, got {w}"));
+            }
+            next[i] = *w;
+        }
+        if !next.iter().any(|w| *w > 0.0) {
+            return Err("at least one source needs a positive weight".into());
+        }
+        self.weights = next;
+        Ok(())
+    }
+
+    /// The batch with this index: a pure function of the seed, the index and the mix.
+    pub fn batch(&self, index: u64, batch_size: usize, seq_len: usize) -> Result<Batch> {
+        let mut rng = Rng::indexed(self.seed, "batch", index);
+        let mut b = Batch {
+            inputs: Vec::with_capacity(batch_size * seq_len),
+            targets: Vec::with_capacity(batch_size * seq_len),
+            sources: Vec::with_capacity(batch_size),
+            batch_size,
+            seq_len,
+        };
+        for _ in 0..batch_size {
+            let s = rng.weighted(&self.weights);
+            let row = self.row(s, &mut Rng::new(rng.next_u64()), seq_len + 1)?;
+            b.inputs.extend_from_slice(&row[..seq_len]);
+            b.targets.extend_from_slice(&row[1..]);
+            b.sources.push(s);
+        }
+        Ok(b)
+    }
+
+    /// `len` consecutive tokens of source `s`.
+    fn row(&self, s: usize, rng: &mut Rng, len: usize) -> Result<Vec<u32>> {
+        match &self.origins[s] {
+            Origin::Corpus(tokens) => Ok(window(tokens, rng.below(tokens.len()), len)),
+            Origin::Generator(kind) => {
+                // Start somewhere inside the first document, so rows are not all aligned.
+                let skip = rng.below(32);
+                let mut tokens = Vec::with_capacity(len + skip + 64);
+                while tokens.len() < len + skip {
+                    tokens.extend(self.tokenizer.encode(&generators::document(*kind, rng))?);
+                }
+                Ok(tokens[skip..skip + len].to_vec())
+            }
+        }
+    }
+}
+
+/// `len` tokens from `start`, wrapping around the end of the corpus.
+fn window(tokens: &[u32], start: usize, len: usize) -> Vec<u32> {
+    tokens
+        .iter()
+        .cycle()
+        .skip(start)
+        .take(len)
+        .copied()
+        .collect()
+}
+
+fn origin(s: &SourceConfig, tok: &Tokenizer) -> Result<Origin> {
+    let documents = match s.kind {
+        SourceKind::Arithmetic | SourceKind::Code | SourceKind::Prose => {
+            return Ok(Origin::Generator(s.kind));
+        }
+        SourceKind::Text => read_files(s, |text| Ok(vec![text]))?,
+        SourceKind::Jsonl => read_files(s, jsonl_texts)?,
+    };
+    let mut tokens = Vec::new();
+    for doc in documents {
+        tokens.extend(tok.encode(&doc)?);
+        tokens.extend(tok.encode("\n\n")?);
+    }
+    ensure!(tokens.len() > 1, "data source `{}` has no text", s.name);
+    Ok(Origin::Corpus(tokens))
+}
+
+/// The documents of every file matched by the source's path (a file or a glob), in name order.
+fn read_files(
+    s: &SourceConfig,
+    split: impl Fn(String) -> Result<Vec<String>>,
+) -> Result<Vec<String>> {
+    let pattern = s.path.as_deref().context("source without a path")?;
+    let mut files: Vec<_> = glob::glob(pattern)
+        .with_context(|| format!("bad glob {pattern}"))?
+        .filter_map(Result::ok)
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("data source `{}`: no file matches {pattern}", s.name);
+    }
+    let mut docs = Vec::new();
+    for f in files {
+        docs.extend(split(read(&f)?)?);
+    }
+    Ok(docs)
+}
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// The `text` field of every non-empty line.
+fn jsonl_texts(content: String) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for (i, line) in content
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("line {}: not JSON", i + 1))?;
+        let text = v.get("text").and_then(|t| t.as_str());
+        out.push(
+            text.with_context(|| format!("line {}: no `text` string", i + 1))?
+                .to_string(),
+        );
+    }
+    Ok(out)
+}

@@ -1,0 +1,171 @@
+//! The stability statistics: turning taps, gradients and updates into per-layer vectors and
+//! per-step scalars with the names of the metrics contract.
+//!
+//! Everything here is reduced on the device to one scalar tensor per (parameter or block), then
+//! stacked and copied to the host in one transfer per kind, because on a GPU each small
+//! transfer is a synchronisation. The per-layer statistics are optional per step
+//! (`stats.every`); the global gradient norm is always computed because clipping needs it.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use candle_core::{DType, Tensor};
+use keel_protocol::Metric;
+
+use crate::model::BlockTaps;
+use crate::params::Params;
+
+/// Copy scalar tensors to the host in one transfer.
+pub fn to_host(scalars: &[Tensor]) -> Result<Vec<f64>> {
+    if scalars.is_empty() {
+        return Ok(Vec::new());
+    }
+    let stacked = Tensor::stack(scalars, 0)?.to_dtype(DType::F64)?;
+    Ok(stacked.to_vec1::<f64>()?)
+}
+
+/// Concatenate 1-D tensors and copy them to the host in one transfer.
+pub fn to_host_cat(parts: &[Tensor]) -> Result<Vec<f64>> {
+    let parts = parts
+        .iter()
+        .map(|t| t.to_dtype(DType::F64))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&parts, 0)?.to_vec1::<f64>()?)
+}
+
+/// ‖t‖² of each tensor, on the host.
+pub fn sq_norms<'a>(tensors: impl Iterator<Item = &'a Tensor>) -> Result<Vec<f64>> {
+    let sums = tensors
+        .map(|t| Ok(t.sqr()?.sum_all()?))
+        .collect::<Result<Vec<_>>>()?;
+    to_host(&sums)
+}
+
+/// Sum per-parameter values into per-block totals (parameters outside blocks are skipped).
+pub fn per_block(params: &Params, values: &[f64], n_layers: usize) -> Vec<f64> {
+    let mut out = vec![0.0; n_layers];
+    for (p, v) in params.entries.iter().zip(values) {
+        if let Some(b) = p.block {
+            out[b] += v;
+        }
+    }
+    out
+}
+
+/// The residual-stream and attention taps of every block, as four host vectors.
+pub struct TapValues {
+    pub hidden_var: Vec<f64>,
+    pub hidden_rms: Vec<f64>,
+    pub act_absmax: Vec<f64>,
+    pub attn_logit_max: Vec<f64>,
+}
+
+pub fn taps_to_host(taps: &[BlockTaps]) -> Result<TapValues> {
+    let mut all = Vec::with_capacity(taps.len() * 4);
+    for t in taps {
+        all.extend(
+            [
+                &t.hidden_var,
+                &t.hidden_rms,
+                &t.act_absmax,
+                &t.attn_logit_max,
+            ]
+            .map(Clone::clone),
+        );
+    }
+    let v = to_host(&all)?;
+    let column = |k: usize| v.iter().skip(k).step_by(4).copied().collect();
+    Ok(TapValues {
+        hidden_var: column(0),
+        hidden_rms: column(1),
+        act_absmax: column(2),
+        attn_logit_max: column(3),
+    })
+}
+
+/// Everything measured per layer in one step, keyed by the contract's stat names.
+pub struct LayerStats {
+    pub taps: TapValues,
+    /// ‖∇‖ of each block's parameters (before clipping).
+    pub grad_norm: Vec<f64>,
+    /// ‖W‖ of each block's parameters before the update.
+    pub param_norm: Vec<f64>,
+    /// ‖ΔW‖/‖W‖ of each block's parameters.
+    pub update_ratio: Vec<f64>,
+}
+
+impl LayerStats {
+    /// Combine per-parameter squared norms into the per-block statistics.
+    pub fn new(
+        params: &Params,
+        taps: TapValues,
+        grad_sq: &[f64],
+        param_sq: &[f64],
+        update_sq: &[f64],
+    ) -> Self {
+        let n = taps.hidden_var.len();
+        let sqrt = |v: Vec<f64>| v.into_iter().map(f64::sqrt).collect::<Vec<_>>();
+        let param_norm = sqrt(per_block(params, param_sq, n));
+        let update_norm = sqrt(per_block(params, update_sq, n));
+        let update_ratio = update_norm
+            .iter()
+            .zip(&param_norm)
+            .map(|(u, w)| u / w)
+            .collect();
+        Self {
+            taps,
+            grad_norm: sqrt(per_block(params, grad_sq, n)),
+            param_norm,
+            update_ratio,
+        }
+    }
+
+    pub fn into_map(self) -> BTreeMap<String, Vec<Metric>> {
+        let metrics = |v: Vec<f64>| v.into_iter().map(Metric::new).collect();
+        BTreeMap::from([
+            ("hidden_var".to_string(), metrics(self.taps.hidden_var)),
+            ("hidden_rms".to_string(), metrics(self.taps.hidden_rms)),
+            ("act_absmax".to_string(), metrics(self.taps.act_absmax)),
+            (
+                "attn_logit_max".to_string(),
+                metrics(self.taps.attn_logit_max),
+            ),
+            ("grad_norm".to_string(), metrics(self.grad_norm)),
+            ("param_norm".to_string(), metrics(self.param_norm)),
+            ("update_ratio".to_string(), metrics(self.update_ratio)),
+        ])
+    }
+}
+
+/// Mean loss of each named source over the rows that came from it.
+pub fn per_source_loss(
+    row_loss: &[f64],
+    row_source: &[usize],
+    names: &[String],
+) -> BTreeMap<String, f64> {
+    let mut sums = vec![(0.0, 0usize); names.len()];
+    for (l, s) in row_loss.iter().zip(row_source) {
+        sums[*s].0 += l;
+        sums[*s].1 += 1;
+    }
+    names
+        .iter()
+        .zip(sums)
+        .filter(|(_, (_, n))| *n > 0)
+        .map(|(name, (sum, n))| (format!("loss/{name}"), sum / n as f64))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_source_loss_averages_only_the_rows_of_each_source() {
+        let names = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        let got = per_source_loss(&[1.0, 3.0, 5.0], &[0, 2, 0], &names);
+        assert_eq!(got.get("loss/a"), Some(&3.0));
+        assert_eq!(got.get("loss/c"), Some(&3.0));
+        assert!(!got.contains_key("loss/b"));
+    }
+}

@@ -1,0 +1,220 @@
+//! One training run in memory: the model, its optimizer, the data mix and the run state, and
+//! the one synchronous operation that advances them — [`Trainer::step`].
+//!
+//! A step samples batch `step + batch_offset`, runs forward and backward, measures the global
+//! gradient norm (and, every `stats.every` steps, every per-layer statistic), clips, updates,
+//! and returns the step's record. Nothing here touches the network or waits: commands are
+//! applied between steps by [`crate::commands`], and the loop with its link lives in
+//! [`crate::run`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+use keel_protocol::{Metric, StepRecord};
+
+use crate::checkpoint::{self, FORMAT, RunState};
+use crate::config::TrainConfig;
+use crate::data::DataMix;
+use crate::model::{self, Model};
+use crate::optim::{AdamW, clip_factor};
+use crate::params::Params;
+use crate::schedule::Schedule;
+use crate::stats::{self, LayerStats};
+
+pub struct Trainer {
+    pub cfg: TrainConfig,
+    pub model: Model,
+    pub params: Params,
+    pub opt: AdamW,
+    pub data: DataMix,
+    pub state: RunState,
+    pub device: Device,
+    pub checkpoint_dir: PathBuf,
+}
+
+impl Trainer {
+    /// A fresh run: weights from the config's seed, step 0.
+    pub fn new(cfg: TrainConfig, device: &Device, checkpoint_dir: PathBuf) -> Result<Self> {
+        Self::with_dtype(cfg, device, checkpoint_dir, DType::F32)
+    }
+
+    pub fn with_dtype(
+        mut cfg: TrainConfig,
+        device: &Device,
+        checkpoint_dir: PathBuf,
+        dtype: DType,
+    ) -> Result<Self> {
+        let data = DataMix::new(&cfg.data, cfg.run.seed)?;
+        // The tokenizer decides the vocabulary; the config value only matters for bytes.
+        cfg.model.vocab_size = data.vocab_size();
+        let (model, params) = Model::new(&cfg.model, &cfg.stability, cfg.run.seed, dtype, device)?;
+        let opt = AdamW::new(&cfg.optim, &cfg.stability, &params)?;
+        let state = RunState {
+            format: FORMAT,
+            step: 0,
+            tokens: 0,
+            run_id: None,
+            branch: 0,
+            schedule: Schedule::new(cfg.optim.lr, &cfg.schedule),
+            data_weights: data.weights(),
+            batch_offset: 0,
+            seq_len: cfg.model.seq_len,
+            rope_theta: cfg.model.rope_theta,
+            grad_clip: cfg.optim.grad_clip,
+            optimizer_steps: 0,
+            applied: Default::default(),
+            config: cfg.clone(),
+        };
+        Ok(Self {
+            cfg,
+            model,
+            params,
+            opt,
+            data,
+            state,
+            device: device.clone(),
+            checkpoint_dir,
+        })
+    }
+
+    /// Continue a run from a checkpoint: its config, weights, moments and state.
+    pub fn resume(path: &Path, device: &Device, checkpoint_dir: Option<PathBuf>) -> Result<Self> {
+        let loaded = checkpoint::load(path, device)?;
+        let dir = checkpoint_dir
+            .or_else(|| path.parent().map(Path::to_path_buf))
+            .context("checkpoint path has no parent directory")?;
+        let mut t = Self::new(loaded.state.config.clone(), device, dir)?;
+        t.restore(loaded)?;
+        Ok(t)
+    }
+
+    /// Put a checkpoint's tensors and state into this trainer (resume and rewind).
+    pub fn restore(&mut self, loaded: checkpoint::Loaded) -> Result<()> {
+        for p in &self.params.entries {
+            let t = loaded
+                .params
+                .get(&p.name)
+                .with_context(|| format!("checkpoint lacks parameter {}", p.name))?;
+            p.var.set(&t.to_dtype(p.var.dtype())?)?;
+        }
+        self.opt
+            .load_state(&loaded.moments, loaded.state.optimizer_steps)?;
+        self.data
+            .set_weights(&loaded.state.data_weights)
+            .map_err(anyhow::Error::msg)?;
+        self.model.set_rope_theta(loaded.state.rope_theta);
+        self.state = loaded.state;
+        Ok(())
+    }
+
+    /// Save a checkpoint of the current state and prune old ones.
+    pub fn checkpoint(&mut self) -> Result<PathBuf> {
+        self.state.optimizer_steps = self.opt.steps();
+        let params: HashMap<String, Tensor> = self
+            .params
+            .entries
+            .iter()
+            .map(|p| (p.name.clone(), p.var.as_tensor().clone()))
+            .collect();
+        let path = checkpoint::save(
+            &self.checkpoint_dir,
+            &params,
+            &self.opt.state_tensors(),
+            &self.state,
+        )?;
+        checkpoint::prune(&self.checkpoint_dir, self.cfg.checkpoint.keep)?;
+        Ok(path)
+    }
+
+    /// Whether the per-layer statistics are collected at `step`.
+    fn collects(&self, step: u64) -> bool {
+        step % self.cfg.stats.every == 0
+    }
+
+    /// Run one training step and return its record.
+    pub fn step(&mut self) -> Result<StepRecord> {
+        let started = Instant::now();
+        let step = self.state.step;
+        let collect = self.collects(step);
+        let (b, t) = (self.cfg.run.batch_size, self.state.seq_len);
+        let batch = self.data.batch(step + self.state.batch_offset, b, t)?;
+        let inputs = Tensor::from_vec(batch.inputs, (b, t), &self.device)?;
+        let targets = Tensor::from_vec(batch.targets, b * t, &self.device)?;
+
+        let fwd = self.model.forward(&inputs, collect)?;
+        let loss = model::loss(&fwd.logits, &targets, self.cfg.stability.z_loss)?;
+        let grads = loss.total.backward()?;
+        let grad_list = self
+            .params
+            .entries
+            .iter()
+            .map(|p| {
+                grads
+                    .get(p.var.as_tensor())
+                    .with_context(|| format!("no gradient for {}", p.name))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let grad_sq = stats::sq_norms(grad_list.into_iter())?;
+        let grad_norm = grad_sq.iter().sum::<f64>().sqrt();
+        let scale = clip_factor(grad_norm, self.state.grad_clip);
+        let param_sq = if collect {
+            stats::sq_norms(self.params.entries.iter().map(|p| p.var.as_tensor()))?
+        } else {
+            Vec::new()
+        };
+        let lr = self.state.schedule.lr(step);
+        let update_sq = self.opt.step(&self.params, &grads, lr, scale, collect)?;
+
+        // Scalars in one transfer: ce, z, then the mean loss of each row.
+        let rows = loss.per_token.reshape((b, t))?.mean(1)?;
+        let host = stats::to_host_cat(&[Tensor::stack(&[&loss.ce, &loss.z], 0)?, rows])?;
+        let layers = match fwd.taps {
+            Some(taps) if collect => {
+                let update_sq = stats::to_host(&update_sq)?;
+                let taps = stats::taps_to_host(&taps)?;
+                Some(LayerStats::new(
+                    &self.params,
+                    taps,
+                    &grad_sq,
+                    &param_sq,
+                    &update_sq,
+                ))
+            }
+            _ => None,
+        };
+        self.state.step += 1;
+        self.state.tokens += (b * t) as u64;
+        let elapsed = started.elapsed().as_secs_f64();
+        let mut rec = StepRecord {
+            step,
+            time: Some(unix_now()),
+            tokens: Some(self.state.tokens),
+            scalars: Default::default(),
+            layers: layers.map(LayerStats::into_map).unwrap_or_default(),
+        };
+        let clipped = if scale < 1.0 { 1.0 } else { 0.0 };
+        let per_source = stats::per_source_loss(&host[2..], &batch.sources, self.data.names());
+        let scalars = [
+            ("loss".to_string(), host[0]),
+            ("z_loss".to_string(), host[1]),
+            ("lr".to_string(), lr),
+            ("grad_norm".to_string(), grad_norm),
+            ("grad_clipped".to_string(), clipped),
+            ("step_time_s".to_string(), elapsed),
+            ("tokens_per_s".to_string(), (b * t) as f64 / elapsed),
+        ];
+        for (k, v) in scalars.into_iter().chain(per_source) {
+            rec.scalars.insert(k, Metric::new(v));
+        }
+        Ok(rec)
+    }
+}
+
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}

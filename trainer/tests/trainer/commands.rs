@@ -1,0 +1,144 @@
+//! Operator commands applied at step boundaries: effects, rejections, rewinds and branches.
+
+use std::collections::BTreeMap;
+
+use keel_protocol::{Command, DecayShape};
+use keel_trainer::commands::Effect;
+
+use crate::support::{self, losses};
+
+fn mix(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+#[test]
+fn set_lr_moves_the_stable_level_absolutely_or_by_a_multiplier() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = support::trainer(support::tiny(), dir.path());
+    t.apply(&Command::SetLr {
+        lr: Some(0.004),
+        multiplier: None,
+    })
+    .unwrap();
+    t.apply(&Command::SetLr {
+        lr: None,
+        multiplier: Some(0.5),
+    })
+    .unwrap();
+    assert_eq!(t.state.schedule.stable_lr, 0.002);
+    assert!(
+        t.apply(&Command::SetLr {
+            lr: Some(-1.0),
+            multiplier: None
+        })
+        .is_err()
+    );
+}
+
+#[test]
+fn an_anneal_with_an_unknown_source_is_rejected_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = support::trainer(support::tiny(), dir.path());
+    let before = t.state.clone();
+    let bad = Command::Anneal {
+        steps: 10,
+        shape: DecayShape::Linear,
+        final_lr: 0.0,
+        data_mix: Some(mix(&[("prose", 1.0), ("poetry", 1.0)])),
+        seq_len: Some(16),
+        rope_theta: Some(490_000.0),
+    };
+    let why = t.apply(&bad).unwrap_err();
+    assert!(why.contains("poetry"), "{why}");
+    assert_eq!(t.state, before);
+}
+
+#[test]
+fn an_anneal_decays_the_lr_and_switches_mix_sequence_length_and_rope_theta() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = support::trainer(support::tiny(), dir.path());
+    losses(&mut t, 12);
+    let cmd = Command::Anneal {
+        steps: 4,
+        shape: DecayShape::Linear,
+        final_lr: 0.0,
+        data_mix: Some(mix(&[("code", 1.0)])),
+        seq_len: Some(16),
+        rope_theta: Some(490_000.0),
+    };
+    assert_eq!(t.apply(&cmd).unwrap().0, Effect::Continue);
+    let recs: Vec<_> = (0..5).map(|_| t.step().unwrap()).collect();
+    let lrs: Vec<f64> = recs.iter().map(|r| r.scalars["lr"].get()).collect();
+    assert_eq!(lrs, [0.01, 0.0075, 0.005, 0.0025, 0.0]);
+    assert!(
+        recs.iter()
+            .all(|r| r.scalars.contains_key("loss/code") && !r.scalars.contains_key("loss/prose"))
+    );
+    assert_eq!(t.state.seq_len, 16);
+    // Batch 4 × the new sequence length of 16 tokens per step.
+    assert_eq!(recs[1].tokens.unwrap() - recs[0].tokens.unwrap(), 4 * 16);
+}
+
+#[test]
+fn a_rewind_to_a_missing_checkpoint_is_rejected_with_the_steps_that_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = support::trainer(support::tiny(), dir.path());
+    losses(&mut t, 3);
+    t.checkpoint().unwrap();
+    losses(&mut t, 2);
+    let why = t
+        .apply(&Command::Rewind {
+            to_step: 2,
+            skip_batches: 0,
+        })
+        .unwrap_err();
+    assert!(
+        why.contains("no checkpoint at step 2") && why.contains('3'),
+        "{why}"
+    );
+}
+
+#[test]
+fn a_rewind_restores_the_checkpoint_skips_batches_and_starts_a_new_branch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = support::trainer(support::tiny(), dir.path());
+    losses(&mut t, 4);
+    t.checkpoint().unwrap();
+    let after_ckpt = losses(&mut t, 6);
+
+    // Rewind with no skip: the very same batches and weights, so the very same losses.
+    t.apply(&Command::Rewind {
+        to_step: 4,
+        skip_batches: 0,
+    })
+    .unwrap();
+    assert_eq!((t.state.step, t.state.branch), (4, 1));
+    assert_eq!(losses(&mut t, 6), after_ckpt);
+
+    // Skipping 2 batches: step 4 now trains on batch 6.
+    t.apply(&Command::Rewind {
+        to_step: 4,
+        skip_batches: 2,
+    })
+    .unwrap();
+    assert_eq!(
+        (t.state.step, t.state.branch, t.state.batch_offset),
+        (4, 2, 2)
+    );
+    assert_ne!(losses(&mut t, 1)[0], after_ckpt[0]);
+}
+
+#[test]
+fn a_rewind_forward_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = support::trainer(support::tiny(), dir.path());
+    losses(&mut t, 2);
+    assert!(
+        t.apply(&Command::Rewind {
+            to_step: 50,
+            skip_batches: 0
+        })
+        .unwrap_err()
+        .contains("forward")
+    );
+}

@@ -1,0 +1,9 @@
+//! The trainer's integration tests: one binary, so linking is paid once.
+
+mod commands;
+mod fake_server;
+mod gradients;
+mod link;
+mod stats;
+mod support;
+mod training;
