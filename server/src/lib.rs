@@ -89,8 +89,8 @@ pub async fn serve(
     let app = routes::router(state);
     let server =
         axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let deadline = async {
-        shutdown.cancelled().await;
+    let deadline = async move {
+        shutdown.cancelled_owned().await;
         tokio::time::sleep(grace).await;
     };
     tokio::select! {

@@ -104,14 +104,21 @@ impl Store {
             .foreign_keys(true)
             .pragma("cache_size", "-8192")
             .log_statements(tracing::log::LevelFilter::Trace);
-        let mut conn = options
-            .connect()
+        // Migrations run on a pool of one, closed before the writer takes its connection.
+        let setup = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
             .await
             .with_context(|| format!("opening the database {}", path.display()))?;
         sqlx::migrate!("../migrations")
-            .run(&mut conn)
+            .run(&setup)
             .await
             .context("applying migrations")?;
+        setup.close().await;
+        let conn = options
+            .connect()
+            .await
+            .context("opening the writer's connection")?;
         let read = SqlitePoolOptions::new()
             .max_connections(4)
             .min_connections(1)

@@ -4,6 +4,7 @@ mod commands;
 mod fake_server;
 mod gradients;
 mod link;
+mod stability;
 mod stats;
 mod support;
 mod training;
