@@ -1,5 +1,356 @@
-pub fn run(_: BenchArgs) -> anyhow::Result<()> {
+//! `keel bench`: the figures of docs/performance.md, measured on this machine.
+//!
+//! - `ingest`: values/s into the store (no HTTP), and through HTTP beside it.
+//! - `query`: server time of a 1M-step × 64-layer heatmap in 1,000 columns and of a
+//!   1M-step scalar series in 2,000 points (storage call plus JSON encoding), and the same
+//!   through HTTP.
+//! - `memory`: resident memory of a `keel serve` process over 100 runs × 100,000 steps.
+//!
+//! `--quick` shrinks every size tenfold for a smoke run. Sizes print with the results.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use keel_protocol::{IngestBatch, Metric, RunSpec, StepRecord};
+use keel_server::storage::series::{self, Window};
+use keel_server::storage::{Store, WriteOp, runs};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Which benchmark: ingest, query, memory or all.
+    #[arg(default_value = "all")]
+    which: String,
+    /// Ten times smaller sizes, for a quick check.
+    #[arg(long)]
+    quick: bool,
+    /// Keep the databases here instead of a temporary directory.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_owned());
+    std::fs::create_dir_all(&dir)?;
+    let scale = if args.quick { 10 } else { 1 };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let all = args.which == "all";
+    if all || args.which == "ingest" {
+        rt.block_on(ingest(&dir, scale))?;
+    }
+    if all || args.which == "query" {
+        rt.block_on(query(&dir, scale))?;
+    }
+    if all || args.which == "memory" {
+        rt.block_on(memory(&dir, scale))?;
+    }
     Ok(())
 }
-#[derive(clap::Args)]
-pub struct BenchArgs {}
+
+/// A step like the trainer's: 10 scalars and 7 statistics of `layers` values.
+fn trainer_step(step: u64, layers: u32) -> StepRecord {
+    let v = |i: u64| Metric(((step * 31 + i * 17) % 1000) as f64 / 100.0 + 0.01);
+    let scalars: BTreeMap<String, Metric> = keel_protocol::SCALARS[..7]
+        .iter()
+        .chain(&["loss/code", "loss/math", "loss/prose"])
+        .enumerate()
+        .map(|(i, k)| (k.to_string(), v(i as u64)))
+        .collect();
+    let layers_map = keel_protocol::LAYER_STATS
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            (
+                s.to_string(),
+                (0..layers as u64).map(|l| v(i as u64 * 100 + l)).collect(),
+            )
+        })
+        .collect();
+    StepRecord {
+        step,
+        time: None,
+        tokens: None,
+        scalars,
+        layers: layers_map,
+    }
+}
+
+fn values_in(r: &StepRecord) -> u64 {
+    (r.scalars.len() + r.layers.values().map(Vec::len).sum::<usize>()) as u64
+}
+
+async fn open(path: &Path) -> anyhow::Result<Store> {
+    let (store, mut changes) = Store::open(path).await?;
+    // Nobody listens live in a benchmark: drain the change feed.
+    tokio::spawn(async move { while changes.recv().await.is_some() {} });
+    Ok(store)
+}
+
+async fn create(store: &Store, name: &str, layers: u32) -> anyhow::Result<i64> {
+    let spec = RunSpec {
+        name: name.into(),
+        group: Some("bench".into()),
+        tags: vec![],
+        config: serde_json::json!({}),
+        layers,
+        variant: None,
+        protocol: None,
+    };
+    Ok(store.write(|r| WriteOp::CreateRun(spec, r)).await?)
+}
+
+/// Writes `steps` steps made by `make` in batches; returns values written and seconds.
+async fn fill(
+    store: &Store,
+    run: i64,
+    steps: u64,
+    batch: u64,
+    make: impl Fn(u64) -> StepRecord,
+) -> anyhow::Result<(u64, f64)> {
+    let mut values = 0;
+    let mut busy = Duration::ZERO;
+    for start in (0..steps).step_by(batch as usize) {
+        let records: Vec<_> = (start..(start + batch).min(steps)).map(&make).collect();
+        values += records.iter().map(values_in).sum::<u64>();
+        let t = Instant::now();
+        let b = IngestBatch {
+            branch: None,
+            steps: records,
+        };
+        store.write(|r| WriteOp::Ingest(run, b, r)).await?;
+        busy += t.elapsed();
+    }
+    Ok((values, busy.as_secs_f64()))
+}
+
+async fn ingest(dir: &Path, scale: u64) -> anyhow::Result<()> {
+    let steps = 20_000 / scale;
+    let store = open(&dir.join("ingest.db")).await?;
+    let run = create(&store, "ingest", 24).await?;
+    let (values, secs) = fill(&store, run, steps, 500, |s| trainer_step(s, 24)).await?;
+    println!(
+        "| store ingest, {steps} steps × 178 values, batches of 500 | {:.0} values/s ({:.0} steps/s) |",
+        values as f64 / secs,
+        steps as f64 / secs
+    );
+    drop(store);
+    let (values, secs) = http_ingest(dir, steps, 100).await?;
+    println!(
+        "| HTTP ingest, same steps, batches of 100, one client | {:.0} values/s ({:.0} steps/s) |",
+        values as f64 / secs,
+        steps as f64 / secs
+    );
+    Ok(())
+}
+
+/// A real server on port 0 and a blocking client posting JSON batches to it.
+async fn http_ingest(dir: &Path, steps: u64, batch: u64) -> anyhow::Result<(u64, f64)> {
+    let config = keel_server::Config::new(dir.join("http.db"), "bench".into());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(keel_server::serve(config, listener, stop.clone()));
+    let result = tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, f64)> {
+        let agent = ureq::Agent::new_with_defaults();
+        let spec = serde_json::json!({"name": "http", "layers": 24});
+        let id: serde_json::Value = agent
+            .post(&format!("{url}/api/v1/runs"))
+            .header("Authorization", "Bearer bench")
+            .send_json(&spec)?
+            .body_mut()
+            .read_json()?;
+        let id = id["id"].as_i64().context("a run id")?;
+        let bodies: Vec<(u64, Vec<u8>)> = (0..steps)
+            .step_by(batch as usize)
+            .map(|s| {
+                let records: Vec<_> = (s..(s + batch).min(steps))
+                    .map(|s| trainer_step(s, 24))
+                    .collect();
+                let n = records.iter().map(values_in).sum();
+                (
+                    n,
+                    serde_json::to_vec(&IngestBatch {
+                        branch: None,
+                        steps: records,
+                    })
+                    .unwrap(),
+                )
+            })
+            .collect();
+        let t = Instant::now();
+        let mut values = 0;
+        for (n, body) in bodies {
+            agent
+                .post(&format!("{url}/api/v1/runs/{id}/steps"))
+                .header("Authorization", "Bearer bench")
+                .content_type("application/json")
+                .send(&body[..])?;
+            values += n;
+        }
+        Ok((values, t.elapsed().as_secs_f64()))
+    })
+    .await?;
+    stop.cancel();
+    server.await??;
+    result
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+async fn query(dir: &Path, scale: u64) -> anyhow::Result<()> {
+    let steps = 1_000_000 / scale;
+    let path = dir.join("query.db");
+    let store = open(&path).await?;
+    let run = create(&store, "query", 64).await?;
+    let make = |s: u64| {
+        let mut r = StepRecord {
+            step: s,
+            time: None,
+            tokens: None,
+            scalars: BTreeMap::new(),
+            layers: BTreeMap::new(),
+        };
+        let v = |i: u64| Metric(((s * 7 + i * 13) % 997) as f64 / 10.0);
+        r.scalars.insert("loss".into(), v(0));
+        r.layers
+            .insert("hidden_var".into(), (0..64).map(v).collect());
+        r
+    };
+    let (values, secs) = fill(&store, run, steps, 2000, make).await?;
+    println!(
+        "| fill: {steps} steps × (64 layers + 1 scalar) | {:.0} values/s, {secs:.0} s |",
+        values as f64 / secs
+    );
+    let db = store.reader();
+    let row = runs::run_row(db, run).await?;
+    let window = |buckets| Window {
+        from: None,
+        to: None,
+        buckets,
+        branch: None,
+    };
+    let mut heat = Vec::new();
+    let mut line = Vec::new();
+    for _ in 0..15 {
+        let t = Instant::now();
+        let m = series::layer_matrix(db, &row, "hidden_var", window(1000)).await?;
+        let json = serde_json::to_vec(&m)?;
+        heat.push(t.elapsed().as_secs_f64() * 1e3);
+        anyhow::ensure!(m.step.len() <= 1000 && !json.is_empty());
+        let t = Instant::now();
+        let s = series::scalar_series(db, &row, "loss", window(2000)).await?;
+        let json = serde_json::to_vec(&s)?;
+        line.push(t.elapsed().as_secs_f64() * 1e3);
+        anyhow::ensure!(s.step.len() <= 2000 && !json.is_empty());
+    }
+    println!(
+        "| heatmap {steps} steps × 64 layers → 1,000 columns (query + JSON), median of 15 | {:.1} ms |",
+        median(heat)
+    );
+    println!(
+        "| scalar series {steps} steps → 2,000 points (query + JSON), median of 15 | {:.1} ms |",
+        median(line)
+    );
+    Ok(())
+}
+
+async fn memory(dir: &Path, scale: u64) -> anyhow::Result<()> {
+    let (runs_n, steps) = (100 / scale, 100_000 / scale);
+    let path = dir.join("memory.db");
+    {
+        let store = open(&path).await?;
+        let t = Instant::now();
+        for i in 0..runs_n {
+            let run = create(&store, &format!("run-{i}"), 8).await?;
+            let make = |s: u64| {
+                let mut r = StepRecord {
+                    step: s,
+                    time: None,
+                    tokens: Some(s * 1024),
+                    scalars: BTreeMap::new(),
+                    layers: BTreeMap::new(),
+                };
+                r.scalars
+                    .insert("loss".into(), Metric(5.0 / (1.0 + s as f64 / 1000.0)));
+                r.scalars.insert("lr".into(), Metric(0.01));
+                r.layers.insert(
+                    "hidden_var".into(),
+                    (0..8).map(|l| Metric(1.0 + l as f64)).collect(),
+                );
+                r
+            };
+            fill(&store, run, steps, 5000, make).await?;
+        }
+        println!(
+            "| fill: {runs_n} runs × {steps} steps (2 scalars + tokens + 8-layer stat) | {:.0} s |",
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let exe = std::env::current_exe()?;
+    let mut child = std::process::Command::new(exe)
+        .args(["serve", "--addr", "127.0.0.1:0", "--db"])
+        .arg(&path)
+        .env("KEEL_TOKEN", "bench")
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let result = memory_of(&mut child, runs_n).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+/// Reads the served address from the child's log, queries every run, then reads its memory.
+async fn memory_of(child: &mut std::process::Child, runs_n: u64) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().context("the server's stderr")?;
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let url = loop {
+        let line = lines.next().context("the server exited")??;
+        if let Some(rest) = line.split("serving ").nth(1) {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+        }
+    };
+    let pid = child.id();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let agent = ureq::Agent::new_with_defaults();
+        agent.get(&format!("{url}/api/v1/runs")).call()?;
+        for id in 1..=runs_n {
+            for path in [
+                "",
+                "/scalars/loss?points=2000",
+                "/layers/hidden_var?columns=1000",
+                "/scalars/tokens",
+            ] {
+                agent.get(&format!("{url}/api/v1/runs/{id}{path}")).call()?;
+            }
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_owned())
+        };
+        let rss: f64 = field("VmRSS:").unwrap_or_default().parse().unwrap_or(0.0);
+        let hwm: f64 = field("VmHWM:").unwrap_or_default().parse().unwrap_or(0.0);
+        println!(
+            "| server memory after reading every run: resident {:.1} MB, peak {:.1} MB |",
+            rss / 1024.0,
+            hwm / 1024.0
+        );
+        Ok(())
+    })
+    .await?
+}

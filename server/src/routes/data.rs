@@ -144,6 +144,11 @@ async fn scalars(
     ApiPath((id, key)): ApiPath<(i64, String)>,
     ApiQuery(q): ApiQuery<WindowQuery>,
 ) -> AppResult<Json<ScalarSeries>> {
+    if q.columns.is_some() {
+        return Err(AppError::BadRequest(
+            "a scalar series takes `points`, not `columns`".into(),
+        ));
+    }
     let window = q.window(q.points, 2000)?;
     let db = state.store.reader();
     let run = runs::run_row(db, id).await?;
@@ -155,6 +160,11 @@ async fn layers(
     ApiPath((id, stat)): ApiPath<(i64, String)>,
     ApiQuery(q): ApiQuery<WindowQuery>,
 ) -> AppResult<Json<LayerMatrix>> {
+    if q.points.is_some() {
+        return Err(AppError::BadRequest(
+            "a layer matrix takes `columns`, not `points`".into(),
+        ));
+    }
     let window = q.window(q.columns, 1000)?;
     let db = state.store.reader();
     let run = runs::run_row(db, id).await?;

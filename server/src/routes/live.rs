@@ -128,16 +128,17 @@ async fn live(
 }
 
 /// The SSE event for a hub message, unless the client already has it from the backfill.
+/// Only steps move the step cursor and only events move the event cursor: a status or
+/// command message shares its cursor with the steps or audit event committed beside it.
 fn fresh(p: &Arc<Published>, sent: &mut Cursor) -> Option<Event> {
-    let seen = match &p.message {
-        LiveMessage::Steps { .. } => p.cursor.seq <= sent.seq,
-        LiveMessage::Event { .. } | LiveMessage::Command { .. } => p.cursor.event <= sent.event,
-        LiveMessage::Status { .. } | LiveMessage::Resync => false,
-    };
-    if seen {
-        return None;
+    match &p.message {
+        LiveMessage::Steps { .. } if p.cursor.seq <= sent.seq => return None,
+        LiveMessage::Steps { .. } => sent.seq = p.cursor.seq,
+        LiveMessage::Event { .. } if p.cursor.event <= sent.event => return None,
+        LiveMessage::Event { .. } => sent.event = p.cursor.event,
+        // Its audit event (same id) is sent first; anything older came with the backfill.
+        LiveMessage::Command { .. } if p.cursor.event < sent.event => return None,
+        LiveMessage::Command { .. } | LiveMessage::Status { .. } | LiveMessage::Resync => {}
     }
-    sent.seq = sent.seq.max(p.cursor.seq);
-    sent.event = sent.event.max(p.cursor.event);
     Some(event(*sent, &p.message))
 }

@@ -30,10 +30,15 @@ pub fn router(state: AppState) -> Router {
         .merge(commands::router())
         .nest_service("/static", statics)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .layer(CompressionLayer::new())
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+async fn method_not_allowed() -> AppError {
+    AppError::MethodNotAllowed
 }
 
 async fn not_found() -> AppError {

@@ -256,15 +256,17 @@ impl Writer {
             .await?;
         }
         self.write_buckets(tx, run_id, branch, dirty).await?;
-        let status_change = self.note_steps(tx, &run, branch, &fresh).await?;
+        self.note_steps(tx, &run, branch, &fresh).await?;
+        if run.status == RunStatus::Lost && !fresh.is_empty() {
+            let back = Some("the trainer is sending steps again".to_owned());
+            self.set_status(tx, run_id, RunStatus::Running, back, changes)
+                .await?;
+        }
         let reply = IngestReply {
             accepted: fresh.len() as u64,
             duplicates: total - fresh.len() as u64,
             branch,
         };
-        if let Some(status) = status_change {
-            changes.push(self.change(run_id, LiveMessage::Status { status, branch }));
-        }
         if !fresh.is_empty() {
             let message = LiveMessage::Steps {
                 branch,
@@ -410,14 +412,13 @@ impl Writer {
     }
 
     /// Updates the run's row after new steps: newest step, loss, tokens, life signs.
-    /// Returns the new status when a lost run came back.
     async fn note_steps(
         &mut self,
         tx: &mut SqliteConnection,
         run: &runs::RunRow,
         branch: u32,
         fresh: &[StepRecord],
-    ) -> StoreResult<Option<RunStatus>> {
+    ) -> StoreResult<()> {
         // Steps of an abandoned branch (a late re-send) do not move the run's newest step.
         let live = branch >= run.branch;
         let newest = fresh.iter().filter(|_| live).max_by_key(|r| r.step);
@@ -431,25 +432,22 @@ impl Writer {
             }
             tokens = r.tokens.or(tokens);
         }
-        let back = run.status == RunStatus::Lost;
-        let status = if back { RunStatus::Running } else { run.status };
         let t = now();
         sqlx::query(
             "UPDATE runs SET last_step = ?, last_loss = ?, tokens = ?, steps = steps + ?, seq = ?,
-             status = ?, updated_at = ?, seen_at = ? WHERE id = ?",
+             updated_at = ?, seen_at = ? WHERE id = ?",
         )
         .bind(last_step.map(|s| s as i64))
         .bind(last_loss.map(codec::f64_blob))
         .bind(tokens.map(|t| t as i64))
         .bind(fresh.len() as i64)
         .bind(self.cursor.seq)
-        .bind(status.as_str())
         .bind(t)
         .bind(t)
         .bind(run.id)
         .execute(&mut *tx)
         .await?;
-        Ok(back.then_some(RunStatus::Running))
+        Ok(())
     }
 
     async fn add_event(
@@ -503,10 +501,16 @@ impl Writer {
         changes: &mut Vec<Change>,
     ) -> StoreResult<()> {
         let run = runs::run_row(&mut *tx, run_id).await?;
+        let t = now();
         if run.status == status {
+            // Nothing changes, but a trainer that says so is alive.
+            sqlx::query("UPDATE runs SET seen_at = ? WHERE id = ?")
+                .bind(t)
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await?;
             return Ok(());
         }
-        let t = now();
         sqlx::query("UPDATE runs SET status = ?, updated_at = ?, seen_at = ? WHERE id = ?")
             .bind(status.as_str())
             .bind(t)

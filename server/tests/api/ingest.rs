@@ -194,3 +194,32 @@ fn steps_arriving_out_of_order_and_after_a_restart_keep_summaries_exact() {
     assert_eq!(r["last"][0], 399.0);
     drop(dir);
 }
+
+#[test]
+fn finite_values_come_back_bit_for_bit() {
+    let app = TestApp::spawn();
+    let id = app.create_run("r", 1);
+    let values = [
+        0.1 + 0.2,
+        1.249,
+        1e-300,
+        5e-324,
+        -1.7976931348623157e308,
+        123456.789e-17,
+        -0.0,
+    ];
+    let steps: Vec<_> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| json!({"step": i, "scalars": {"x": v}}))
+        .collect();
+    assert_eq!(app.ingest(id, json!(steps)).status, 200);
+    let r = app.get(&format!("/api/v1/runs/{id}/scalars/x")).body;
+    for (i, v) in values.iter().enumerate() {
+        assert_eq!(
+            r["last"][i].as_f64().unwrap().to_bits(),
+            v.to_bits(),
+            "value {v}"
+        );
+    }
+}

@@ -142,3 +142,39 @@ fn shutdown_ends_open_streams_instead_of_hanging() {
         .recv_timeout(Duration::from_secs(15))
         .expect("the server stopped");
 }
+
+#[test]
+fn command_states_arrive_live_beside_their_audit_events() {
+    let app = TestApp::spawn();
+    let id = app.create_run("r", 2);
+    let rx = subscribe(&app, id, None);
+    next(&rx, "hello");
+    app.post(
+        &format!("/api/v1/runs/{id}/commands"),
+        &json!({"kind": "pause"}),
+    );
+    assert_eq!(next(&rx, "event").data["event"]["name"], "pause:queued");
+    let c = next(&rx, "command");
+    assert_eq!(
+        (
+            c.data["command"]["status"].clone(),
+            c.data["command"]["command"]["kind"].clone()
+        ),
+        (json!("queued"), json!("pause"))
+    );
+}
+
+#[test]
+fn a_lost_run_that_sends_steps_again_is_running_and_its_steps_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::on(dir.path().join("k.db"), |c| {
+        c.lost_after = Duration::from_millis(200)
+    });
+    let id = app.create_run("r", 2);
+    let rx = subscribe(&app, id, None);
+    next(&rx, "hello");
+    assert_eq!(next(&rx, "status").data["status"], "lost");
+    assert_eq!(app.ingest(id, json!([step(0, json!(1.0), 2)])).status, 200);
+    assert_eq!(next(&rx, "status").data["status"], "running");
+    assert_eq!(steps_of(&next(&rx, "steps")), vec![0]);
+}

@@ -230,3 +230,26 @@ fn an_unknown_path_is_a_json_404() {
     let app = TestApp::spawn();
     assert_refused(&app.get("/api/v1/nothing"), 404, "no such");
 }
+
+#[test]
+fn a_wrong_method_is_a_json_405() {
+    let app = TestApp::spawn();
+    let r = app.post_raw("/healthz", b"{}", None);
+    assert_refused(&r, 405, "method");
+}
+
+#[test]
+fn a_query_parameter_of_the_other_endpoint_is_a_400() {
+    with_run(|app, id| {
+        assert_refused(
+            &app.get(&format!("/api/v1/runs/{id}/scalars/loss?columns=5")),
+            400,
+            "points",
+        );
+        assert_refused(
+            &app.get(&format!("/api/v1/runs/{id}/layers/hidden_var?points=5")),
+            400,
+            "columns",
+        );
+    });
+}
