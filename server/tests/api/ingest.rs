@@ -199,7 +199,7 @@ fn steps_arriving_out_of_order_and_after_a_restart_keep_summaries_exact() {
 fn finite_values_come_back_bit_for_bit() {
     let app = TestApp::spawn();
     let id = app.create_run("r", 1);
-    let values = [
+    let values: [f64; 7] = [
         0.1 + 0.2,
         1.249,
         1e-300,
