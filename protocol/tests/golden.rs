@@ -1,0 +1,64 @@
+//! Golden fixtures: each file under `fixtures/` parses into its wire type and serialises back
+//! to the same JSON, so any change to the wire shows up here in review.
+
+use keel_protocol::{
+    Command, CommandRecord, IngestBatch, LayerMatrix, LiveMessage, RunSpec, ScalarSeries,
+    StepRecord,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+fn round_trip<T: DeserializeOwned + Serialize>(file: &str) {
+    let path = format!("{}/tests/fixtures/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let golden: Value = serde_json::from_str(&text).unwrap();
+    let parsed: T = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let back = serde_json::to_value(&parsed).unwrap();
+    assert_eq!(back, golden, "{file} does not serialise back to itself");
+}
+
+#[test]
+fn a_step_record_round_trips() {
+    round_trip::<StepRecord>("step_record.json");
+}
+
+#[test]
+fn an_ingest_batch_round_trips() {
+    round_trip::<IngestBatch>("ingest_batch.json");
+}
+
+#[test]
+fn a_run_spec_round_trips() {
+    round_trip::<RunSpec>("run_spec.json");
+}
+
+#[test]
+fn every_command_of_the_design_round_trips_and_validates() {
+    round_trip::<Vec<Command>>("commands.json");
+    let path = format!(
+        "{}/tests/fixtures/commands.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let commands: Vec<Command> =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    for c in &commands {
+        assert!(c.validate().is_ok(), "{c:?}");
+    }
+}
+
+#[test]
+fn a_command_record_round_trips() {
+    round_trip::<CommandRecord>("command_record.json");
+}
+
+#[test]
+fn live_messages_round_trip() {
+    round_trip::<Vec<LiveMessage>>("live_messages.json");
+}
+
+#[test]
+fn query_answers_round_trip_with_non_finite_values() {
+    round_trip::<ScalarSeries>("scalar_series.json");
+    round_trip::<LayerMatrix>("layer_matrix.json");
+}
