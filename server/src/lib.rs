@@ -1,5 +1,6 @@
 //! The keel server: HTTP API, SQLite storage, live hub.
 //!
+//! - [`alerts`]: derived alerts (NaN, spikes, depth growth, runaway logits), pure logic.
 //! - [`routes`]: every URL, each area's handlers (extract → call → respond).
 //! - [`storage`]: all SQL — the store, its single writer, the series queries.
 //! - [`hub`]: live fan-out of committed changes to SSE subscribers.
@@ -9,6 +10,7 @@
 //!
 //! [`serve`] is the whole server given a bound listener, so tests run it on port 0.
 
+pub mod alerts;
 pub mod auth;
 pub mod error;
 pub mod hub;

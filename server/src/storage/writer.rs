@@ -23,9 +23,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::summary::{LEVELS, Summary};
 use super::{Change, Cursor, StoreError, StoreResult, codec, now, runs};
+use crate::alerts::{Alert, Detector, Thresholds};
 
 /// Most writes applied in one transaction.
 const MAX_OPS: usize = 256;
+/// Runs whose alert state is kept in memory before it is emptied (it re-learns as steps come).
+const MAX_DETECTORS: usize = 10_000;
 /// Tail buckets kept in memory before the cache is emptied (it refills from the table).
 const MAX_TAILS: usize = 50_000;
 
@@ -87,6 +90,8 @@ struct Writer {
     series: HashMap<i64, HashMap<SeriesKey, (u32, usize)>>,
     /// The newest bucket of each (run, branch, series, level), as last written.
     tails: HashMap<TailKey, (u64, Summary)>,
+    /// Alert detectors of each (run, branch) that receives steps.
+    detectors: HashMap<(i64, u32), Detector>,
 }
 
 pub async fn spawn(
@@ -104,6 +109,7 @@ pub async fn spawn(
         cursor: Cursor { seq, event },
         series: HashMap::new(),
         tails: HashMap::new(),
+        detectors: HashMap::new(),
     };
     let (tx, mut rx) = mpsc::channel::<WriteOp>(1024);
     tokio::spawn(async move {
@@ -267,6 +273,7 @@ impl Writer {
             duplicates: total - fresh.len() as u64,
             branch,
         };
+        let alerts = self.judge(&run, branch, &fresh);
         if !fresh.is_empty() {
             let message = LiveMessage::Steps {
                 branch,
@@ -274,7 +281,36 @@ impl Writer {
             };
             changes.push(self.change(run_id, message));
         }
+        // Alerts follow the steps they are about, on the live channel too.
+        for a in alerts {
+            let event = NewEvent {
+                run_id,
+                kind: "alert".into(),
+                name: a.name.into(),
+                severity: a.severity,
+                step: Some(a.step),
+                message: a.message,
+            };
+            self.add_event(tx, event, changes).await?;
+        }
         Ok(reply)
+    }
+
+    /// Runs the new steps of a branch through its alert detector, in step order.
+    fn judge(&mut self, run: &runs::RunRow, branch: u32, fresh: &[StepRecord]) -> Vec<Alert> {
+        if self.detectors.len() > MAX_DETECTORS {
+            self.detectors.clear();
+        }
+        let detector = self.detectors.entry((run.id, branch)).or_insert_with(|| {
+            let config = serde_json::from_str(&run.config).unwrap_or_default();
+            Detector::new(Thresholds::from_config(&config))
+        });
+        let mut ordered: Vec<&StepRecord> = fresh.iter().collect();
+        ordered.sort_by_key(|r| r.step);
+        ordered
+            .into_iter()
+            .flat_map(|r| detector.observe(r))
+            .collect()
     }
 
     fn change(&self, run_id: i64, message: LiveMessage) -> Change {

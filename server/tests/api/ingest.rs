@@ -223,3 +223,25 @@ fn finite_values_come_back_bit_for_bit() {
         );
     }
 }
+
+#[test]
+fn a_nan_loss_raises_a_stored_alert_counted_on_the_run() {
+    let app = TestApp::spawn();
+    let id = app.create_run("r", 2);
+    let steps: Vec<_> = (0..10)
+        .map(|s| step(s, if s == 7 { json!("NaN") } else { json!(2.0) }, 2))
+        .collect();
+    assert_eq!(app.ingest(id, json!(steps)).status, 200);
+    let events = app.get(&format!("/api/v1/runs/{id}/events")).body;
+    let alerts: Vec<_> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "alert")
+        .collect();
+    assert_eq!(alerts.len(), 1, "{events}");
+    assert_eq!(alerts[0]["name"], "non_finite_loss");
+    assert_eq!(alerts[0]["step"], 7);
+    assert_eq!(alerts[0]["severity"], "critical");
+    assert_eq!(app.get(&format!("/api/v1/runs/{id}")).body["alerts"], 1);
+}

@@ -1,0 +1,470 @@
+//! Derived alerts: what a person should look at, computed from each run's steps as they arrive.
+//!
+//! A [`Detector`] per run sees the run's steps in order and says when one of these starts:
+//! a non-finite loss or grad norm; a loss spike (loss above its moving average by a margin);
+//! a grad-norm spike; depth growth (the last-layer / first-layer `hidden_var` ratio rising
+//! steadily — in YuLan-Mini's divergent proxies it grew linearly while the loss still looked
+//! normal); runaway attention logits. Each alert fires once when its condition starts and
+//! re-arms only after the signal has clearly come back, so a diverging run raises a handful
+//! of alerts, not one per step. Pure logic, no I/O: the writer stores what it returns.
+//!
+//! Thresholds come from the run's config under `"alerts"` (see [`Thresholds`]); missing keys
+//! take the defaults.
+
+use keel_protocol::{Severity, StepRecord};
+use serde::Deserialize;
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Thresholds {
+    /// Steps over which the moving averages of loss and grad norm are taken.
+    pub ema_steps: f64,
+    /// Steps seen before spikes are judged (the averages need a history).
+    pub warmup_steps: u64,
+    /// A loss above its moving average × (1 + this) is a spike.
+    pub loss_spike: f64,
+    /// A grad norm above its moving average × this is a spike.
+    pub grad_norm_spike: f64,
+    /// Steps of `hidden_var` ratio history judged for depth growth.
+    pub depth_window: usize,
+    /// Growth of the last/first-layer ratio over the window that raises the alert.
+    pub depth_growth: f64,
+    /// How straight the rise must be: R² of a line through the window.
+    pub depth_steadiness: f64,
+    /// An `attn_logit_max` above this, in any layer, is runaway.
+    pub attn_logit_max: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            ema_steps: 50.0,
+            warmup_steps: 20,
+            loss_spike: 0.5,
+            grad_norm_spike: 3.0,
+            depth_window: 100,
+            depth_growth: 1.5,
+            depth_steadiness: 0.8,
+            attn_logit_max: 100.0,
+        }
+    }
+}
+
+impl Thresholds {
+    /// The `alerts` object of a run's config, or the defaults (also when it is malformed:
+    /// a typo in a threshold must not stop a run from being recorded).
+    pub fn from_config(config: &serde_json::Value) -> Thresholds {
+        config
+            .get("alerts")
+            .and_then(|a| serde_json::from_value(a.clone()).ok())
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Alert {
+    pub name: &'static str,
+    pub severity: Severity,
+    pub step: u64,
+    pub message: String,
+}
+
+/// A moving average with a spike trigger that re-arms once the signal is back near it.
+#[derive(Debug, Default)]
+struct Spike {
+    ema: Option<f64>,
+    seen: u64,
+    armed: bool,
+}
+
+impl Spike {
+    /// Returns the average the value was judged against when it is a new spike.
+    fn observe(&mut self, v: f64, factor: f64, t: &Thresholds) -> Option<f64> {
+        if !v.is_finite() {
+            return None;
+        }
+        let Some(ema) = self.ema else {
+            self.ema = Some(v);
+            self.seen = 1;
+            self.armed = true;
+            return None;
+        };
+        self.seen += 1;
+        let fired = if self.seen > t.warmup_steps && self.armed && v > ema * factor && ema > 0.0 {
+            self.armed = false;
+            Some(ema)
+        } else {
+            None
+        };
+        if !self.armed && v <= ema * (1.0 + (factor - 1.0) / 2.0) {
+            self.armed = true;
+        }
+        let alpha = 2.0 / (t.ema_steps + 1.0);
+        self.ema = Some(ema + alpha * (v - ema));
+        fired
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Detector {
+    thresholds: Thresholds,
+    last_step: Option<u64>,
+    loss_non_finite: bool,
+    grad_non_finite: bool,
+    loss: Spike,
+    grad: Spike,
+    ratios: std::collections::VecDeque<f64>,
+    depth_armed: bool,
+    attn_armed: bool,
+}
+
+impl Detector {
+    pub fn new(thresholds: Thresholds) -> Detector {
+        Detector {
+            thresholds,
+            depth_armed: true,
+            attn_armed: true,
+            ..Default::default()
+        }
+    }
+
+    /// Judges one step. Steps at or before one already judged are ignored (re-sends,
+    /// late arrivals): the detectors follow the run forward.
+    pub fn observe(&mut self, r: &StepRecord) -> Vec<Alert> {
+        if self.last_step.is_some_and(|s| r.step <= s) {
+            return Vec::new();
+        }
+        self.last_step = Some(r.step);
+        let mut out = Vec::new();
+        let scalar = |k: &str| r.scalars.get(k).map(|m| m.get());
+        if let Some(loss) = scalar("loss") {
+            self.loss_checks(r.step, loss, &mut out);
+        }
+        if let Some(g) = scalar("grad_norm") {
+            self.grad_checks(r.step, g, &mut out);
+        }
+        if let Some(var) = r.layers.get("hidden_var") {
+            self.depth_check(
+                r.step,
+                var.first().map(|m| m.get()),
+                var.last().map(|m| m.get()),
+                &mut out,
+            );
+        }
+        if let Some(logits) = r.layers.get("attn_logit_max") {
+            let top = logits
+                .iter()
+                .map(|m| m.get())
+                .fold(f64::NEG_INFINITY, f64::max);
+            self.attn_check(r.step, top, &mut out);
+        }
+        out
+    }
+
+    fn loss_checks(&mut self, step: u64, loss: f64, out: &mut Vec<Alert>) {
+        let bad = !loss.is_finite();
+        if bad && !self.loss_non_finite {
+            out.push(alert(
+                "non_finite_loss",
+                Severity::Critical,
+                step,
+                format!("the loss is {loss}"),
+            ));
+        }
+        self.loss_non_finite = bad;
+        let factor = 1.0 + self.thresholds.loss_spike;
+        if let Some(ema) = self.loss.observe(loss, factor, &self.thresholds) {
+            let msg = format!(
+                "loss {loss:.4} is {:.2}× its moving average {ema:.4}",
+                loss / ema
+            );
+            out.push(alert("loss_spike", Severity::Warning, step, msg));
+        }
+    }
+
+    fn grad_checks(&mut self, step: u64, g: f64, out: &mut Vec<Alert>) {
+        let bad = !g.is_finite();
+        if bad && !self.grad_non_finite {
+            out.push(alert(
+                "non_finite_grad_norm",
+                Severity::Critical,
+                step,
+                format!("the grad norm is {g}"),
+            ));
+        }
+        self.grad_non_finite = bad;
+        if let Some(ema) = self
+            .grad
+            .observe(g, self.thresholds.grad_norm_spike, &self.thresholds)
+        {
+            let msg = format!(
+                "grad norm {g:.4} is {:.1}× its moving average {ema:.4}",
+                g / ema
+            );
+            out.push(alert("grad_norm_spike", Severity::Warning, step, msg));
+        }
+    }
+
+    fn depth_check(
+        &mut self,
+        step: u64,
+        first: Option<f64>,
+        last: Option<f64>,
+        out: &mut Vec<Alert>,
+    ) {
+        let (Some(first), Some(last)) = (first, last) else {
+            return;
+        };
+        let ratio = last / first;
+        if !ratio.is_finite() || first <= 0.0 {
+            return;
+        }
+        let w = self.thresholds.depth_window.max(3);
+        self.ratios.push_back(ratio);
+        if self.ratios.len() > w {
+            self.ratios.pop_front();
+        }
+        if self.ratios.len() < w {
+            return;
+        }
+        let (growth, r2) = line_growth(self.ratios.iter().copied());
+        let t = &self.thresholds;
+        if self.depth_armed && growth >= t.depth_growth && r2 >= t.depth_steadiness {
+            self.depth_armed = false;
+            let msg = format!(
+                "last/first-layer hidden_var ratio rose {growth:.2}× over the last {w} steps, steadily (R² {r2:.2}); now {ratio:.3}"
+            );
+            out.push(alert("depth_growth", Severity::Warning, step, msg));
+        } else if !self.depth_armed && growth < 1.0 + (t.depth_growth - 1.0) / 2.0 {
+            self.depth_armed = true;
+        }
+    }
+
+    fn attn_check(&mut self, step: u64, top: f64, out: &mut Vec<Alert>) {
+        let limit = self.thresholds.attn_logit_max;
+        if self.attn_armed && (top > limit || top.is_nan()) {
+            self.attn_armed = false;
+            let msg = format!("an attention logit reached {top:.1} (limit {limit})");
+            out.push(alert("attn_logit_runaway", Severity::Warning, step, msg));
+        } else if !self.attn_armed && top <= limit / 2.0 {
+            self.attn_armed = true;
+        }
+    }
+}
+
+fn alert(name: &'static str, severity: Severity, step: u64, message: String) -> Alert {
+    Alert {
+        name,
+        severity,
+        step,
+        message,
+    }
+}
+
+/// Least-squares line through the values (x = 0, 1, …): the ratio of its end to its start
+/// (how much it grew) and its R² (how steadily).
+fn line_growth(values: impl ExactSizeIterator<Item = f64> + Clone) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean_x = (n - 1.0) / 2.0;
+    let mean_y = values.clone().sum::<f64>() / n;
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (i, y) in values.enumerate() {
+        let dx = i as f64 - mean_x;
+        let dy = y - mean_y;
+        sxy += dx * dy;
+        sxx += dx * dx;
+        syy += dy * dy;
+    }
+    let slope = sxy / sxx;
+    let start = mean_y - slope * mean_x;
+    let end = mean_y + slope * mean_x;
+    let r2 = if syy > 0.0 {
+        sxy * sxy / (sxx * syy)
+    } else {
+        0.0
+    };
+    let growth = if start > 0.0 {
+        end / start
+    } else {
+        f64::INFINITY
+    };
+    (growth, r2)
+}
+
+#[cfg(test)]
+mod tests {
+    use keel_protocol::Metric;
+
+    use super::*;
+
+    fn step(step: u64, loss: f64, grad: f64, var: (f64, f64), logit: f64) -> StepRecord {
+        let mut r = StepRecord {
+            step,
+            time: None,
+            tokens: None,
+            scalars: Default::default(),
+            layers: Default::default(),
+        };
+        r.scalars.insert("loss".into(), Metric(loss));
+        r.scalars.insert("grad_norm".into(), Metric(grad));
+        r.layers.insert(
+            "hidden_var".into(),
+            vec![Metric(var.0), Metric(1.0), Metric(var.1)],
+        );
+        r.layers
+            .insert("attn_logit_max".into(), vec![Metric(5.0), Metric(logit)]);
+        r
+    }
+
+    /// Runs a series through a detector and returns (alert name, step) pairs.
+    fn fired(series: impl Iterator<Item = StepRecord>) -> Vec<(&'static str, u64)> {
+        let mut d = Detector::new(Thresholds::default());
+        series
+            .flat_map(|r| d.observe(&r))
+            .map(|a| (a.name, a.step))
+            .collect()
+    }
+
+    /// A healthy run: loss falling with a little noise, everything else flat.
+    fn healthy(s: u64) -> StepRecord {
+        let noise = ((s as f64 * 12.9898).sin() * 43758.5453).fract() * 0.05;
+        step(
+            s,
+            2.0 + 3.0 * (-(s as f64) / 200.0).exp() + noise,
+            0.8 + noise,
+            (1.0, 1.2 + noise),
+            8.0,
+        )
+    }
+
+    #[test]
+    fn a_healthy_run_raises_nothing() {
+        assert_eq!(fired((0..2000).map(healthy)), vec![]);
+    }
+
+    #[test]
+    fn a_nan_loss_fires_once_until_the_loss_is_finite_again() {
+        let series = (0..100).map(|s| {
+            let mut r = healthy(s);
+            if (50..60).contains(&s) || s == 80 {
+                r.scalars.insert("loss".into(), Metric::NAN);
+            }
+            r
+        });
+        assert_eq!(
+            fired(series),
+            vec![("non_finite_loss", 50), ("non_finite_loss", 80)]
+        );
+    }
+
+    #[test]
+    fn an_infinite_grad_norm_fires() {
+        let series = (0..100).map(|s| {
+            let mut r = healthy(s);
+            if s == 70 {
+                r.scalars.insert("grad_norm".into(), Metric(f64::INFINITY));
+            }
+            r
+        });
+        assert_eq!(fired(series), vec![("non_finite_grad_norm", 70)]);
+    }
+
+    #[test]
+    fn a_one_step_loss_spike_fires_and_small_bumps_do_not() {
+        let spike = (0..300).map(|s| {
+            let mut r = healthy(s);
+            if s == 250 {
+                r.scalars.insert("loss".into(), Metric(9.0));
+            }
+            r
+        });
+        assert_eq!(fired(spike), vec![("loss_spike", 250)]);
+        let bump = (0..300).map(|s| {
+            let mut r = healthy(s);
+            if s == 250 {
+                let loss = r.scalars["loss"].get() * 1.3;
+                r.scalars.insert("loss".into(), Metric(loss));
+            }
+            r
+        });
+        assert_eq!(fired(bump), vec![]);
+    }
+
+    #[test]
+    fn a_grad_norm_spike_fires() {
+        let series = (0..300).map(|s| {
+            let mut r = healthy(s);
+            if s == 200 {
+                r.scalars.insert("grad_norm".into(), Metric(10.0));
+            }
+            r
+        });
+        assert_eq!(fired(series), vec![("grad_norm_spike", 200)]);
+    }
+
+    #[test]
+    fn a_steadily_rising_depth_ratio_fires_while_the_loss_looks_normal() {
+        // Last/first ratio rising linearly from 1.2 by 1% of a unit per step.
+        let series = (0..400).map(|s| {
+            let mut r = healthy(s);
+            r.layers.insert(
+                "hidden_var".into(),
+                vec![Metric(1.0), Metric(1.0), Metric(1.2 + s as f64 * 0.01)],
+            );
+            r
+        });
+        let alerts = fired(series);
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert_eq!(alerts[0].0, "depth_growth");
+    }
+
+    #[test]
+    fn a_noisy_but_flat_depth_ratio_does_not_fire() {
+        let series = (0..1000).map(|s| {
+            let mut r = healthy(s);
+            let wobble = 1.0 + 0.5 * (s as f64 / 7.0).sin();
+            r.layers.insert(
+                "hidden_var".into(),
+                vec![Metric(1.0), Metric(1.0), Metric(2.0 * wobble)],
+            );
+            r
+        });
+        assert_eq!(fired(series), vec![]);
+    }
+
+    #[test]
+    fn runaway_attention_logits_fire_once() {
+        let series = (0..300).map(|s| {
+            let mut r = healthy(s);
+            let top = if s >= 150 {
+                8.0 * 1.1f64.powi((s - 150) as i32)
+            } else {
+                8.0
+            };
+            r.layers
+                .insert("attn_logit_max".into(), vec![Metric(1.0), Metric(top)]);
+            r
+        });
+        let alerts = fired(series);
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert_eq!(alerts[0].0, "attn_logit_runaway");
+    }
+
+    #[test]
+    fn thresholds_come_from_the_run_config() {
+        let config = serde_json::json!({"alerts": {"attn_logit_max": 10.0}});
+        let t = Thresholds::from_config(&config);
+        assert_eq!(t.attn_logit_max, 10.0);
+        assert_eq!(t.loss_spike, Thresholds::default().loss_spike);
+        let mut d = Detector::new(t);
+        let a = d.observe(&step(0, 1.0, 1.0, (1.0, 1.0), 12.0));
+        assert_eq!(a[0].name, "attn_logit_runaway");
+    }
+
+    #[test]
+    fn steps_from_the_past_are_not_judged_again() {
+        let mut d = Detector::new(Thresholds::default());
+        assert_eq!(d.observe(&step(5, f64::NAN, 1.0, (1.0, 1.0), 1.0)).len(), 1);
+        assert_eq!(d.observe(&step(4, f64::NAN, 1.0, (1.0, 1.0), 1.0)).len(), 0);
+    }
+}
