@@ -18,7 +18,7 @@ use keel_protocol::{
     CommandOutcome, CommandRecord, CommandStatus, EventRecord, IngestBatch, IngestReply,
     LiveMessage, RunSpec, RunStatus, Severity, StepRecord,
 };
-use sqlx::{Connection, SqliteConnection};
+use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
 use super::summary::{LEVELS, Summary};
@@ -227,6 +227,7 @@ impl Writer {
             }
         }
         let mut dirty: HashMap<(u32, u64, u64), Summary> = HashMap::new();
+        let mut rows = Vec::with_capacity(fresh.len());
         for record in &fresh {
             self.cursor.seq += 1;
             let entries = self.entries(tx, run_id, record).await?;
@@ -238,8 +239,7 @@ impl Writer {
                     if let Some(s) = dirty.get_mut(&key) {
                         s.add(record.step, values);
                     } else {
-                        let loaded = self.bucket(tx, run_id, branch, key).await?;
-                        let merged = match loaded {
+                        let merged = match self.bucket(tx, run_id, branch, key).await? {
                             Some(mut s) => {
                                 s.add(record.step, values);
                                 s
@@ -250,17 +250,9 @@ impl Writer {
                     }
                 }
             }
-            sqlx::query(
-                "INSERT INTO steps (run_id, branch, step, seq, data) VALUES (?, ?, ?, ?, ?)",
-            )
-            .bind(run_id)
-            .bind(branch)
-            .bind(record.step as i64)
-            .bind(self.cursor.seq)
-            .bind(blob)
-            .execute(&mut *tx)
-            .await?;
+            rows.push((record.step as i64, self.cursor.seq, blob));
         }
+        insert_steps(tx, run_id, branch, rows).await?;
         self.write_buckets(tx, run_id, branch, dirty).await?;
         self.note_steps(tx, &run, branch, &fresh).await?;
         if run.status == RunStatus::Lost && !fresh.is_empty() {
@@ -394,10 +386,11 @@ impl Writer {
         branch: u32,
         (series, level, bucket): (u32, u64, u64),
     ) -> StoreResult<Option<Summary>> {
-        if let Some((b, s)) = self.tails.get(&(run_id, branch, series, level))
-            && *b == bucket
-        {
-            return Ok(Some(s.clone()));
+        match self.tails.get(&(run_id, branch, series, level)) {
+            Some((b, s)) if *b == bucket => return Ok(Some(s.clone())),
+            // Every bucket ever written moved the tail up to it: a later one has no row.
+            Some((b, _)) if *b < bucket => return Ok(None),
+            _ => {}
         }
         let row: Option<(Vec<u8>,)> = sqlx::query_as(
             "SELECT data FROM summaries
@@ -423,26 +416,29 @@ impl Writer {
         if self.tails.len() > MAX_TAILS {
             self.tails.clear();
         }
+        let mut rows = Vec::with_capacity(dirty.len());
         for ((series, level, bucket), summary) in dirty {
-            sqlx::query(
-                "INSERT OR REPLACE INTO summaries (run_id, branch, series_id, level, bucket, data)
-                 VALUES (?, ?, ?, ?, ?, ?)",
-            )
-            .bind(run_id)
-            .bind(branch)
-            .bind(series)
-            .bind(level as i64)
-            .bind(bucket as i64)
-            .bind(summary.encode())
-            .execute(&mut *tx)
-            .await?;
-            let tail = self
-                .tails
-                .entry((run_id, branch, series, level))
-                .or_insert((bucket, summary.clone()));
+            rows.push((series, level as i64, bucket as i64, summary.encode()));
+            let tail = self.tails.entry((run_id, branch, series, level));
+            let tail = tail.or_insert((bucket, summary.clone()));
             if bucket >= tail.0 {
                 *tail = (bucket, summary);
             }
+        }
+        // Many rows per statement: the per-statement cost dominates otherwise.
+        for chunk in rows.chunks(150) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT OR REPLACE INTO summaries (run_id, branch, series_id, level, bucket, data) ",
+            );
+            q.push_values(chunk, |mut b, (series, level, bucket, data)| {
+                b.push_bind(run_id)
+                    .push_bind(branch)
+                    .push_bind(*series)
+                    .push_bind(*level)
+                    .push_bind(*bucket)
+                    .push_bind(data.as_slice());
+            });
+            q.build().execute(&mut *tx).await?;
         }
         Ok(())
     }
@@ -788,6 +784,28 @@ async fn resolve_branch(
         .execute(&mut *tx)
         .await?;
     Ok(branch)
+}
+
+/// Inserts raw step rows (step, seq, blob), many per statement.
+async fn insert_steps(
+    tx: &mut SqliteConnection,
+    run_id: i64,
+    branch: u32,
+    rows: Vec<(i64, i64, Vec<u8>)>,
+) -> StoreResult<()> {
+    for chunk in rows.chunks(150) {
+        let mut q =
+            QueryBuilder::<Sqlite>::new("INSERT INTO steps (run_id, branch, step, seq, data) ");
+        q.push_values(chunk, |mut b, (step, seq, data)| {
+            b.push_bind(run_id)
+                .push_bind(branch)
+                .push_bind(*step)
+                .push_bind(*seq)
+                .push_bind(data.as_slice());
+        });
+        q.build().execute(&mut *tx).await?;
+    }
+    Ok(())
 }
 
 async fn existing_steps(
