@@ -188,14 +188,17 @@ async fn lineage(db: &SqlitePool, run: &RunRow, branch: u32) -> StoreResult<Vec<
     Ok(out)
 }
 
-async fn last_step(
+/// The first and last stored steps of a branch's history.
+async fn bounds(
     db: &SqlitePool,
     run_id: i64,
     segments: &[(u32, u64, u64)],
-) -> StoreResult<Option<u64>> {
+) -> StoreResult<Option<(u64, u64)>> {
+    let mut out: Option<(u64, u64)> = None;
     for &(branch, lo, hi) in segments {
-        let (max,): (Option<i64>,) = sqlx::query_as(
-            "SELECT MAX(step) FROM steps WHERE run_id = ? AND branch = ? AND step BETWEEN ? AND ?",
+        let (min, max): (Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT MIN(step), MAX(step) FROM steps
+             WHERE run_id = ? AND branch = ? AND step BETWEEN ? AND ?",
         )
         .bind(run_id)
         .bind(branch)
@@ -203,11 +206,12 @@ async fn last_step(
         .bind(hi.min(i64::MAX as u64) as i64)
         .fetch_one(db)
         .await?;
-        if let Some(m) = max {
-            return Ok(Some(m as u64));
+        if let (Some(min), Some(max)) = (min, max) {
+            let (min, max) = (min as u64, max as u64);
+            out = Some(out.map_or((min, max), |(a, b)| (a.min(min), b.max(max))));
         }
     }
-    Ok(None)
+    Ok(out)
 }
 
 /// The buckets of one series with data in them, in step order, and the branch read.
@@ -219,14 +223,18 @@ async fn read(
 ) -> StoreResult<(u32, Vec<Summary>)> {
     let branch = window.branch.unwrap_or(run.branch);
     let segments = lineage(db, run, branch).await?;
-    let from = window.from.unwrap_or(0);
-    let to = match window.to {
-        Some(to) => Some(to),
-        None => last_step(db, run.id, &segments).await?,
+    // An open end of the window is the first or last stored step, so that `points` equal
+    // to the number of steps gives one step per bucket whatever step the run started at.
+    let (from, to) = match (window.from, window.to) {
+        (Some(from), Some(to)) => (from, to),
+        (from, to) => match bounds(db, run.id, &segments).await? {
+            Some((first, last)) => (from.unwrap_or(first), to.unwrap_or(last)),
+            None => return Ok((branch, Vec::new())),
+        },
     };
-    let Some(to) = to.filter(|&to| to >= from) else {
+    if to < from {
         return Ok((branch, Vec::new()));
-    };
+    }
     let grid = Grid::new(from, to, window.buckets);
     let mut reader = Reader {
         db,

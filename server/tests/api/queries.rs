@@ -14,8 +14,13 @@ fn openapi_describes_every_route() {
         "/api/v1/runs/{id}/status",
         "/api/v1/runs/{id}/steps",
         "/api/v1/runs/{id}/scalars/{key}",
+        "/api/v1/runs/{id}/scalars/{key}.png",
+        "/api/v1/runs/{id}/scalars/{key}.svg",
         "/api/v1/runs/{id}/layers/{stat}",
+        "/api/v1/runs/{id}/layers/{stat}.png",
+        "/api/v1/runs/{id}/layers/{stat}.svg",
         "/api/v1/runs/{id}/live",
+        "/api/v1/live",
         "/api/v1/runs/{id}/commands",
         "/api/v1/runs/{id}/commands/pending",
         "/api/v1/runs/{id}/commands/{cid}/outcome",
@@ -28,7 +33,7 @@ fn openapi_describes_every_route() {
     }
     assert_eq!(
         paths.len(),
-        12,
+        17,
         "a route is described that the test does not know"
     );
 }
@@ -76,4 +81,24 @@ fn a_rewound_run_reads_its_live_branch_and_keeps_the_abandoned_one() {
         &json!({"branch": 3, "steps": batch(0..1, 1.0)}),
     );
     assert_eq!(r.status, 409);
+}
+
+#[test]
+fn as_many_points_as_steps_give_one_step_per_bucket_whatever_the_first_step() {
+    let app = TestApp::spawn();
+    let id = app.create_run("r", 1);
+    let steps: Vec<_> = (1..=300u64)
+        .map(|s| json!({"step": s, "scalars": {"loss": s as f64}}))
+        .collect();
+    assert_eq!(app.ingest(id, json!(steps)).status, 200);
+    let r = app
+        .get(&format!("/api/v1/runs/{id}/scalars/loss?points=300"))
+        .body;
+    let got: Vec<u64> = r["step"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(got, (1..=300).collect::<Vec<_>>());
 }
