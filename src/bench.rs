@@ -3,7 +3,7 @@
 //! - `ingest`: values/s into the store (no HTTP), and through HTTP beside it.
 //! - `query`: server time of a 1M-step × 64-layer heatmap in 1,000 columns and of a
 //!   1M-step scalar series in 2,000 points (storage call plus JSON encoding), and the same
-//!   through HTTP.
+//!   through HTTP; and the server time of that run's page.
 //! - `memory`: resident memory of a `keel serve` process over 100 runs × 100,000 steps.
 //!
 //! `--quick` shrinks every size tenfold for a smoke run. Sizes print with the results.
@@ -257,6 +257,19 @@ async fn query(dir: &Path, scale: u64) -> anyhow::Result<()> {
     println!(
         "| scalar series {steps} steps → 2,000 points (query + JSON), median of 15 | {:.1} ms |",
         median(line)
+    );
+    // The run page itself: it carries names, not series, so its cost must not grow with steps.
+    let mut page = Vec::new();
+    for _ in 0..15 {
+        let t = Instant::now();
+        let detail = runs::run_detail(db, run).await?;
+        let html = keel_server::views::RunPage::new(&detail, 0.0).to_html()?;
+        page.push(t.elapsed().as_secs_f64() * 1e3);
+        anyhow::ensure!(html.len() < 64 * 1024);
+    }
+    println!(
+        "| run page of that run (query + template), median of 15 | {:.2} ms |",
+        median(page)
     );
     Ok(())
 }

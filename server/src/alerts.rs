@@ -116,6 +116,8 @@ pub struct Detector {
     ratios: std::collections::VecDeque<f64>,
     depth_armed: bool,
     attn_armed: bool,
+    /// Per alert name, the step before which it stays quiet after firing.
+    quiet_until: std::collections::HashMap<&'static str, u64>,
 }
 
 impl Detector {
@@ -158,7 +160,35 @@ impl Detector {
                 .fold(f64::NEG_INFINITY, f64::max);
             self.attn_check(r.step, top, &mut out);
         }
-        out
+        self.quieten(out)
+    }
+
+    /// After an alert fires, the same alert stays quiet for a while (a signal hovering at
+    /// its threshold would otherwise fire on every crossing): spikes for `ema_steps` steps,
+    /// slow trends for ten windows. A non-finite value is never quietened: each return of
+    /// NaN after finite values is news.
+    fn quieten(&mut self, alerts: Vec<Alert>) -> Vec<Alert> {
+        let slow = 10 * self.thresholds.depth_window as u64;
+        let fast = self.thresholds.ema_steps as u64;
+        alerts
+            .into_iter()
+            .filter(|a| {
+                if self
+                    .quiet_until
+                    .get(a.name)
+                    .is_some_and(|&until| a.step < until)
+                {
+                    return false;
+                }
+                let pause = match a.name {
+                    "depth_growth" | "attn_logit_runaway" => slow,
+                    "loss_spike" | "grad_norm_spike" => fast,
+                    _ => 0,
+                };
+                self.quiet_until.insert(a.name, a.step + pause);
+                true
+            })
+            .collect()
     }
 
     fn loss_checks(&mut self, step: u64, loss: f64, out: &mut Vec<Alert>) {
@@ -459,6 +489,17 @@ mod tests {
         let mut d = Detector::new(t);
         let a = d.observe(&step(0, 1.0, 1.0, (1.0, 1.0), 12.0));
         assert_eq!(a[0].name, "attn_logit_runaway");
+    }
+
+    #[test]
+    fn an_alert_hovering_at_its_threshold_fires_once_per_quiet_period() {
+        let series = (0..1000).map(|s| {
+            let mut r = healthy(s);
+            let top = if s % 2 == 0 { 150.0 } else { 10.0 };
+            r.layers.insert("attn_logit_max".into(), vec![Metric(top)]);
+            r
+        });
+        assert_eq!(fired(series), vec![("attn_logit_runaway", 0)]);
     }
 
     #[test]

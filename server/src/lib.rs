@@ -6,16 +6,20 @@
 //! - [`hub`]: live fan-out of committed changes to SSE subscribers.
 //! - [`auth`]: the operator token check.
 //! - [`error`]: the error type and the extractors that answer in its shape.
+//! - [`views`]: the pages' template structs and the formatting of their values.
+//! - [`charts`]: heatmaps and line charts rendered as PNG or SVG (plotters).
 //! - [`watchdog`]: marks runs whose trainer went silent as `lost`.
 //!
 //! [`serve`] is the whole server given a bound listener, so tests run it on port 0.
 
 pub mod alerts;
 pub mod auth;
+pub mod charts;
 pub mod error;
 pub mod hub;
 pub mod routes;
 pub mod storage;
+pub mod views;
 pub mod watchdog;
 
 use std::net::SocketAddr;

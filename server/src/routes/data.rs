@@ -1,14 +1,18 @@
-//! Ingesting step records and reading series back at a chosen resolution.
+//! Ingesting step records and reading series back at a chosen resolution, as JSON or, for a
+//! name ending in `.png` or `.svg`, as a chart (see `images`).
 
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use keel_protocol::{IngestBatch, IngestReply, LayerMatrix, ScalarSeries, StepRecord};
+use keel_protocol::{IngestBatch, IngestReply, StepRecord};
 use serde::Deserialize;
 
 use crate::AppState;
 use crate::auth::Operator;
+use crate::charts::Format;
 use crate::error::{ApiJson, ApiPath, ApiQuery, AppError, AppResult};
+use crate::routes::images::{self, Source};
 use crate::storage::series::{self, Window};
 use crate::storage::{WriteOp, runs};
 
@@ -143,30 +147,38 @@ async fn scalars(
     State(state): State<AppState>,
     ApiPath((id, key)): ApiPath<(i64, String)>,
     ApiQuery(q): ApiQuery<WindowQuery>,
-) -> AppResult<Json<ScalarSeries>> {
+) -> AppResult<Response> {
     if q.columns.is_some() {
         return Err(AppError::BadRequest(
             "a scalar series takes `points`, not `columns`".into(),
         ));
     }
     let window = q.window(q.points, 2000)?;
+    // `loss/code.png` is the chart of `loss/code`.
+    if let Some((key, format)) = Format::split(&key) {
+        return images::image(&state, id, key, Source::Scalar, window, format).await;
+    }
     let db = state.store.reader();
     let run = runs::run_row(db, id).await?;
-    Ok(Json(series::scalar_series(db, &run, &key, window).await?))
+    Ok(Json(series::scalar_series(db, &run, &key, window).await?).into_response())
 }
 
 async fn layers(
     State(state): State<AppState>,
     ApiPath((id, stat)): ApiPath<(i64, String)>,
     ApiQuery(q): ApiQuery<WindowQuery>,
-) -> AppResult<Json<LayerMatrix>> {
+) -> AppResult<Response> {
     if q.points.is_some() {
         return Err(AppError::BadRequest(
             "a layer matrix takes `columns`, not `points`".into(),
         ));
     }
     let window = q.window(q.columns, 1000)?;
+    // `hidden_var.png` is the heatmap of `hidden_var`.
+    if let Some((stat, format)) = Format::split(&stat) {
+        return images::image(&state, id, stat, Source::Layers, window, format).await;
+    }
     let db = state.store.reader();
     let run = runs::run_row(db, id).await?;
-    Ok(Json(series::layer_matrix(db, &run, &stat, window).await?))
+    Ok(Json(series::layer_matrix(db, &run, &stat, window).await?).into_response())
 }

@@ -4,8 +4,11 @@
 
 mod commands;
 mod data;
+mod images;
 mod live;
 mod meta;
+mod overview;
+mod pages;
 mod runs;
 
 use axum::Router;
@@ -28,13 +31,37 @@ pub fn router(state: AppState) -> Router {
         .merge(data::router())
         .merge(live::router())
         .merge(commands::router())
+        .merge(overview::router())
+        .merge(pages::router())
         .nest_service("/static", statics)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(limit, read_body))
         .layer(CompressionLayer::new())
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Reads every request body to its end (up to the limit) before any handler runs. A request
+/// refused early — no token, unknown run — has then still been read whole, so the connection
+/// stays usable instead of being closed under a client that is still sending.
+async fn read_body(
+    axum::extract::State(limit): axum::extract::State<usize>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (parts, body) = req.into_parts();
+    match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => {
+            let req = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
+            next.run(req).await
+        }
+        Err(_) => {
+            AppError::TooLarge("the request body is over the size limit".into()).into_response()
+        }
+    }
 }
 
 async fn method_not_allowed() -> AppError {

@@ -196,14 +196,17 @@ async fn bounds(
 ) -> StoreResult<Option<(u64, u64)>> {
     let mut out: Option<(u64, u64)> = None;
     for &(branch, lo, hi) in segments {
+        // Two sub-queries: SQLite answers a lone MIN or MAX from the index in one seek, but
+        // MIN and MAX in one SELECT scan the whole range.
+        let hi = hi.min(i64::MAX as u64) as i64;
         let (min, max): (Option<i64>, Option<i64>) = sqlx::query_as(
-            "SELECT MIN(step), MAX(step) FROM steps
-             WHERE run_id = ? AND branch = ? AND step BETWEEN ? AND ?",
+            "SELECT (SELECT MIN(step) FROM steps WHERE run_id = ?1 AND branch = ?2 AND step BETWEEN ?3 AND ?4),
+                    (SELECT MAX(step) FROM steps WHERE run_id = ?1 AND branch = ?2 AND step BETWEEN ?3 AND ?4)",
         )
         .bind(run_id)
         .bind(branch)
         .bind(lo as i64)
-        .bind(hi.min(i64::MAX as u64) as i64)
+        .bind(hi)
         .fetch_one(db)
         .await?;
         if let (Some(min), Some(max)) = (min, max) {

@@ -348,15 +348,16 @@ impl Writer {
         name: &str,
         width: usize,
     ) -> StoreResult<u32> {
-        if !self.series.contains_key(&run_id) {
-            let known = runs::series_of(&mut *tx, run_id).await?;
-            let map = known
-                .into_iter()
-                .map(|s| ((s.layer, s.name), (s.id, s.width)))
-                .collect();
-            self.series.insert(run_id, map);
-        }
-        let map = self.series.get_mut(&run_id).expect("loaded above");
+        let map = match self.series.entry(run_id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let known = runs::series_of(&mut *tx, run_id).await?;
+                let map = known
+                    .into_iter()
+                    .map(|s| ((s.layer, s.name), (s.id, s.width)));
+                e.insert(map.collect())
+            }
+        };
         if let Some(&(id, known_width)) = map.get(&(layer, name.to_owned())) {
             if known_width != width {
                 return Err(StoreError::Invalid(format!(

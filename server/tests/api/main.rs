@@ -1,8 +1,11 @@
 //! End-to-end tests of the HTTP API against a real server and a real SQLite file.
 
+mod browser;
 mod commands;
 mod helpers;
 mod ingest;
 mod live;
+mod pages;
 mod queries;
 mod refusals;
+mod webdriver;

@@ -1,0 +1,240 @@
+//! Charts rendered on the server with plotters, as PNG or SVG: layer heatmaps and scalar
+//! series, for reports and for readers without JavaScript.
+//!
+//! They draw what a series query answered ([`LayerMatrix`], [`ScalarSeries`]) and never query
+//! anything themselves. Heatmaps colour each bucket by its `max`, so a one-step spike shows at
+//! every zoom, with the scale of [`colormap`] that the browser shares.
+//!
+//! Text needs a font. Rather than link the system's fontconfig and freetype, the first chart
+//! reads DejaVu Sans (Debian's `fonts-dejavu-core`) or the file named by `KEEL_FONT`, and
+//! hands it to plotters' `ab_glyph` renderer. Without a font a PNG is drawn without text;
+//! an SVG keeps its text, which the viewer's own fonts render.
+
+pub mod colormap;
+mod frame;
+mod heatmap;
+mod line;
+
+use std::sync::OnceLock;
+
+use anyhow::anyhow;
+use keel_protocol::{LayerMatrix, ScalarSeries};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+/// The image formats a chart is rendered in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Png,
+    Svg,
+}
+
+impl Format {
+    /// Splits `hidden_var.png` into `("hidden_var", Png)`; `None` without such an ending.
+    pub fn split(name: &str) -> Option<(&str, Format)> {
+        if let Some(base) = name.strip_suffix(".png") {
+            Some((base, Format::Png))
+        } else {
+            name.strip_suffix(".svg").map(|base| (base, Format::Svg))
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Png => "image/png",
+            Format::Svg => "image/svg+xml",
+        }
+    }
+}
+
+/// A heatmap of `m` (layer × step, colour = bucket max) under `title`.
+pub fn heatmap(m: &LayerMatrix, title: &str, format: Format) -> anyhow::Result<Vec<u8>> {
+    render(format, &heatmap::Heatmap { m, title })
+}
+
+/// A line chart of `s` (mean per bucket, min–max band, markers at non-finite buckets).
+pub fn scalar_chart(s: &ScalarSeries, title: &str, format: Format) -> anyhow::Result<Vec<u8>> {
+    render(format, &line::Line { s, title })
+}
+
+/// What a chart's drawing returns: plotters' error, made printable.
+pub(crate) type Drawn = Result<(), String>;
+
+/// A chart that can draw itself on any plotters backend.
+pub(crate) trait Chart {
+    fn size(&self) -> (u32, u32);
+    /// Draws on `area`; `text` says whether labels can be drawn (a font is there).
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>, text: bool) -> Drawn;
+}
+
+/// Draws `chart` on a backend of `format` and returns the encoded image.
+fn render(format: Format, chart: &impl Chart) -> anyhow::Result<Vec<u8>> {
+    let (w, h) = chart.size();
+    match format {
+        Format::Png => {
+            let mut rgb = vec![0u8; (w * h * 3) as usize];
+            {
+                let area = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
+                chart
+                    .draw(&area, font_ready())
+                    .map_err(|e| anyhow!("drawing a PNG: {e}"))?;
+                area.present().map_err(|e| anyhow!("drawing a PNG: {e}"))?;
+            }
+            encode_png(&rgb, w, h)
+        }
+        Format::Svg => {
+            let mut svg = String::new();
+            {
+                let area = SVGBackend::with_string(&mut svg, (w, h)).into_drawing_area();
+                chart
+                    .draw(&area, true)
+                    .map_err(|e| anyhow!("drawing an SVG: {e}"))?;
+                area.present().map_err(|e| anyhow!("drawing an SVG: {e}"))?;
+            }
+            Ok(svg.into_bytes())
+        }
+    }
+}
+
+fn encode_png(rgb: &[u8], w: u32, h: u32) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, w, h);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header()?;
+    writer.write_image_data(rgb)?;
+    writer.finish()?;
+    Ok(out)
+}
+
+/// Where a font is looked for when `KEEL_FONT` does not name one.
+const FONT_PATHS: [&str; 3] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+];
+
+/// Loads the font once; true when PNG text can be drawn.
+pub fn font_ready() -> bool {
+    static READY: OnceLock<bool> = OnceLock::new();
+    *READY.get_or_init(|| {
+        let named = std::env::var_os("KEEL_FONT").map(std::path::PathBuf::from);
+        let candidates = named
+            .into_iter()
+            .chain(FONT_PATHS.iter().map(std::path::PathBuf::from));
+        for path in candidates {
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            // plotters keeps fonts for the life of the process: one leak, once.
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                return true;
+            }
+        }
+        tracing::warn!("no font found (set KEEL_FONT): PNG charts are drawn without text");
+        false
+    })
+}
+
+/// The colours of the images: a light page, like a printed report.
+pub(crate) mod ink {
+    use plotters::style::RGBColor;
+    pub const PAPER: RGBColor = RGBColor(255, 255, 255);
+    pub const TEXT: RGBColor = RGBColor(40, 44, 52);
+    pub const GRID: RGBColor = RGBColor(200, 204, 212);
+    pub const EMPTY: RGBColor = RGBColor(236, 238, 242);
+    pub const LINE: RGBColor = RGBColor(37, 99, 235);
+    pub const BAND: RGBColor = RGBColor(191, 208, 247);
+}
+
+/// About `n` round values spanning `[lo, hi]` (1, 2 or 5 times a power of ten apart).
+pub fn ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
+    if hi <= lo || !lo.is_finite() || !hi.is_finite() {
+        return vec![lo];
+    }
+    let raw = (hi - lo) / n.max(1) as f64;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * mag);
+    let first = (lo / step).ceil() as i64;
+    let last = (hi / step).floor() as i64;
+    (first..=last).map(|i| i as f64 * step).collect()
+}
+
+/// A short label: `12`, `0.0031`, `2.5e-5`, `1.2M`; `NaN`, `∞`.
+pub fn short(v: f64) -> String {
+    if v.is_nan() {
+        return "NaN".into();
+    }
+    if v.is_infinite() {
+        return if v > 0.0 { "∞".into() } else { "-∞".into() };
+    }
+    let a = v.abs();
+    if a == 0.0 {
+        "0".into()
+    } else if a >= 1e9 {
+        format!("{:.3}G", v / 1e9)
+    } else if a >= 1e6 {
+        trim(format!("{:.2}", v / 1e6)) + "M"
+    } else if a >= 1e4 {
+        trim(format!("{:.1}", v / 1e3)) + "k"
+    } else if a >= 1e-3 {
+        // Four significant digits, as the browser writes them.
+        let decimals = (3 - a.log10().floor() as i32).max(0) as usize;
+        trim(format!("{v:.decimals$}"))
+    } else {
+        format!("{v:.1e}")
+    }
+}
+
+fn trim(s: String) -> String {
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_are_round_numbers_inside_the_range() {
+        assert_eq!(
+            ticks(0.0, 1000.0, 5),
+            vec![0.0, 200.0, 400.0, 600.0, 800.0, 1000.0]
+        );
+        assert_eq!(ticks(3.0, 9.0, 3), vec![4.0, 6.0, 8.0]);
+        assert_eq!(ticks(5.0, 5.0, 4), vec![5.0]);
+    }
+
+    #[test]
+    fn short_labels_stay_short_and_show_non_finite_values() {
+        assert_eq!(short(1_500_000.0), "1.5M");
+        assert_eq!(short(25_000.0), "25k");
+        assert_eq!(short(3.25), "3.25");
+        assert_eq!(short(2.63064), "2.631");
+        assert_eq!(short(0.0123456), "0.01235");
+        assert_eq!(short(0.00002), "2.0e-5");
+        assert_eq!(short(f64::NAN), "NaN");
+        assert_eq!(short(f64::NEG_INFINITY), "-∞");
+    }
+
+    #[test]
+    fn an_image_name_splits_into_the_series_and_its_format() {
+        assert_eq!(
+            Format::split("hidden_var.png"),
+            Some(("hidden_var", Format::Png))
+        );
+        assert_eq!(
+            Format::split("loss/code.svg"),
+            Some(("loss/code", Format::Svg))
+        );
+        assert_eq!(Format::split("hidden_var"), None);
+    }
+}

@@ -1,0 +1,54 @@
+//! Charts as images: `…/layers/{stat}.png|.svg` and `…/scalars/{key}.png|.svg`. The series
+//! routes in `data` hand over when the name ends in an image format; the query is the same as
+//! for the JSON answer, and so are its refusals.
+
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+
+use crate::AppState;
+use crate::charts::{self, Format};
+use crate::error::{AppError, AppResult};
+use crate::storage::runs;
+use crate::storage::series::{self, Window};
+
+/// What to draw: a layer statistic or a scalar.
+pub enum Source {
+    Layers,
+    Scalar,
+}
+
+pub async fn image(
+    state: &AppState,
+    id: i64,
+    name: &str,
+    source: Source,
+    window: Window,
+    format: Format,
+) -> AppResult<Response> {
+    let db = state.store.reader();
+    let run = runs::run_row(db, id).await?;
+    let title = format!("{name} · {} (run {id})", run.name);
+    // Encoding is CPU work of tens of milliseconds: keep it off the async workers.
+    let bytes = match source {
+        Source::Layers => {
+            let m = series::layer_matrix(db, &run, name, window).await?;
+            let title = format!("{title} · max per bucket");
+            blocking(move || charts::heatmap(&m, &title, format)).await?
+        }
+        Source::Scalar => {
+            let s = series::scalar_series(db, &run, name, window).await?;
+            blocking(move || charts::scalar_chart(&s, &title, format)).await?
+        }
+    };
+    let headers = [(header::CONTENT_TYPE, format.content_type())];
+    Ok((headers, bytes).into_response())
+}
+
+async fn blocking(
+    f: impl FnOnce() -> anyhow::Result<Vec<u8>> + Send + 'static,
+) -> AppResult<Vec<u8>> {
+    let bytes = tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| AppError::Internal(e.into()))??;
+    Ok(bytes)
+}

@@ -1,0 +1,90 @@
+//! The HTML pages: `/` (runs), `/runs/table` (the runs table alone, which the runs page
+//! refetches after a reconnect) and `/runs/{id}` (one run).
+//!
+//! Handlers read storage and hand protocol values to `views`; they do no formatting. A page
+//! that cannot be shown answers an HTML page with the status and reason, never JSON.
+
+use askama::Template;
+use axum::Router;
+use axum::extract::State;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+
+use crate::AppState;
+use crate::error::{AppError, AppResult};
+use crate::storage::{now, runs};
+use crate::views::{RunPage, RunsPage, RunsTablePartial};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(runs_page))
+        .route("/runs/table", get(runs_table))
+        .route("/runs/{id}", get(run_page))
+}
+
+/// An [`AppError`] shown as a page.
+pub struct PageError(AppError);
+
+impl<E: Into<AppError>> From<E> for PageError {
+    fn from(e: E) -> Self {
+        PageError(e.into())
+    }
+}
+
+#[derive(Template)]
+#[template(path = "pages/error.html")]
+struct ErrorPage {
+    status: u16,
+    message: String,
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        if let AppError::Internal(e) = &self.0 {
+            tracing::error!(error = ?e, "page failed");
+        }
+        let status = self.0.status();
+        let page = ErrorPage {
+            status: status.as_u16(),
+            message: self.0.public_message(),
+        };
+        match page.render() {
+            Ok(body) => (status, Html(body)).into_response(),
+            Err(_) => status.into_response(),
+        }
+    }
+}
+
+type PageResult = Result<Html<String>, PageError>;
+
+fn html(page: &impl Template) -> PageResult {
+    let body = page.render().map_err(|e| AppError::Internal(e.into()))?;
+    Ok(Html(body))
+}
+
+async fn table(state: &AppState) -> AppResult<RunsTablePartial> {
+    let rows = runs::list_runs(state.store.reader()).await?;
+    let summaries: Vec<_> = rows.iter().map(|r| r.summary()).collect();
+    Ok(RunsTablePartial::new(&summaries, now()))
+}
+
+async fn runs_page(State(state): State<AppState>) -> PageResult {
+    let table = table(&state).await?;
+    html(&RunsPage { table })
+}
+
+async fn runs_table(State(state): State<AppState>) -> PageResult {
+    html(&table(&state).await?)
+}
+
+async fn run_page(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> PageResult {
+    // A page URL with a bad id is a missing page, not a malformed API call.
+    let id: i64 = id
+        .parse()
+        .map_err(|_| AppError::NotFound(format!("run {id} not found")))?;
+    let detail = runs::run_detail(state.store.reader(), id).await?;
+    html(&RunPage::new(&detail, now()))
+}

@@ -1,0 +1,137 @@
+//! The run page (`/runs/{id}`): the frame of its charts, heatmaps, alerts and config.
+//!
+//! The page carries no series data: the browser fetches each chart at the resolution it
+//! draws, so the page costs the same for a run of ten steps and one of a million. What the
+//! script needs to start (ids, names, layer count) travels in one `data-boot` attribute.
+
+use askama::Template;
+use keel_protocol::RunDetail;
+use serde_json::json;
+
+use super::format;
+
+#[derive(Template)]
+#[template(path = "pages/run.html")]
+pub struct RunPage {
+    pub id: i64,
+    pub name: String,
+    pub group: String,
+    pub status: &'static str,
+    pub last_step: String,
+    pub loss: String,
+    pub loss_bad: bool,
+    pub tokens: String,
+    pub layers: u32,
+    pub age: String,
+    pub alerts: u64,
+    pub charts: Vec<ChartPanel>,
+    pub stats: Vec<String>,
+    /// The config as indented JSON.
+    pub config: String,
+    /// JSON for the page script.
+    pub boot: String,
+}
+
+/// One scalar chart: its element id, title and the series it draws.
+pub struct ChartPanel {
+    pub id: &'static str,
+    pub title: &'static str,
+    pub unit: &'static str,
+}
+
+/// The scalar charts every run page has, in reading order. The loss chart also draws every
+/// `loss/<source>` series.
+const CHARTS: [ChartPanel; 4] = [
+    ChartPanel {
+        id: "loss",
+        title: "Loss",
+        unit: "total and per source",
+    },
+    ChartPanel {
+        id: "lr",
+        title: "Learning rate",
+        unit: "",
+    },
+    ChartPanel {
+        id: "grad_norm",
+        title: "Gradient norm",
+        unit: "global, before clipping",
+    },
+    ChartPanel {
+        id: "tokens_per_s",
+        title: "Throughput",
+        unit: "tokens / s",
+    },
+];
+
+/// Heatmaps in the order the stability recipe reads them: variance growth with depth first,
+/// then runaway logits, per-layer gradients and update sizes.
+const STAT_ORDER: [&str; 7] = [
+    "hidden_var",
+    "attn_logit_max",
+    "grad_norm",
+    "update_ratio",
+    "hidden_rms",
+    "act_absmax",
+    "param_norm",
+];
+
+/// The run's layer statistics, known ones in [`STAT_ORDER`], then the rest as they arrived.
+pub fn stat_order(stats: &[String]) -> Vec<String> {
+    let known = STAT_ORDER
+        .iter()
+        .filter(|s| stats.iter().any(|x| x == *s))
+        .map(|s| s.to_string());
+    let other = stats
+        .iter()
+        .filter(|s| !STAT_ORDER.contains(&s.as_str()))
+        .cloned();
+    known.chain(other).collect()
+}
+
+impl RunPage {
+    pub fn new(run: &RunDetail, now: f64) -> RunPage {
+        let s = &run.summary;
+        let loss = s.last_loss.map(|m| m.get());
+        let stats = stat_order(&run.layer_stats);
+        let boot = json!({
+            "id": s.id, "layers": s.layers, "branch": s.branch, "status": s.status,
+            "last_step": s.last_step, "scalars": run.scalars, "layer_stats": stats,
+        });
+        RunPage {
+            id: s.id,
+            name: s.name.clone(),
+            group: s.group.clone().unwrap_or_default(),
+            status: s.status.as_str(),
+            last_step: format::count(s.last_step),
+            loss: format::metric(loss),
+            loss_bad: format::non_finite(loss),
+            tokens: format::tokens(s.tokens),
+            layers: s.layers,
+            age: format::age(now, s.updated_at),
+            alerts: s.alerts,
+            charts: CHARTS.into_iter().collect(),
+            stats,
+            config: serde_json::to_string_pretty(&run.config).unwrap_or_default(),
+            boot: boot.to_string(),
+        }
+    }
+}
+
+impl RunPage {
+    /// The page as HTML (for callers that do not use askama themselves, like the benchmark).
+    pub fn to_html(&self) -> askama::Result<String> {
+        self.render()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hidden_var_leads_and_unknown_statistics_follow_in_arrival_order() {
+        let got = stat_order(&["zeta".into(), "grad_norm".into(), "hidden_var".into()]);
+        assert_eq!(got, ["hidden_var", "grad_norm", "zeta"]);
+    }
+}

@@ -1,0 +1,61 @@
+//! The runs page (`/`): one table row per run, newest first. The table is its own partial so
+//! the page and the fragment the page refetches after a reconnect are one template.
+
+use askama::Template;
+use keel_protocol::RunSummary;
+
+use super::format;
+
+#[derive(Template)]
+#[template(path = "pages/runs.html")]
+pub struct RunsPage {
+    pub table: RunsTablePartial,
+}
+
+#[derive(Template)]
+#[template(path = "partials/runs_table.html")]
+pub struct RunsTablePartial {
+    pub rows: Vec<RunRow>,
+}
+
+/// One run, display-ready.
+pub struct RunRow {
+    pub id: i64,
+    pub name: String,
+    pub group: String,
+    pub status: &'static str,
+    pub last_step: String,
+    pub loss: String,
+    pub loss_bad: bool,
+    pub tokens: String,
+    /// Seconds since the epoch of the last change, for the page to keep the age current.
+    pub updated_at: f64,
+    pub age: String,
+    pub alerts: u64,
+}
+
+impl RunsTablePartial {
+    pub fn new(runs: &[RunSummary], now: f64) -> RunsTablePartial {
+        let rows = runs.iter().map(|r| RunRow::new(r, now)).collect();
+        RunsTablePartial { rows }
+    }
+}
+
+impl RunRow {
+    fn new(r: &RunSummary, now: f64) -> RunRow {
+        let loss = r.last_loss.map(|m| m.get());
+        RunRow {
+            id: r.id,
+            name: r.name.clone(),
+            group: r.group.clone().unwrap_or_default(),
+            status: r.status.as_str(),
+            last_step: format::count(r.last_step),
+            loss: format::metric(loss),
+            loss_bad: format::non_finite(loss),
+            tokens: format::tokens(r.tokens),
+            updated_at: r.updated_at,
+            age: format::age(now, r.updated_at),
+            alerts: r.alerts,
+        }
+    }
+}

@@ -1,0 +1,66 @@
+// The runs page: the table comes rendered from the server; this keeps it current from
+// /api/v1/live, which sends per-run step summaries (throttled by the server), status changes
+// and alerts. On every (re)connection the server says `hello` and the table is refetched,
+// since whatever happened while disconnected is in it.
+
+import { age, connState, count, metric, num, tokens } from "./keel.js";
+
+const body = document.getElementById("runs-body");
+const row = (id) => body.querySelector(`tr[data-run="${id}"]`);
+const cell = (tr, field) => tr.querySelector(`[data-field="${field}"]`);
+
+async function refresh() {
+  const r = await fetch("/runs/table");
+  if (r.ok) body.innerHTML = await r.text();
+}
+
+function onRuns(runs) {
+  for (const run of runs) {
+    const tr = row(run.id);
+    if (!tr) return refresh(); // a run this page has not seen yet
+    cell(tr, "step").textContent = count(run.last_step);
+    if (run.loss != null) {
+      const loss = num(run.loss);
+      const c = cell(tr, "loss");
+      c.textContent = metric(loss);
+      c.classList.toggle("bad", !Number.isFinite(loss));
+    }
+    if (run.tokens != null) cell(tr, "tokens").textContent = tokens(run.tokens);
+    tr.dataset.updated = String(Date.now() / 1000);
+    cell(tr, "age").textContent = "0 s ago";
+  }
+}
+
+function onStatus(msg) {
+  const tr = row(msg.id);
+  if (!tr) return refresh();
+  const c = cell(tr, "status");
+  c.textContent = msg.status;
+  c.dataset.status = msg.status;
+  tr.dataset.updated = String(Date.now() / 1000);
+}
+
+function onAlert(msg) {
+  const tr = row(msg.event.run_id);
+  if (!tr) return refresh();
+  const badge = cell(tr, "alerts");
+  badge.textContent = String(Number(badge.textContent) + 1);
+  badge.classList.add("hot");
+}
+
+function tickAges() {
+  const now = Date.now() / 1000;
+  for (const tr of body.querySelectorAll("tr[data-run]")) {
+    cell(tr, "age").textContent = `${age(now, Number(tr.dataset.updated))} ago`;
+  }
+}
+
+const handlers = { runs: (m) => onRuns(m.runs), status: onStatus, alert: onAlert, resync: refresh };
+const es = new EventSource("/api/v1/live");
+es.onopen = () => connState("live");
+es.onerror = () => connState(es.readyState === EventSource.CLOSED ? "closed" : "reconnecting");
+es.addEventListener("hello", refresh);
+for (const [name, f] of Object.entries(handlers)) {
+  es.addEventListener(name, (ev) => f(JSON.parse(ev.data)));
+}
+setInterval(tickAges, 1000);
