@@ -35,6 +35,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_owned());
     std::fs::create_dir_all(&dir)?;
     let scale = if args.quick { 10 } else { 1 };
+    println!("| load average before | {} |", load_average());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -48,7 +49,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if all || args.which == "memory" {
         rt.block_on(memory(&dir, scale))?;
     }
+    println!("| load average after | {} |", load_average());
     Ok(())
+}
+
+/// The 1-, 5- and 15-minute load averages: these figures are only as good as the machine
+/// was quiet.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// A step like the trainer's: 10 scalars and 7 statistics of `layers` values.
