@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod train;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,6 +11,11 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
+
+// candle allocates and frees large buffers on every op; mimalloc keeps them instead of
+// returning them to the OS and faulting them back (≈1.5× faster training on these CPUs).
+#[global_allocator]
+static ALLOCATOR: keel_trainer::Allocator = keel_trainer::Allocator;
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +34,8 @@ enum Cmd {
     Serve(ServeArgs),
     /// Start a server and a small proxy training run against it, and print the URL.
     Demo(DemoArgs),
+    /// Train a proxy model, streaming its statistics to a keel server.
+    Train(train::TrainArgs),
     /// Measure ingest, query and memory figures (see docs/performance.md).
     Bench(bench::BenchArgs),
 }
@@ -49,12 +57,18 @@ struct ServeArgs {
 }
 
 #[derive(clap::Args)]
-struct DemoArgs {
+pub struct DemoArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
-    addr: SocketAddr,
+    pub addr: SocketAddr,
     /// SQLite database file for the demo (kept, so a second demo shows both runs).
     #[arg(long, default_value = "keel-demo.db")]
-    db: PathBuf,
+    pub db: PathBuf,
+    /// The model and data of the demo run.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/proxy-small.toml"))]
+    pub config: PathBuf,
+    /// Steps to train (the config's own count when unset).
+    #[arg(long)]
+    pub steps: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,7 +82,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Serve(args) => runtime()?.block_on(serve(args)),
-        Cmd::Demo(args) => runtime()?.block_on(demo::run(args.addr, args.db)),
+        Cmd::Demo(args) => runtime()?.block_on(demo::run(args)),
+        Cmd::Train(args) => train::run(args),
         Cmd::Bench(args) => bench::run(args),
     }
 }

@@ -10,7 +10,6 @@ use keel_trainer::{TrainOptions, train};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
-    tracing_init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let config = args
         .first()
@@ -29,5 +28,3 @@ fn main() -> anyhow::Result<()> {
     eprintln!("{summary:?}");
     Ok(())
 }
-
-fn tracing_init() {}

@@ -62,13 +62,17 @@ pub fn path_for(dir: &Path, step: u64) -> PathBuf {
     dir.join(format!("step-{step:08}"))
 }
 
+/// Marks a checkpoint an operator asked for: pruning never deletes it.
+const PINNED: &str = "pinned";
+
 /// Write one checkpoint atomically; replaces an older one of the same step (a rewind's
-/// new branch passes the same step numbers again).
+/// new branch passes the same step numbers again). `pinned` ones survive pruning.
 pub fn save(
     dir: &Path,
     params: &HashMap<String, Tensor>,
     moments: &HashMap<String, Tensor>,
     state: &RunState,
+    pinned: bool,
 ) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let target = path_for(dir, state.step);
@@ -80,6 +84,9 @@ pub fn save(
     candle_core::safetensors::save(params, tmp.join("model.safetensors"))?;
     candle_core::safetensors::save(moments, tmp.join("optim.safetensors"))?;
     std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(state)?)?;
+    if pinned {
+        std::fs::write(tmp.join(PINNED), b"taken on an operator's command\n")?;
+    }
     if target.exists() {
         std::fs::remove_dir_all(&target)?;
     }
@@ -136,9 +143,12 @@ pub fn list(dir: &Path) -> Vec<(u64, PathBuf)> {
     out
 }
 
-/// Delete all but the `keep` newest checkpoints (0 keeps everything).
+/// Delete all but the `keep` newest unpinned checkpoints (0 keeps everything).
 pub fn prune(dir: &Path, keep: usize) -> Result<()> {
-    let all = list(dir);
+    let all: Vec<_> = list(dir)
+        .into_iter()
+        .filter(|(_, p)| !p.join(PINNED).exists())
+        .collect();
     if keep == 0 || all.len() <= keep {
         return Ok(());
     }

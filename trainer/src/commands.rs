@@ -34,7 +34,7 @@ impl Trainer {
             Command::Stop => Ok((Effect::Stop, None)),
             Command::Checkpoint => {
                 let path = self
-                    .checkpoint()
+                    .checkpoint_pinned()
                     .map_err(|e| format!("checkpoint failed: {e:#}"))?;
                 Ok((Effect::Continue, Some(format!("saved {}", path.display()))))
             }

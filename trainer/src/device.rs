@@ -33,19 +33,42 @@ fn cuda(_ordinal: usize) -> Result<Device> {
     bail!("this keel was built without CUDA; rebuild with --features cuda")
 }
 
-/// The environment candle's CPU backend should start with on a small machine.
+/// The environment for candle's CPU backend on a machine shared with other busy processes.
 ///
-/// candle sizes its thread pools from `CANDLE_NUM_THREADS` and `RAYON_NUM_THREADS` the
-/// first time it runs an op, and its own pool spins while waiting, which hurts when anything
-/// else holds a core. Setting the environment of a running process is `unsafe` in Rust 2024
-/// (and this workspace forbids unsafe code), so a launcher passes these to the trainer
-/// process it spawns — or a user exports them.
+/// candle sizes its thread pools from `CANDLE_NUM_THREADS` and `RAYON_NUM_THREADS` the first
+/// time it runs an op, and its element-wise pool spins and waits on every worker. Measured on
+/// 2 cores with `proxy-small`: on an otherwise idle machine the default (2 candle threads) is
+/// fastest (≈4,400 tokens/s against ≈2,700 with one candle thread); with compilers running
+/// beside it, the default collapses (≈640 tokens/s) while one candle thread holds ≈2,600. So
+/// these are worth setting when the trainer shares the machine (e.g. `keel demo` beside a
+/// browser and a build). Setting the environment of a running process is `unsafe` in Rust 2024
+/// and this workspace forbids unsafe code, so a launcher passes them to the process it spawns
+/// (see [`rerun_with_thread_env`]) or a user exports them.
 pub fn recommended_thread_env() -> Vec<(&'static str, String)> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     vec![
         ("CANDLE_NUM_THREADS", "1".to_string()),
         ("RAYON_NUM_THREADS", cores.to_string()),
     ]
+}
+
+/// Whether candle's thread variables are already set (by the user, or by a parent process).
+pub fn thread_env_is_set() -> bool {
+    std::env::var_os("CANDLE_NUM_THREADS").is_some()
+}
+
+/// Run this same program again, with the same arguments and [`recommended_thread_env`], and
+/// return its exit code. A CLI can call this first thing in `main` for training commands when
+/// [`thread_env_is_set`] is false and the machine is shared (see [`recommended_thread_env`]).
+/// The child receives Ctrl-C as well (same process group), so the parent should ignore it and
+/// simply wait.
+pub fn rerun_with_thread_env() -> Result<i32> {
+    let exe = std::env::current_exe()?;
+    let status = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .envs(recommended_thread_env())
+        .status()?;
+    Ok(status.code().unwrap_or(1))
 }
 
 #[cfg(test)]

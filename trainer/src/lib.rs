@@ -8,6 +8,13 @@
 //! - [`optim`]: AdamW with parameter groups and saveable moments; global-norm clipping.
 //! - [`schedule`]: the warmup–stable–decay LR schedule as a pure function.
 //! - [`data`] and [`generators`]: the weighted data mix, tokenizers and built-in sources.
+//! - [`checkpoint`]: the on-disk checkpoint layout (safetensors + JSON run state).
+//! - [`trainer`]: one run in memory and its synchronous step.
+//! - [`commands`]: operator commands applied at step boundaries.
+//! - [`link`]: the server link on its own threads, with the spill file.
+//! - [`run`]: `keel train` — the loop that ties a trainer, its commands and its link together.
+//! - [`ablation`]: grid files, one config per variant.
+//! - [`device`]: `cpu` / `cuda:N` and CPU thread settings.
 
 pub mod ablation;
 pub mod checkpoint;
@@ -29,3 +36,8 @@ pub mod trainer;
 pub use ablation::load_grid;
 pub use config::{TrainConfig, load_config};
 pub use run::{TrainOptions, TrainSummary, train};
+
+/// The allocator the trainer was measured with (≈1.5× faster steps than glibc's on CPU, where
+/// candle allocates and frees large buffers every op). A binary opts in with
+/// `#[global_allocator] static GLOBAL: keel_trainer::Allocator = keel_trainer::Allocator;`.
+pub use mimalloc::MiMalloc as Allocator;

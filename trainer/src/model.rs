@@ -49,12 +49,13 @@ fn rms_norm(x: &Tensor, gain: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(gain)?)
 }
 
-/// Softmax over the last dimension. The max is detached: softmax does not depend on it, so
-/// its gradient is exactly zero and the backward stays cheaper.
-fn softmax(x: &Tensor) -> Result<Tensor> {
+/// Softmax over the last dimension, and the (detached) row maxima it subtracted. The max is
+/// detached: softmax does not depend on it, so its gradient is exactly zero, and the attention
+/// taps reuse it instead of reducing the logits a second time.
+fn softmax(x: &Tensor) -> Result<(Tensor, Tensor)> {
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
-    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+    Ok((e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?, max))
 }
 
 /// The rotary tables for `t` positions: `cos`, `sin`, each `[1, 1, t, head_dim/2]`.
@@ -208,9 +209,10 @@ impl Block {
         );
         let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
         let scores = scores.broadcast_add(cx.mask)?;
-        // Masked entries are −∞, so the max is over the logits that count.
-        let logit_max = scores.detach().flatten_all()?.max(0)?;
-        let y = softmax(&scores)?.matmul(&v)?;
+        // Masked entries are −∞, so the row maxima are over the logits that count.
+        let (probs, row_max) = softmax(&scores)?;
+        let logit_max = row_max.flatten_all()?.max(0)?;
+        let y = probs.matmul(&v)?;
         let y = y.transpose(1, 2)?.reshape((b, t, d))?;
         Ok((self.o.forward(&y)?, logit_max))
     }
@@ -229,11 +231,13 @@ fn repeat_kv(x: Tensor, rep: usize) -> Result<Tensor> {
 
 /// The residual-stream taps of one block output `[b, t, d]` (already detached).
 fn residual_taps(x: &Tensor, attn_logit_max: Tensor) -> Result<BlockTaps> {
+    // Population variance over the hidden dimension, E[x²] − E[x]² per token, then the mean
+    // over tokens, so that hidden_rms² = hidden_var + mean² holds exactly (averaged over
+    // tokens). One squaring pass and three reductions: this runs every step.
+    let mean_sq = x.sqr()?.mean_keepdim(D::Minus1)?;
     let mean = x.mean_keepdim(D::Minus1)?;
-    // Population variance over the hidden dimension, then the mean over tokens, so that
-    // hidden_rms² = hidden_var + mean² holds exactly (averaged over tokens).
-    let hidden_var = x.broadcast_sub(&mean)?.sqr()?.mean_all()?;
-    let hidden_rms = x.sqr()?.mean_all()?.sqrt()?;
+    let hidden_var = (&mean_sq - mean.sqr()?)?.mean_all()?;
+    let hidden_rms = mean_sq.mean_all()?.sqrt()?;
     let act_absmax = x.abs()?.flatten_all()?.max(0)?;
     Ok(BlockTaps {
         hidden_var,

@@ -70,31 +70,25 @@ impl AdamW {
     }
 
     /// One update at base LR `lr`, gradients multiplied by `grad_scale` (the clip factor).
-    /// With `measure`, returns ‖ΔW‖² per parameter (in `params` order) as scalar tensors.
     pub fn step(
         &mut self,
         params: &Params,
         grads: &GradStore,
         lr: f64,
         grad_scale: f64,
-        measure: bool,
-    ) -> Result<Vec<Tensor>> {
+    ) -> Result<()> {
         self.steps += 1;
         let t = self.steps as i32;
         let bc1 = 1.0 - self.cfg.beta1.powi(t);
         let bc2 = 1.0 - self.cfg.beta2.powi(t);
-        let mut update_sq = Vec::new();
         for p in &params.entries {
             let Some(g) = grads.get(p.var.as_tensor()) else {
                 continue;
             };
             let (mult, wd) = self.group(p);
-            let update = self.update_one(p, g, lr * mult, wd, grad_scale, (bc1, bc2))?;
-            if measure {
-                update_sq.push(update.sqr()?.sum_all()?);
-            }
+            self.update_one(p, g, lr * mult, wd, grad_scale, (bc1, bc2))?;
         }
-        Ok(update_sq)
+        Ok(())
     }
 
     fn update_one(
@@ -105,7 +99,7 @@ impl AdamW {
         wd: f64,
         grad_scale: f64,
         (bc1, bc2): (f64, f64),
-    ) -> Result<Tensor> {
+    ) -> Result<()> {
         let (b1, b2, eps) = (self.cfg.beta1, self.cfg.beta2, self.cfg.eps);
         let st = self.moments.get_mut(&p.name).context("no moments")?;
         let g = if grad_scale == 1.0 {
@@ -122,7 +116,7 @@ impl AdamW {
             update = (update + w.affine(lr * wd, 0.0)?)?;
         }
         p.var.set(&(w - &update)?)?;
-        Ok(update)
+        Ok(())
     }
 
     /// The moments as named tensors (`m.<param>`, `v.<param>`) for a checkpoint.

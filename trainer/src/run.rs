@@ -135,12 +135,19 @@ fn connect(opts: &TrainOptions, t: &mut Trainer) -> Result<Option<Link>> {
                 variant: opts.variant.clone(),
                 protocol: Some(PROTOCOL_VERSION),
             };
-            client.create_run(&spec)?
+            client.create_run(&spec, Duration::from_secs(10))?
         }
     };
     t.state.run_id = Some(id);
     let spill = t.checkpoint_dir.join(format!("spill-run-{id}.jsonl"));
-    Ok(Some(Link::spawn(url, opts.token.clone(), id, spill)))
+    let mut link = Link::spawn(url, opts.token.clone(), id, spill);
+    // A resumed run may show as finished (or lost) on the server: say it is running again.
+    link.send(Outbound::Status(StatusReport {
+        status: RunStatus::Running,
+        step: Some(t.state.step),
+        message: None,
+    }));
+    Ok(Some(link))
 }
 
 /// The step loop with its command handling.

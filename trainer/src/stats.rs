@@ -41,15 +41,53 @@ pub fn sq_norms<'a>(tensors: impl Iterator<Item = &'a Tensor>) -> Result<Vec<f64
     to_host(&sums)
 }
 
-/// Sum per-parameter values into per-block totals (parameters outside blocks are skipped).
-pub fn per_block(params: &Params, values: &[f64], n_layers: usize) -> Vec<f64> {
-    let mut out = vec![0.0; n_layers];
-    for (p, v) in params.entries.iter().zip(values) {
-        if let Some(b) = p.block {
-            out[b] += v;
-        }
+/// Parameter indices by block: `groups[i]` for block `i`, and a last group for the
+/// parameters outside blocks (embedding, final norm).
+pub fn block_groups(params: &Params, n_layers: usize) -> Vec<Vec<usize>> {
+    let mut groups = vec![Vec::new(); n_layers + 1];
+    for (i, p) in params.entries.iter().enumerate() {
+        groups[p.block.unwrap_or(n_layers)].push(i);
     }
-    out
+    groups
+}
+
+/// Each group of tensors (`tensors` in parameter order) flattened into one vector.
+///
+/// Norms are then taken per group, so a step costs a few ops per block rather than a few per
+/// parameter: on a busy machine every op can wait on a descheduled worker thread, so the
+/// number of ops matters more than the bytes they touch.
+pub fn group_flat(groups: &[Vec<usize>], tensors: &[Tensor]) -> Result<Vec<Tensor>> {
+    groups
+        .iter()
+        .map(|g| {
+            let parts = g
+                .iter()
+                .map(|i| tensors[*i].flatten_all())
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            // A copy, never a view: callers keep it across an in-place update (and `cat`
+            // of a single tensor may hand back that tensor).
+            match parts.as_slice() {
+                [one] => Ok(one.copy()?),
+                _ => Ok(Tensor::cat(&parts, 0)?),
+            }
+        })
+        .collect()
+}
+
+/// ‖·‖² of each group of tensors, on the host.
+pub fn group_sq_norms(groups: &[Vec<usize>], tensors: &[Tensor]) -> Result<Vec<f64>> {
+    let flat = group_flat(groups, tensors)?;
+    sq_norms(flat.iter())
+}
+
+/// ‖a − b‖² of each pair of flattened groups, on the host.
+pub fn diff_sq_norms(a: &[Tensor], b: &[Tensor]) -> Result<Vec<f64>> {
+    let sums = a
+        .iter()
+        .zip(b)
+        .map(|(a, b)| Ok((a - b)?.sqr()?.sum_all()?))
+        .collect::<Result<Vec<_>>>()?;
+    to_host(&sums)
 }
 
 /// The residual-stream and attention taps of every block, as four host vectors.
@@ -95,26 +133,20 @@ pub struct LayerStats {
 }
 
 impl LayerStats {
-    /// Combine per-parameter squared norms into the per-block statistics.
-    pub fn new(
-        params: &Params,
-        taps: TapValues,
-        grad_sq: &[f64],
-        param_sq: &[f64],
-        update_sq: &[f64],
-    ) -> Self {
+    /// Combine per-block squared norms (as from [`group_sq_norms`]; extra groups after the
+    /// blocks are ignored) into the per-block statistics.
+    pub fn new(taps: TapValues, grad_sq: &[f64], param_sq: &[f64], update_sq: &[f64]) -> Self {
         let n = taps.hidden_var.len();
-        let sqrt = |v: Vec<f64>| v.into_iter().map(f64::sqrt).collect::<Vec<_>>();
-        let param_norm = sqrt(per_block(params, param_sq, n));
-        let update_norm = sqrt(per_block(params, update_sq, n));
-        let update_ratio = update_norm
+        let sqrt = |v: &[f64]| v[..n].iter().map(|x| x.sqrt()).collect::<Vec<_>>();
+        let param_norm = sqrt(param_sq);
+        let update_ratio = sqrt(update_sq)
             .iter()
             .zip(&param_norm)
             .map(|(u, w)| u / w)
             .collect();
         Self {
             taps,
-            grad_norm: sqrt(per_block(params, grad_sq, n)),
+            grad_norm: sqrt(grad_sq),
             param_norm,
             update_ratio,
         }

@@ -33,6 +33,8 @@ pub struct Trainer {
     pub state: RunState,
     pub device: Device,
     pub checkpoint_dir: PathBuf,
+    /// Parameter indices per block (and one group outside blocks), for the norms.
+    groups: Vec<Vec<usize>>,
 }
 
 impl Trainer {
@@ -68,7 +70,9 @@ impl Trainer {
             applied: Default::default(),
             config: cfg.clone(),
         };
+        let groups = stats::block_groups(&params, cfg.model.n_layers);
         Ok(Self {
+            groups,
             cfg,
             model,
             params,
@@ -112,6 +116,15 @@ impl Trainer {
 
     /// Save a checkpoint of the current state and prune old ones.
     pub fn checkpoint(&mut self) -> Result<PathBuf> {
+        self.save(false)
+    }
+
+    /// Save a checkpoint that pruning keeps (an operator asked for it, to come back to it).
+    pub fn checkpoint_pinned(&mut self) -> Result<PathBuf> {
+        self.save(true)
+    }
+
+    fn save(&mut self, pinned: bool) -> Result<PathBuf> {
         self.state.optimizer_steps = self.opt.steps();
         let params: HashMap<String, Tensor> = self
             .params
@@ -124,9 +137,19 @@ impl Trainer {
             &params,
             &self.opt.state_tensors(),
             &self.state,
+            pinned,
         )?;
         checkpoint::prune(&self.checkpoint_dir, self.cfg.checkpoint.keep)?;
         Ok(path)
+    }
+
+    /// The parameter tensors, in parameter order.
+    fn weights(&self) -> Vec<Tensor> {
+        self.params
+            .entries
+            .iter()
+            .map(|p| p.var.as_tensor().clone())
+            .collect()
     }
 
     /// Whether the per-layer statistics are collected at `step`.
@@ -147,41 +170,39 @@ impl Trainer {
         let fwd = self.model.forward(&inputs, collect)?;
         let loss = model::loss(&fwd.logits, &targets, self.cfg.stability.z_loss)?;
         let grads = loss.total.backward()?;
-        let grad_list = self
+        let grads_in_order = self
             .params
             .entries
             .iter()
             .map(|p| {
-                grads
-                    .get(p.var.as_tensor())
+                let g = grads.get(p.var.as_tensor());
+                g.cloned()
                     .with_context(|| format!("no gradient for {}", p.name))
             })
             .collect::<Result<Vec<_>>>()?;
-        let grad_sq = stats::sq_norms(grad_list.into_iter())?;
+        let grad_sq = stats::group_sq_norms(&self.groups, &grads_in_order)?;
         let grad_norm = grad_sq.iter().sum::<f64>().sqrt();
         let scale = clip_factor(grad_norm, self.state.grad_clip);
-        let param_sq = if collect {
-            stats::sq_norms(self.params.entries.iter().map(|p| p.var.as_tensor()))?
+        // ‖ΔW‖ needs the weights before the update: keep them, one flat copy per block (the
+        // parameter norms are taken from the same copy).
+        let before = if collect {
+            stats::group_flat(&self.groups, &self.weights())?
         } else {
             Vec::new()
         };
         let lr = self.state.schedule.lr(step);
-        let update_sq = self.opt.step(&self.params, &grads, lr, scale, collect)?;
+        self.opt.step(&self.params, &grads, lr, scale)?;
 
         // Scalars in one transfer: ce, z, then the mean loss of each row.
         let rows = loss.per_token.reshape((b, t))?.mean(1)?;
         let host = stats::to_host_cat(&[Tensor::stack(&[&loss.ce, &loss.z], 0)?, rows])?;
         let layers = match fwd.taps {
             Some(taps) if collect => {
-                let update_sq = stats::to_host(&update_sq)?;
+                let after = stats::group_flat(&self.groups, &self.weights())?;
+                let param_sq = stats::sq_norms(before.iter())?;
+                let update_sq = stats::diff_sq_norms(&after, &before)?;
                 let taps = stats::taps_to_host(&taps)?;
-                Some(LayerStats::new(
-                    &self.params,
-                    taps,
-                    &grad_sq,
-                    &param_sq,
-                    &update_sq,
-                ))
+                Some(LayerStats::new(taps, &grad_sq, &param_sq, &update_sq))
             }
             _ => None,
         };

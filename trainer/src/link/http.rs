@@ -65,22 +65,31 @@ impl Client {
         classify(req.call())
     }
 
-    /// `POST /api/v1/runs`: register a run and return its id. Called once, before training.
-    pub fn create_run(&self, spec: &RunSpec) -> Result<i64> {
-        match self.post("/api/v1/runs", spec) {
-            Sent::Ok(mut body) => Ok(body.read_json::<CreatedRun>()?.id),
-            Sent::Retry(why) => bail!("cannot reach the keel server at {}: {why}", self.base),
-            Sent::Refused(code, why) => bail!("the server refused the run ({code}): {why}"),
+    /// `POST /api/v1/runs`: register a run and return its id. Called once, before training;
+    /// retried for `patience` while the server is unreachable (it may still be starting).
+    pub fn create_run(&self, spec: &RunSpec, patience: Duration) -> Result<i64> {
+        let give_up = std::time::Instant::now() + patience;
+        loop {
+            match self.post("/api/v1/runs", spec) {
+                Sent::Ok(mut body) => return Ok(body.read_json::<CreatedRun>()?.id),
+                Sent::Refused(code, why) => bail!("the server refused the run ({code}): {why}"),
+                Sent::Retry(why) if std::time::Instant::now() >= give_up => {
+                    bail!("cannot reach the keel server at {}: {why}", self.base)
+                }
+                Sent::Retry(_) => std::thread::sleep(Duration::from_millis(500)),
+            }
         }
     }
 
-    /// One long poll for commands not yet applied or rejected.
+    /// One long poll for commands not yet applied or rejected, with ids above `after`.
     pub fn pending_commands(
         &self,
         run_id: i64,
+        after: i64,
         wait_ms: u64,
     ) -> Result<Vec<CommandRecord>, String> {
-        let path = format!("/api/v1/runs/{run_id}/commands/pending?wait_ms={wait_ms}");
+        let path =
+            format!("/api/v1/runs/{run_id}/commands/pending?after={after}&wait_ms={wait_ms}");
         match self.get(&path) {
             Sent::Ok(mut body) => body.read_json().map_err(|e| e.to_string()),
             Sent::Retry(why) => Err(why),

@@ -149,7 +149,10 @@ fn poll_commands(
     let mut seen = HashSet::new();
     let mut backoff = Duration::from_millis(250);
     while !stop.load(Ordering::Relaxed) {
-        match client.pending_commands(run_id, POLL_WAIT_MS) {
+        // `after` makes the server wait for new commands instead of repeating the ones
+        // handed over and not yet reported.
+        let after = seen.iter().copied().max().unwrap_or(0);
+        match client.pending_commands(run_id, after, POLL_WAIT_MS) {
             Ok(records) => {
                 backoff = Duration::from_millis(250);
                 let mut fresh = false;

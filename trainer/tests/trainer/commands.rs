@@ -142,3 +142,29 @@ fn a_rewind_forward_is_rejected() {
         .contains("forward")
     );
 }
+
+#[test]
+fn a_checkpoint_taken_on_command_survives_pruning_so_it_can_be_rewound_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = support::tiny();
+    cfg.checkpoint.keep = 1;
+    let mut t = support::trainer(cfg, dir.path());
+    losses(&mut t, 2);
+    t.apply(&Command::Checkpoint).unwrap();
+    for _ in 0..3 {
+        losses(&mut t, 1);
+        t.checkpoint().unwrap();
+    }
+    let steps: Vec<u64> = keel_trainer::checkpoint::list(dir.path())
+        .iter()
+        .map(|(s, _)| *s)
+        .collect();
+    assert_eq!(steps, [2, 5]);
+    assert!(
+        t.apply(&Command::Rewind {
+            to_step: 2,
+            skip_batches: 1
+        })
+        .is_ok()
+    );
+}

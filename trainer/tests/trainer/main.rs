@@ -1,7 +1,6 @@
 //! The trainer's integration tests: one binary, so linking is paid once.
 
 mod commands;
-mod fake_server;
 mod gradients;
 mod link;
 mod stability;

@@ -75,12 +75,15 @@ fn rope(x: &mut [f64], pos: usize, theta: f64) {
     }
 }
 
-/// Per block: outputs `[t][d]` of one sequence, and the block's max attention logit.
-fn reference_blocks(
-    cfg: &TrainConfig,
-    w: &HashMap<String, Vec<f64>>,
-    tokens: &[u32],
-) -> (Vec<(Vec<Vec<f64>>, f64)>, Vec<Vec<f64>>) {
+/// One sequence through the plain forward.
+struct Reference {
+    /// Per block: outputs `[t][d]` and the block's max attention logit.
+    blocks: Vec<(Vec<Vec<f64>>, f64)>,
+    /// `[t][vocab]`.
+    logits: Vec<Vec<f64>>,
+}
+
+fn reference(cfg: &TrainConfig, w: &HashMap<String, Vec<f64>>, tokens: &[u32]) -> Reference {
     let m = &cfg.model;
     let (d, h, hd, kvh) = (m.d_model, m.n_heads, m.head_dim(), m.kv_heads());
     let rs = 1.4 / (m.n_layers as f64).sqrt();
@@ -154,7 +157,10 @@ fn reference_blocks(
         .iter()
         .map(|r| linear(emb, &rms_norm(r, &w["final_norm.weight"], m.norm_eps)))
         .collect();
-    (out, logits)
+    Reference {
+        blocks: out,
+        logits,
+    }
 }
 
 fn close(got: f64, want: f64, what: &str) {
@@ -208,13 +214,10 @@ fn each_statistic_matches_a_direct_computation_on_a_tiny_model_with_known_weight
 
     // Residual-stream and attention statistics from the plain forward of both rows.
     let rows: Vec<_> = (0..b)
-        .map(|r| reference_blocks(&cfg, &before, &batch.inputs[r * s..][..s]))
+        .map(|r| reference(&cfg, &before, &batch.inputs[r * s..][..s]))
         .collect();
-    for i in 0..cfg.model.n_layers {
-        let tokens: Vec<&Vec<f64>> = rows
-            .iter()
-            .flat_map(|(blocks, _)| blocks[i].0.iter())
-            .collect();
+    for (i, block_grad_sq) in grad_sq.iter().enumerate() {
+        let tokens: Vec<&Vec<f64>> = rows.iter().flat_map(|r| r.blocks[i].0.iter()).collect();
         let n = tokens.len() as f64;
         let var = tokens
             .iter()
@@ -235,13 +238,13 @@ fn each_statistic_matches_a_direct_computation_on_a_tiny_model_with_known_weight
             .fold(0.0f64, |a, v| a.max(v.abs()));
         let logit_max = rows
             .iter()
-            .map(|(blocks, _)| blocks[i].1)
+            .map(|r| r.blocks[i].1)
             .fold(f64::NEG_INFINITY, f64::max);
         close(layer("hidden_var")[i], var, "hidden_var");
         close(layer("hidden_rms")[i], ms.sqrt(), "hidden_rms");
         close(layer("act_absmax")[i], absmax, "act_absmax");
         close(layer("attn_logit_max")[i], logit_max, "attn_logit_max");
-        close(layer("grad_norm")[i], grad_sq[i].sqrt(), "grad_norm");
+        close(layer("grad_norm")[i], block_grad_sq.sqrt(), "grad_norm");
     }
 
     // Parameter norms before the update, and the update's relative size.
@@ -267,8 +270,8 @@ fn each_statistic_matches_a_direct_computation_on_a_tiny_model_with_known_weight
 
     // The loss is the mean cross-entropy of the plain forward's logits.
     let mut ce = 0.0;
-    for (r, (_, logits)) in rows.iter().enumerate() {
-        for (pos, l) in logits.iter().enumerate() {
+    for (r, reference) in rows.iter().enumerate() {
+        for (pos, l) in reference.logits.iter().enumerate() {
             let mx = l.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let lse = mx + l.iter().map(|v| (v - mx).exp()).sum::<f64>().ln();
             ce += lse - l[batch.targets[r * s + pos] as usize];

@@ -105,3 +105,28 @@ fn text_and_jsonl_sources_are_read_from_files_and_globs() {
         "{text}"
     );
 }
+
+#[test]
+fn a_huggingface_tokenizer_json_sets_the_vocabulary_and_the_token_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokenizer = r#"{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": null, "model": {"type": "WordLevel", "unk_token": "[UNK]",
+        "vocab": {"[UNK]": 0, "the": 1, "cat": 2, "dog": 3, ".": 4}}}"#;
+    std::fs::write(dir.path().join("tokenizer.json"), tokenizer).unwrap();
+    let tok = keel_trainer::data::Tokenizer::load(Some(
+        dir.path().join("tokenizer.json").to_str().unwrap(),
+    ))
+    .unwrap();
+    assert_eq!(tok.vocab_size(), 5);
+    assert_eq!(
+        tok.encode("the cat sees the dog.").unwrap(),
+        [1, 2, 0, 1, 3, 4]
+    );
+
+    let mut cfg = support::tiny();
+    cfg.data.tokenizer = Some(dir.path().join("tokenizer.json").to_string_lossy().into());
+    let mut t = support::trainer(cfg, dir.path());
+    assert_eq!(t.cfg.model.vocab_size, 5);
+    assert!(losses(&mut t, 2).iter().all(|l| l.is_finite()));
+}

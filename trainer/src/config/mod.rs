@@ -4,14 +4,18 @@
 //! scaling 1.4/√L, embedding multiplier 10, WeSaR, no QK-norm, z-loss 1e-4, weight decay 0.1,
 //! AdamW β = (0.9, 0.95), ε = 1e-15, clip 1.0, peak LR 0.01), so an ablation file only names
 //! what it changes. This module parses, merges overrides and validates; it never touches a
-//! tensor. Relative data paths are resolved against the directory of the file that names them.
+//! tensor. Relative data paths are resolved against the directory of the file that names them
+//! (see [`load`]).
 
-use std::collections::BTreeMap;
-use std::path::Path;
+mod load;
 
-use anyhow::{Context, Result, bail, ensure};
+pub use load::{deep_merge, load_config, load_with_overrides, set_dotted};
+pub(crate) use load::{from_value, read_toml};
+
+use anyhow::{Result, bail, ensure};
 use keel_protocol::DecayShape;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -301,90 +305,6 @@ impl Default for CheckpointConfig {
     }
 }
 
-/// Read a config file, apply dotted-key overrides (`("optim.lr", 0.003)`), and validate.
-pub fn load_config(path: &Path) -> Result<TrainConfig> {
-    load_with_overrides(path, &[])
-}
-
-pub fn load_with_overrides(
-    path: &Path,
-    overrides: &[(String, toml::Value)],
-) -> Result<TrainConfig> {
-    let mut value = read_toml(path)?;
-    for (key, v) in overrides {
-        set_dotted(&mut value, key, v.clone())?;
-    }
-    from_value(value, path.parent().unwrap_or(Path::new(".")))
-        .with_context(|| format!("in config {}", path.display()))
-}
-
-pub(crate) fn read_toml(path: &Path) -> Result<toml::Value> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading config {}", path.display()))?;
-    let table: toml::Table =
-        toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
-    Ok(toml::Value::Table(table))
-}
-
-/// Deserialise a merged TOML value, resolve relative paths against `base_dir`, validate.
-pub(crate) fn from_value(value: toml::Value, base_dir: &Path) -> Result<TrainConfig> {
-    let mut cfg: TrainConfig = value.try_into()?;
-    for source in &mut cfg.data.sources {
-        if let Some(p) = &source.path {
-            source.path = Some(resolve(base_dir, p));
-        }
-    }
-    if let Some(t) = &cfg.data.tokenizer {
-        cfg.data.tokenizer = Some(resolve(base_dir, t));
-    }
-    cfg.validate()?;
-    Ok(cfg)
-}
-
-fn resolve(base_dir: &Path, p: &str) -> String {
-    if Path::new(p).is_absolute() {
-        p.to_string()
-    } else {
-        base_dir.join(p).to_string_lossy().into_owned()
-    }
-}
-
-/// Set `a.b.c = v` inside a TOML table, creating tables on the way.
-pub fn set_dotted(root: &mut toml::Value, key: &str, v: toml::Value) -> Result<()> {
-    let mut node = root;
-    let parts: Vec<&str> = key.split('.').collect();
-    for part in &parts[..parts.len() - 1] {
-        let table = node
-            .as_table_mut()
-            .with_context(|| format!("override {key}: {part} is not a table"))?;
-        node = table
-            .entry(part.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-    }
-    let table = node
-        .as_table_mut()
-        .with_context(|| format!("override {key}: parent is not a table"))?;
-    table.insert(parts[parts.len() - 1].to_string(), v);
-    Ok(())
-}
-
-/// Merge `over` into `base`: tables recursively, anything else replaced.
-pub fn deep_merge(base: &mut toml::Value, over: toml::Value) {
-    match (base, over) {
-        (toml::Value::Table(b), toml::Value::Table(o)) => {
-            for (k, v) in o {
-                match b.get_mut(&k) {
-                    Some(existing) => deep_merge(existing, v),
-                    None => {
-                        b.insert(k, v);
-                    }
-                }
-            }
-        }
-        (b, o) => *b = o,
-    }
-}
-
 impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         let m = &self.model;
@@ -452,42 +372,5 @@ impl TrainConfig {
     /// The config as JSON, for the run page (`RunSpec.config`).
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_empty_file_gives_yulan_minis_final_choices() {
-        let cfg = from_value(toml::Value::Table(toml::Table::new()), Path::new(".")).unwrap();
-        assert_eq!(cfg.stability.init, InitScheme::Mup);
-        assert_eq!(cfg.stability.emb_multiplier, 10.0);
-        assert!(cfg.stability.depth_mup && cfg.stability.wesar && !cfg.stability.qk_norm);
-        assert_eq!((cfg.optim.beta2, cfg.optim.eps), (0.95, 1e-15));
-        assert_eq!((cfg.optim.weight_decay, cfg.optim.grad_clip), (0.1, 1.0));
-    }
-
-    #[test]
-    fn dotted_overrides_and_deep_merges_reach_nested_keys() {
-        let mut v: toml::Value = toml::from_str("[optim]\nlr = 0.01\nbeta1 = 0.8").unwrap();
-        set_dotted(&mut v, "optim.lr", toml::Value::Float(0.5)).unwrap();
-        deep_merge(&mut v, toml::from_str("stability.init = 'scaled'").unwrap());
-        let cfg = from_value(v, Path::new(".")).unwrap();
-        assert_eq!((cfg.optim.lr, cfg.optim.beta1), (0.5, 0.8));
-        assert_eq!(cfg.stability.init, InitScheme::Scaled);
-    }
-
-    #[test]
-    fn unknown_keys_and_bad_shapes_are_refused() {
-        let bad = [
-            "[optim]\nlearning_rate = 1.0",
-            "[model]\nd_model = 30\nn_heads = 4",
-        ];
-        for text in bad {
-            let v: toml::Value = toml::from_str(text).unwrap();
-            assert!(from_value(v, Path::new(".")).is_err(), "{text}");
-        }
     }
 }

@@ -1,0 +1,141 @@
+//! A keel server on a random port, on its own thread and runtime, restartable on the same
+//! database file; and a trainer run on a thread of its own.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+pub const TOKEN: &str = "e2e-token";
+
+pub struct Server {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Serves `db` on `addr` (port 0 for any free port).
+    pub fn start(db: &Path, addr: SocketAddr) -> Server {
+        let config = keel_server::Config::new(db.to_owned(), TOKEN.into());
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = bind(addr).await;
+                tx.send(listener.local_addr().unwrap()).unwrap();
+                keel_server::serve(config, listener, token).await.unwrap();
+            });
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        Server {
+            addr,
+            shutdown,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        let mut resp = ureq::get(&format!("{}{path}", self.url())).call().unwrap();
+        resp.body_mut().read_json().unwrap()
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> Value {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .new_agent();
+        let mut resp = agent
+            .post(&format!("{}{path}", self.url()))
+            .header("Authorization", &format!("Bearer {TOKEN}"))
+            .send_json(body)
+            .unwrap();
+        resp.body_mut().read_json().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// Binds, retrying a little: a restarted server takes back the port its predecessor had.
+async fn bind(addr: SocketAddr) -> tokio::net::TcpListener {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(e) if Instant::now() > deadline => panic!("binding {addr}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+pub fn config(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("configs")
+        .join(name)
+}
+
+/// Options for a proxy-tiny run against `url` with checkpoints in `dir`.
+pub fn tiny(url: &str, dir: &Path, steps: u64) -> keel_trainer::TrainOptions {
+    keel_trainer::TrainOptions {
+        config: config("proxy-tiny.toml"),
+        server: Some(url.to_owned()),
+        token: Some(TOKEN.into()),
+        device: "cpu".into(),
+        steps: Some(steps),
+        checkpoint_dir: Some(dir.join("checkpoints")),
+        ..Default::default()
+    }
+}
+
+/// Starts a training run on its own thread.
+pub fn spawn_training(
+    opts: keel_trainer::TrainOptions,
+) -> (
+    Arc<AtomicBool>,
+    std::thread::JoinHandle<anyhow::Result<keel_trainer::TrainSummary>>,
+) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    (
+        stop,
+        std::thread::spawn(move || keel_trainer::train(opts, flag)),
+    )
+}
+
+/// Polls `f` until it returns true, failing after `secs` seconds.
+pub fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "waited {secs} s for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,5 @@
+//! End-to-end: a real keel server over a real SQLite file, and the real trainer streaming
+//! into it over HTTP.
+
+mod harness;
+mod training;

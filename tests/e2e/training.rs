@@ -1,0 +1,193 @@
+//! The trainer against a real server: every statistic arrives, nothing is lost or doubled
+//! across a server restart, and commands reach the running trainer.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use keel_protocol::{LAYER_STATS, SCALARS};
+use serde_json::json;
+
+use crate::harness::{Server, spawn_training, tiny, wait_for};
+
+fn steps_stored(server: &Server, run: i64) -> u64 {
+    server.get(&format!("/api/v1/runs/{run}"))["steps"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+fn first_run(server: &Server) -> Option<i64> {
+    server.get("/api/v1/runs")[0]["id"].as_i64()
+}
+
+#[test]
+fn a_tiny_run_streams_every_statistic_for_every_layer_and_writes_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("keel.db"), "127.0.0.1:0".parse().unwrap());
+    let (_, handle) = spawn_training(tiny(&server.url(), dir.path(), 60));
+    let summary = handle.join().unwrap().unwrap();
+    assert_eq!(summary.steps, 60);
+    let run = summary.run_id.expect("a run on the server");
+    let detail = server.get(&format!("/api/v1/runs/{run}"));
+    assert_eq!(detail["steps"], 60, "{detail}");
+    assert_eq!(detail["status"], "finished");
+    let layers = detail["layers"].as_u64().unwrap();
+    for stat in LAYER_STATS {
+        let m = server.get(&format!("/api/v1/runs/{run}/layers/{stat}?columns=1000"));
+        assert_eq!(m["step"].as_array().map(Vec::len), Some(60), "{stat}: {m}");
+        for column in m["mean"].as_array().unwrap() {
+            assert_eq!(column.as_array().unwrap().len() as u64, layers);
+        }
+    }
+    let scalars: Vec<&str> = detail["scalars"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for key in SCALARS {
+        assert!(scalars.contains(&key), "{key} missing from {scalars:?}");
+    }
+    assert!(
+        scalars.iter().any(|k| k.starts_with("loss/")),
+        "no per-source loss in {scalars:?}"
+    );
+    let checkpoint = summary.last_checkpoint.expect("a checkpoint");
+    assert!(checkpoint.exists());
+}
+
+#[test]
+fn steps_sent_while_the_server_is_down_are_stored_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("keel.db");
+    let server = Server::start(&db, "127.0.0.1:0".parse().unwrap());
+    let addr = server.addr;
+    let (_, handle) = spawn_training(tiny(&server.url(), dir.path(), 400));
+    wait_for(120, "the first steps", || {
+        first_run(&server).is_some_and(|r| steps_stored(&server, r) >= 20)
+    });
+    let run = first_run(&server).unwrap();
+    server.stop();
+    std::thread::sleep(Duration::from_millis(1500));
+    let server = Server::start(&db, addr);
+    let summary = handle.join().unwrap().unwrap();
+    assert_eq!(summary.steps, 400);
+    wait_for(60, "every step", || steps_stored(&server, run) >= 400);
+    let loss = server.get(&format!("/api/v1/runs/{run}/scalars/loss?points=100000"));
+    let steps: Vec<u64> = loss["step"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_u64().unwrap())
+        .collect();
+    let first = steps[0];
+    assert_eq!(
+        steps,
+        (first..first + 400).collect::<Vec<_>>(),
+        "a step is missing or doubled"
+    );
+    assert_eq!(steps_stored(&server, run), 400);
+}
+
+#[test]
+fn a_paused_trainer_stops_stepping_until_it_is_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("keel.db"), "127.0.0.1:0".parse().unwrap());
+    let (stop, handle) = spawn_training(tiny(&server.url(), dir.path(), 100_000));
+    wait_for(120, "the first steps", || {
+        first_run(&server).is_some_and(|r| steps_stored(&server, r) >= 5)
+    });
+    let run = first_run(&server).unwrap();
+    let cmd = server.post(
+        &format!("/api/v1/runs/{run}/commands"),
+        &json!({"kind": "pause"}),
+    );
+    let cid = cmd["id"].as_i64().unwrap();
+    let commands = format!("/api/v1/runs/{run}/commands");
+    wait_for(60, "the pause to apply", || {
+        server.get(&commands)[0]["status"] == "applied"
+    });
+    assert_eq!(server.get(&commands)[0]["id"], cid);
+    wait_for(30, "the paused status", || {
+        server.get(&format!("/api/v1/runs/{run}"))["status"] == "paused"
+    });
+    // Let anything already queued in the link arrive, then watch the count stand still.
+    std::thread::sleep(Duration::from_millis(1500));
+    let paused_at = steps_stored(&server, run);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        steps_stored(&server, run),
+        paused_at,
+        "the trainer kept stepping while paused"
+    );
+    server.post(&commands, &json!({"kind": "resume"}));
+    wait_for(60, "steps after resume", || {
+        steps_stored(&server, run) > paused_at + 3
+    });
+    stop.store(true, Ordering::SeqCst);
+    handle.join().unwrap().unwrap();
+}
+
+#[test]
+fn a_link_spills_while_no_server_answers_and_sends_everything_once_one_does() {
+    use keel_trainer::link::{Link, Spill};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("keel.db");
+    // Learn a free port from a first server, create the run there, then stop it.
+    let server = Server::start(&db, "127.0.0.1:0".parse().unwrap());
+    let addr = server.addr;
+    let run = server.post("/api/v1/runs", &json!({"name": "spill", "layers": 2}))["id"]
+        .as_i64()
+        .unwrap();
+    server.stop();
+    let spill_path = dir.path().join("spill.jsonl");
+    let mut link = Link::spawn(
+        &format!("http://{addr}"),
+        Some(crate::harness::TOKEN.into()),
+        run,
+        spill_path.clone(),
+    );
+    for s in 0..40 {
+        link.step(0, record(s));
+    }
+    wait_for(30, "the steps to spill", || {
+        Spill::new(&spill_path)
+            .read()
+            .unwrap()
+            .iter()
+            .map(|b| b.steps.len())
+            .sum::<usize>()
+            >= 40
+    });
+    let server = Server::start(&db, addr);
+    for s in 40..60 {
+        link.step(0, record(s));
+    }
+    let report = link.finish(Duration::from_secs(30));
+    assert_eq!(report.steps_spilled, 0, "{report:?}");
+    let loss = server.get(&format!("/api/v1/runs/{run}/scalars/loss?points=1000"));
+    let steps: Vec<u64> = loss["step"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (0..60).collect::<Vec<_>>());
+    assert_eq!(loss["last"][3], "NaN");
+    assert!(!spill_path.exists());
+}
+
+fn record(step: u64) -> keel_protocol::StepRecord {
+    use keel_protocol::Metric;
+    let loss = if step == 3 { f64::NAN } else { 1.0 };
+    keel_protocol::StepRecord {
+        step,
+        time: Some(1.0),
+        tokens: Some(step * 10),
+        scalars: [("loss".to_string(), Metric::new(loss))].into(),
+        layers: [(
+            "hidden_var".to_string(),
+            vec![Metric(1.0), Metric(f64::INFINITY)],
+        )]
+        .into(),
+    }
+}
