@@ -15,6 +15,12 @@ fn steps_stored(server: &Server, run: i64) -> u64 {
         .unwrap_or(0)
 }
 
+/// The `step` column of a series answer.
+fn step_numbers(series: &serde_json::Value) -> Vec<u64> {
+    let steps = series["step"].as_array().expect("a step column");
+    steps.iter().map(|s| s.as_u64().unwrap()).collect()
+}
+
 fn first_run(server: &Server) -> Option<i64> {
     server.get("/api/v1/runs")[0]["id"].as_i64()
 }
@@ -73,12 +79,7 @@ fn steps_sent_while_the_server_is_down_are_stored_exactly_once() {
     assert_eq!(summary.steps, 400);
     wait_for(60, "every step", || steps_stored(&server, run) >= 400);
     let loss = server.get(&format!("/api/v1/runs/{run}/scalars/loss?points=100000"));
-    let steps: Vec<u64> = loss["step"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_u64().unwrap())
-        .collect();
+    let steps = step_numbers(&loss);
     let first = steps[0];
     assert_eq!(
         steps,
@@ -165,12 +166,7 @@ fn a_link_spills_while_no_server_answers_and_sends_everything_once_one_does() {
     let report = link.finish(Duration::from_secs(30));
     assert_eq!(report.steps_spilled, 0, "{report:?}");
     let loss = server.get(&format!("/api/v1/runs/{run}/scalars/loss?points=1000"));
-    let steps: Vec<u64> = loss["step"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_u64().unwrap())
-        .collect();
+    let steps = step_numbers(&loss);
     assert_eq!(steps, (0..60).collect::<Vec<_>>());
     assert_eq!(loss["last"][3], "NaN");
     assert!(!spill_path.exists());
