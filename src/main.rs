@@ -54,6 +54,9 @@ struct ServeArgs {
     /// Seconds without word from a trainer before its run shows as lost.
     #[arg(long, env = "KEEL_LOST_AFTER", default_value_t = 60)]
     lost_after: u64,
+    /// The folder of the pages' scripts and styles (default: the source tree's `static/`).
+    #[arg(long, env = "KEEL_STATIC_DIR")]
+    static_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -130,6 +133,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = keel_server::Config::new(args.db, token);
     config.addr = args.addr;
     config.lost_after = std::time::Duration::from_secs(args.lost_after.max(1));
+    if let Some(dir) = args.static_dir {
+        config.static_dir = dir;
+    }
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("listening on {}", config.addr))?;
@@ -139,4 +145,365 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.db.display()
     );
     keel_server::serve(config, listener, shutdown_on_signal()).await
+}
+
+#[cfg(test)]
+mod tests {
+    //! `docker-compose.yml` and `Dockerfile` at the repository root, read as a deployment
+    //! would read them: each service's command goes through the real argument parser.
+
+    use std::net::SocketAddr;
+    use std::path::{Path, PathBuf};
+
+    use clap::{ArgMatches, CommandFactory, Parser};
+    use yaml_rust2::{Yaml, YamlLoader};
+
+    use super::Cli;
+
+    const COMPOSE: &str = include_str!("../docker-compose.yml");
+    const DOCKERFILE: &str = include_str!("../Dockerfile");
+
+    fn compose() -> Yaml {
+        let mut docs = YamlLoader::load_from_str(COMPOSE).expect("docker-compose.yml is YAML");
+        assert_eq!(docs.len(), 1, "docker-compose.yml holds one document");
+        docs.remove(0)
+    }
+
+    fn service<'a>(compose: &'a Yaml, name: &str) -> &'a Yaml {
+        let s = &compose["services"][name];
+        assert!(s.is_hash(), "docker-compose.yml has no service `{name}`");
+        s
+    }
+
+    fn text<'a>(y: &'a Yaml, what: &str) -> &'a str {
+        y.as_str()
+            .unwrap_or_else(|| panic!("{what} is a string, found {y:?}"))
+    }
+
+    /// `command` in list form, as the arguments after the image's `keel` entrypoint.
+    fn command(service: &Yaml, name: &str) -> Vec<String> {
+        let list = service["command"]
+            .as_vec()
+            .unwrap_or_else(|| panic!("`{name}`'s command is a list"));
+        list.iter()
+            .map(|a| match a {
+                Yaml::String(s) => s.clone(),
+                Yaml::Integer(i) => i.to_string(),
+                other => panic!("`{name}`'s command holds {other:?}"),
+            })
+            .collect()
+    }
+
+    /// Parses `keel <args>` with the real CLI; the subcommand's name and its matches.
+    fn parse(args: &[String]) -> (String, ArgMatches) {
+        let argv = std::iter::once("keel".to_string()).chain(args.iter().cloned());
+        if let Err(e) = Cli::try_parse_from(argv.clone()) {
+            panic!("`keel {}` is not a valid invocation:\n{e}", args.join(" "));
+        }
+        let matches = Cli::command().get_matches_from(argv);
+        let (name, sub) = matches.subcommand().expect("a subcommand");
+        (name.to_string(), sub.clone())
+    }
+
+    /// `environment` in either form (map or `KEY=value` list) as (key, value) pairs.
+    fn environment(service: &Yaml) -> Vec<(String, String)> {
+        match &service["environment"] {
+            Yaml::Hash(h) => h
+                .iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        Yaml::String(s) => s.clone(),
+                        Yaml::Null => String::new(),
+                        other => format!("{other:?}"),
+                    };
+                    (text(k, "an environment key").to_string(), v)
+                })
+                .collect(),
+            Yaml::Array(a) => a
+                .iter()
+                .map(|e| {
+                    let e = text(e, "an environment entry");
+                    let (k, v) = e.split_once('=').unwrap_or((e, ""));
+                    (k.to_string(), v.to_string())
+                })
+                .collect(),
+            Yaml::BadValue => Vec::new(),
+            other => panic!("environment is a map or a list, found {other:?}"),
+        }
+    }
+
+    /// The mount targets of a service's named volumes (declared under top-level `volumes`).
+    fn named_volume_targets(compose: &Yaml, service: &Yaml) -> Vec<(String, PathBuf)> {
+        let mounts = service["volumes"].as_vec().cloned().unwrap_or_default();
+        mounts
+            .iter()
+            .filter_map(|m| match m {
+                Yaml::String(s) => {
+                    let mut parts = s.split(':');
+                    let source = parts.next()?.to_string();
+                    let target = parts.next()?;
+                    Some((source, PathBuf::from(target)))
+                }
+                Yaml::Hash(_) if m["type"].as_str() == Some("volume") => Some((
+                    text(&m["source"], "a volume's source").to_string(),
+                    PathBuf::from(text(&m["target"], "a volume's target")),
+                )),
+                _ => None,
+            })
+            .filter(|(source, _)| {
+                compose["volumes"]
+                    .as_hash()
+                    .is_some_and(|v| v.contains_key(&Yaml::String(source.clone())))
+            })
+            .collect()
+    }
+
+    fn on_named_volume(compose: &Yaml, service: &Yaml, path: &Path) -> Option<String> {
+        named_volume_targets(compose, service)
+            .into_iter()
+            .find(|(_, target)| path.starts_with(target))
+            .map(|(source, _)| source)
+    }
+
+    /// The Dockerfile's stages by name: the image each starts from and its instructions,
+    /// continuation lines joined.
+    fn stages() -> Vec<(String, String, Vec<String>)> {
+        let joined = DOCKERFILE.replace("\\\n", " ");
+        let mut out: Vec<(String, String, Vec<String>)> = Vec::new();
+        for line in joined.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if words[0].eq_ignore_ascii_case("FROM") {
+                let name = match words.as_slice() {
+                    [_, .., as_, name] if as_.eq_ignore_ascii_case("AS") => name.to_string(),
+                    _ => String::new(),
+                };
+                let image = words.iter().skip(1).find(|w| !w.starts_with("--"));
+                out.push((name, image.unwrap_or(&"").to_string(), Vec::new()));
+            } else if let Some(stage) = out.last_mut() {
+                stage.2.push(line.to_string());
+            }
+        }
+        out
+    }
+
+    fn stage(name: &str) -> (String, Vec<String>) {
+        stages()
+            .into_iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, image, body)| (image, body))
+            .unwrap_or_else(|| panic!("the Dockerfile has no stage `{name}`"))
+    }
+
+    /// The `cargo build` line of the stage a runtime stage copies `keel` from.
+    fn cargo_build_behind(runtime: &str) -> String {
+        let (_, body) = stage(runtime);
+        let from = body
+            .iter()
+            .find_map(|l| {
+                let rest = l.strip_prefix("COPY --from=")?;
+                rest.contains("keel")
+                    .then(|| rest.split_whitespace().next())?
+            })
+            .unwrap_or_else(|| panic!("stage `{runtime}` copies keel from a build stage"));
+        let (_, build) = stage(from);
+        build
+            .into_iter()
+            .find(|l| l.contains("cargo build"))
+            .unwrap_or_else(|| panic!("stage `{from}` runs cargo build"))
+    }
+
+    #[test]
+    fn every_compose_service_built_here_runs_a_valid_keel_command() {
+        let compose = compose();
+        for (name, want) in [("server", "serve"), ("trainer", "train")] {
+            let (sub, _) = parse(&command(service(&compose, name), name));
+            assert_eq!(sub, want, "`{name}` runs `keel {want}`");
+        }
+        // Any other service built from this Dockerfile runs keel too.
+        let services = compose["services"].as_hash().expect("services is a map");
+        for (name, s) in services.iter().filter(|(_, s)| !s["build"].is_badvalue()) {
+            parse(&command(s, text(name, "a service name")));
+        }
+        // The trainer's config is a file of this repository, copied into its image.
+        let (_, m) = parse(&command(service(&compose, "trainer"), "trainer"));
+        let config = m
+            .get_one::<PathBuf>("config")
+            .expect("the trainer names a config");
+        assert!(
+            config.is_relative(),
+            "{config:?} resolves inside the image's /app"
+        );
+        assert!(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(config).is_file(),
+            "{config:?} exists"
+        );
+        let (_, trainer) = stage("trainer");
+        assert!(trainer.iter().any(|l| l.starts_with("COPY configs ")));
+    }
+
+    #[test]
+    fn the_trainer_reserves_one_nvidia_gpu_and_is_built_with_the_cuda_feature() {
+        let compose = compose();
+        let trainer = service(&compose, "trainer");
+        let devices = trainer["deploy"]["resources"]["reservations"]["devices"]
+            .as_vec()
+            .expect("the trainer reserves devices");
+        let gpu = devices
+            .iter()
+            .find(|d| d["driver"].as_str() == Some("nvidia"))
+            .expect("an nvidia device reservation");
+        assert_eq!(gpu["count"].as_i64(), Some(1));
+        let caps = gpu["capabilities"]
+            .as_vec()
+            .expect("capabilities is a list");
+        assert!(caps.contains(&Yaml::String("gpu".into())));
+
+        let (_, m) = parse(&command(trainer, "trainer"));
+        let device = m.get_one::<String>("device").expect("a device");
+        assert!(device.starts_with("cuda:"), "trains on `{device}`");
+
+        assert_eq!(trainer["build"]["target"].as_str(), Some("trainer"));
+        let build = cargo_build_behind("trainer");
+        assert!(build.contains("--features cuda"), "{build}");
+        let (image, _) = stage("trainer");
+        assert!(image.starts_with("nvidia/cuda:") && image.contains("-runtime-"));
+        let (builder, _) = stage("builder");
+        assert!(builder.starts_with("nvidia/cuda:") && builder.contains("-devel-"));
+        // Every build arg the compose file passes is one the Dockerfile declares.
+        for (key, _) in trainer["build"]["args"].as_hash().into_iter().flatten() {
+            let key = text(key, "a build arg");
+            assert!(
+                DOCKERFILE
+                    .lines()
+                    .any(|l| l.trim().starts_with(&format!("ARG {key}"))),
+                "the Dockerfile declares ARG {key}"
+            );
+        }
+
+        // The server needs no GPU: a plain build on a slim image.
+        let server = service(&compose, "server");
+        assert_eq!(server["build"]["target"].as_str(), Some("server"));
+        assert!(server["deploy"].is_badvalue());
+        assert!(!cargo_build_behind("server").contains("--features"));
+        assert_eq!(stage("server").0, "debian:bookworm-slim");
+    }
+
+    #[test]
+    fn the_database_and_the_checkpoints_live_on_named_volumes() {
+        let compose = compose();
+        let server = service(&compose, "server");
+        let (_, m) = parse(&command(server, "server"));
+        let db = m.get_one::<PathBuf>("db").expect("a database path");
+        assert!(db.is_absolute(), "{db:?}");
+        assert!(
+            on_named_volume(&compose, server, db).is_some(),
+            "the database {db:?} lies on a named volume"
+        );
+
+        let trainer = service(&compose, "trainer");
+        let (_, m) = parse(&command(trainer, "trainer"));
+        let dir = m
+            .get_one::<PathBuf>("checkpoint_dir")
+            .expect("the trainer names its checkpoint directory");
+        let volume = on_named_volume(&compose, trainer, dir)
+            .unwrap_or_else(|| panic!("the checkpoints {dir:?} lie on a named volume"));
+        assert_ne!(on_named_volume(&compose, server, db), Some(volume));
+    }
+
+    #[test]
+    fn the_server_listens_on_all_interfaces_only_through_an_explicit_addr() {
+        // Without the flag keel serve stays on loopback.
+        let serve = Cli::command();
+        let serve = serve.find_subcommand("serve").expect("keel serve");
+        let addr = serve
+            .get_arguments()
+            .find(|a| a.get_id() == "addr")
+            .expect("--addr");
+        assert_eq!(addr.get_default_values(), ["127.0.0.1:8080"]);
+
+        let compose = compose();
+        let server = service(&compose, "server");
+        let args = command(server, "server");
+        let flag = args.iter().position(|a| a == "--addr");
+        let flag = flag.expect("the server's command passes --addr");
+        assert_eq!(args.get(flag + 1).map(String::as_str), Some("0.0.0.0:8080"));
+        let (_, m) = parse(&args);
+        let addr = *m.get_one::<SocketAddr>("addr").expect("an address");
+        assert!(addr.ip().is_unspecified());
+        assert!(
+            !environment(server).iter().any(|(k, _)| k == "KEEL_ADDR"),
+            "KEEL_ADDR would hide the address from the command"
+        );
+        assert!(!DOCKERFILE.contains("KEEL_ADDR"));
+
+        // The published port reaches that listener.
+        let ports = server["ports"]
+            .as_vec()
+            .expect("the server publishes a port");
+        let published = ports.iter().any(|p| match p {
+            Yaml::String(s) => s.rsplit(':').next() == Some(&addr.port().to_string()),
+            Yaml::Hash(_) => p["target"].as_i64() == Some(i64::from(addr.port())),
+            _ => false,
+        });
+        assert!(published, "port {} is published", addr.port());
+    }
+
+    #[test]
+    fn the_trainer_waits_for_a_healthy_server_and_reaches_it_by_name() {
+        let compose = compose();
+        let server = service(&compose, "server");
+        let check = server["healthcheck"]["test"]
+            .as_vec()
+            .expect("the server has a healthcheck");
+        assert!(
+            check
+                .iter()
+                .any(|w| w.as_str().is_some_and(|w| w.contains("/healthz")))
+        );
+        let trainer = service(&compose, "trainer");
+        assert_eq!(
+            trainer["depends_on"]["server"]["condition"].as_str(),
+            Some("service_healthy")
+        );
+        let (_, m) = parse(&command(trainer, "trainer"));
+        assert_eq!(
+            m.get_one::<String>("server").map(String::as_str),
+            Some("http://server:8080")
+        );
+    }
+
+    #[test]
+    fn the_token_comes_from_the_operators_environment_and_never_from_the_file() {
+        let compose = compose();
+        for name in ["server", "trainer"] {
+            let s = service(&compose, name);
+            assert!(!command(s, name).iter().any(|a| a.starts_with("--token")));
+            let env = environment(s);
+            let token = env.iter().find(|(k, _)| k == "KEEL_TOKEN");
+            let (_, value) = token.unwrap_or_else(|| panic!("`{name}` gets KEEL_TOKEN"));
+            assert!(
+                value.starts_with("${KEEL_TOKEN") && value.ends_with('}'),
+                "`{name}`'s KEEL_TOKEN is `{value}`, not ${{KEEL_TOKEN…}}"
+            );
+        }
+        assert!(!DOCKERFILE.contains("KEEL_TOKEN"));
+    }
+
+    #[test]
+    fn the_server_image_serves_its_own_copy_of_the_static_files() {
+        let (_, body) = stage("server");
+        let dir = body
+            .iter()
+            .find_map(|l| l.strip_prefix("ENV KEEL_STATIC_DIR="))
+            .expect("the server image sets KEEL_STATIC_DIR");
+        assert!(body.iter().any(|l| *l == format!("COPY static {dir}")));
+        let (_, m) = parse(&["serve".into(), "--static-dir".into(), dir.into()]);
+        assert_eq!(
+            m.get_one::<PathBuf>("static_dir"),
+            Some(&PathBuf::from(dir))
+        );
+    }
 }
