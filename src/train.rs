@@ -81,6 +81,22 @@ pub fn stop_on_ctrl_c() -> anyhow::Result<Arc<AtomicBool>> {
         .build()?;
     std::thread::spawn(move || {
         rt.block_on(async {
+            #[cfg(unix)]
+            {
+                use tokio::signal::unix::{SignalKind, signal};
+                match signal(SignalKind::terminate()) {
+                    Ok(mut term) => {
+                        tokio::select! {
+                            _ = tokio::signal::ctrl_c() => {}
+                            _ = term.recv() => {}
+                        }
+                    }
+                    Err(_) => {
+                        let _ = tokio::signal::ctrl_c().await;
+                    }
+                }
+            }
+            #[cfg(not(unix))]
             let _ = tokio::signal::ctrl_c().await;
         });
         eprintln!("stopping at the next step boundary…");
