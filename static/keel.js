@@ -95,7 +95,7 @@ export function theme() {
   return {
     fg: v("--fg"), muted: v("--muted"), grid: v("--grid"), panel: v("--panel"),
     line: v("--line"), band: v("--band"), bad: v("--bad"), warn: v("--warn"),
-    info: v("--info"), series: v("--series").split(",").map((s) => s.trim()),
+    info: v("--info"), ok: v("--ok"), series: v("--series").split(",").map((s) => s.trim()),
   };
 }
 

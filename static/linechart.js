@@ -1,6 +1,7 @@
 // A line chart on a canvas: one line per series (the bucket means), the first series' min–max
 // band behind it so a spike inside a wide bucket still shows, a red marker over every bucket
-// holding a NaN or an infinity, dashed rules at alerts, and a readout under the cursor.
+// holding a NaN or an infinity, dashed rules at alerts, a triangle on the time axis at every
+// applied operator command, and a readout under the cursor.
 
 import { fit, logTicks, metric, short, theme, ticks } from "./keel.js";
 
@@ -17,6 +18,8 @@ export class LineChart {
     this.toX = (s) => s;
     this.xName = "step";
     this.alerts = [];
+    // Applied commands: {step, label}.
+    this.commands = [];
     this.hover = null;
     const logButton = figure.querySelector("[data-log]");
     logButton?.addEventListener("click", () => {
@@ -139,6 +142,7 @@ export class LineChart {
     const keys = [...this.series.keys()];
     keys.forEach((k, i) => this.drawSeries(ctx, this.series.get(k), i, t, px, py, d, ph));
     ctx.restore();
+    this.drawCommands(ctx, t, px, ph, pw);
     this.drawHover(ctx, t, d, px, ph, pw);
   }
 
@@ -183,6 +187,28 @@ export class LineChart {
       ctx.stroke();
     }
     ctx.setLineDash([]);
+  }
+
+  // A solid rule and a triangle on the time axis at each applied command, so an LR change
+  // lines up with its effect.
+  drawCommands(ctx, t, px, ph, pw) {
+    ctx.strokeStyle = ctx.fillStyle = t.ok;
+    ctx.lineWidth = 1;
+    for (const c of this.commands) {
+      const x = Math.round(px(this.toX(c.step))) + 0.5;
+      if (x < M.l || x > M.l + pw) continue;
+      ctx.globalAlpha = 0.5;
+      ctx.beginPath();
+      ctx.moveTo(x, M.t);
+      ctx.lineTo(x, M.t + ph);
+      ctx.stroke();
+      ctx.globalAlpha = 1;
+      ctx.beginPath();
+      ctx.moveTo(x, M.t + ph - 7);
+      ctx.lineTo(x - 4, M.t + ph);
+      ctx.lineTo(x + 4, M.t + ph);
+      ctx.fill();
+    }
   }
 
   drawSeries(ctx, s, index, t, px, py, d, ph) {

@@ -6,6 +6,7 @@
 // browser resumes with Last-Event-ID and the server sends what was missed; `resync` (too much
 // missed) or a new `hello` refetches everything.
 
+import { Commands } from "./commands.js";
 import { Heatmap } from "./heatmap.js";
 import { LineChart } from "./linechart.js";
 import { Profile } from "./profile.js";
@@ -32,6 +33,12 @@ const state = {
 const charts = {};
 for (const fig of document.querySelectorAll("figure.chart")) charts[fig.dataset.key] = new LineChart(fig);
 const chartFor = (key) => (key === "loss" || key.startsWith("loss/") ? charts.loss : charts[key]);
+
+// The command log and, when signed in, the controls; applied commands are marked on the charts.
+const commands = new Commands(api, (applied) => {
+  for (const c of Object.values(charts)) c.commands = applied;
+  drawCharts();
+});
 
 const heatmaps = new Map();
 const profile = new Profile(document.getElementById("profile"));
@@ -110,6 +117,7 @@ async function loadAll() {
   await Promise.all([
     loadScalars(detail),
     loadEvents(),
+    commands.load(),
     ...[...heatmaps.values()].map((h) => h.load()),
   ]);
   await loadProfile(detail.last_step);
@@ -218,6 +226,8 @@ function apply(msg) {
       return;
     case "event":
       return addEvent(msg.event);
+    case "command":
+      return commands.update(msg.command);
     case "status":
       return setStatus(msg.status);
     case "resync":
@@ -304,7 +314,7 @@ function connect() {
   es.onopen = () => connState("live");
   es.onerror = () => connState(es.readyState === EventSource.CLOSED ? "closed" : "reconnecting");
   es.addEventListener("hello", () => reload());
-  for (const name of ["steps", "event", "status", "resync"]) {
+  for (const name of ["steps", "event", "command", "status", "resync"]) {
     es.addEventListener(name, (ev) => {
       const msg = JSON.parse(ev.data);
       if (state.loading) state.queue.push(msg);

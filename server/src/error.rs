@@ -1,8 +1,9 @@
 //! The one error type of the HTTP layer, and extractors that answer in its shape.
 //!
 //! Every refusal is JSON `{"error": "..."}` with the status that says why (400 malformed,
-//! 401 token, 404 unknown, 409 conflict, 413 too large, 422 invalid values). A 500 says only
-//! that something went wrong inside; its cause is logged once, never sent.
+//! 401 token or session, 403 CSRF token, 404 unknown, 409 conflict, 413 too large, 422 invalid
+//! values). A 500 says only that something went wrong inside; its cause is logged once, never
+//! sent.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -19,6 +20,8 @@ pub enum AppError {
     BadRequest(String),
     #[error("{0}")]
     Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -38,6 +41,7 @@ impl AppError {
         match self {
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

@@ -4,7 +4,8 @@
 //! - [`routes`]: every URL, each area's handlers (extract → call → respond).
 //! - [`storage`]: all SQL — the store, its single writer, the series queries.
 //! - [`hub`]: live fan-out of committed changes to SSE subscribers.
-//! - [`auth`]: the operator token check.
+//! - [`auth`]: who may write: the operator token, or a signed-in session with its CSRF token.
+//! - [`sessions`]: the signed-in browser sessions (in memory, with an expiry).
 //! - [`error`]: the error type and the extractors that answer in its shape.
 //! - [`views`]: the pages' template structs and the formatting of their values.
 //! - [`charts`]: heatmaps and line charts rendered as PNG or SVG (plotters).
@@ -18,6 +19,7 @@ pub mod charts;
 pub mod error;
 pub mod hub;
 pub mod routes;
+pub mod sessions;
 pub mod storage;
 pub mod views;
 pub mod watchdog;
@@ -32,6 +34,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::Hub;
+use crate::sessions::Sessions;
 use crate::storage::Store;
 
 /// Everything the server can be told. Every field has a default (see [`Config::new`]).
@@ -49,6 +52,10 @@ pub struct Config {
     pub lost_after: Duration,
     /// How long shutdown waits for open requests before it stops anyway.
     pub shutdown_grace: Duration,
+    /// How long a browser stays signed in after `POST /login`.
+    pub session_ttl: Duration,
+    /// Mark the session cookie `Secure` (only sent over HTTPS): set it behind a TLS proxy.
+    pub secure_cookie: bool,
 }
 
 impl Config {
@@ -61,6 +68,8 @@ impl Config {
             static_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../static")),
             lost_after: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(5),
+            session_ttl: Duration::from_secs(12 * 3600),
+            secure_cookie: false,
         }
     }
 }
@@ -70,6 +79,7 @@ impl Config {
 pub struct AppState {
     pub store: Store,
     pub hub: Hub,
+    pub sessions: Sessions,
     pub config: Arc<Config>,
     /// Cancelled at shutdown: long-lived responses (SSE, long polls) end on it.
     pub shutdown: CancellationToken,
@@ -88,6 +98,7 @@ pub async fn serve(
     let state = AppState {
         store,
         hub,
+        sessions: Sessions::new(config.session_ttl),
         config: Arc::new(config),
         shutdown: shutdown.clone(),
     };

@@ -6,6 +6,7 @@ mod commands;
 mod data;
 mod images;
 mod live;
+mod login;
 mod meta;
 mod overview;
 mod pages;
@@ -33,6 +34,7 @@ pub fn router(state: AppState) -> Router {
         .merge(commands::router())
         .merge(overview::router())
         .merge(pages::router())
+        .merge(login::router())
         .nest_service("/static", statics)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

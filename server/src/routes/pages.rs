@@ -1,5 +1,5 @@
 //! The HTML pages: `/` (runs), `/runs/table` (the runs table alone, which the runs page
-//! refetches after a reconnect) and `/runs/{id}` (one run).
+//! refetches after a reconnect) and `/runs/{id}` (one run, with controls when signed in).
 //!
 //! Handlers read storage and hand protocol values to `views`; they do no formatting. A page
 //! that cannot be shown answers an HTML page with the status and reason, never JSON.
@@ -79,6 +79,7 @@ async fn runs_table(State(state): State<AppState>) -> PageResult {
 
 async fn run_page(
     State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> PageResult {
     // A page URL with a bad id is a missing page, not a malformed API call.
@@ -86,5 +87,7 @@ async fn run_page(
         .parse()
         .map_err(|_| AppError::NotFound(format!("run {id} not found")))?;
     let detail = runs::run_detail(state.store.reader(), id).await?;
-    html(&RunPage::new(&detail, now()))
+    // Only a signed-in page carries the CSRF token, and with it the controls.
+    let csrf = crate::auth::signed_in(&headers, &state);
+    html(&RunPage::new(&detail, now()).with_csrf(csrf))
 }

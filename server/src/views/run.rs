@@ -30,6 +30,10 @@ pub struct RunPage {
     pub config: String,
     /// JSON for the page script.
     pub boot: String,
+    /// The session's CSRF token; `None` for a visitor who is not signed in (no controls).
+    pub csrf: Option<String>,
+    /// The run's data sources (from its `loss/<source>` scalars), to prefill the data mix.
+    pub sources: Vec<String>,
 }
 
 /// One scalar chart: its element id, title and the series it draws.
@@ -114,8 +118,27 @@ impl RunPage {
             stats,
             config: serde_json::to_string_pretty(&run.config).unwrap_or_default(),
             boot: boot.to_string(),
+            csrf: None,
+            sources: sources(&run.scalars),
         }
     }
+
+    /// The page as shown to a signed-in session (`Some`) or a visitor (`None`).
+    pub fn with_csrf(mut self, csrf: Option<String>) -> RunPage {
+        self.csrf = csrf;
+        self
+    }
+}
+
+/// The data sources a run reports a loss for (`loss/<source>`), sorted.
+pub fn sources(scalars: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = scalars
+        .iter()
+        .filter_map(|k| k.strip_prefix("loss/"))
+        .map(str::to_owned)
+        .collect();
+    out.sort();
+    out
 }
 
 impl RunPage {
@@ -128,6 +151,17 @@ impl RunPage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_sources_come_from_the_per_source_losses() {
+        let got = sources(&[
+            "loss".into(),
+            "loss/prose".into(),
+            "lr".into(),
+            "loss/code".into(),
+        ]);
+        assert_eq!(got, ["code", "prose"]);
+    }
 
     #[test]
     fn hidden_var_leads_and_unknown_statistics_follow_in_arrival_order() {

@@ -27,9 +27,14 @@ pub struct Reply {
 
 impl TestApp {
     pub fn spawn() -> TestApp {
+        TestApp::on_temp(|_| {})
+    }
+
+    /// A server over a fresh temporary database, with config tweaks.
+    pub fn on_temp(tweak: impl FnOnce(&mut Config)) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("keel.db");
-        let mut app = TestApp::on(db, |_| {});
+        let mut app = TestApp::on(db, tweak);
         app._dir = Some(dir);
         app
     }

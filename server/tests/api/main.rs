@@ -2,10 +2,12 @@
 
 mod browser;
 mod commands;
+mod controls;
 mod helpers;
 mod ingest;
 mod live;
 mod pages;
 mod queries;
 mod refusals;
+mod sessions;
 mod webdriver;

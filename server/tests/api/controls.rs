@@ -1,0 +1,85 @@
+//! The run page's controls in a real headless Chromium: a visitor sees a sign-in link, signs
+//! in through the form, lands back on the run, clicks pause and sees the command queued in the
+//! log; a value the server refuses shows its reason next to the control. No trainer runs here,
+//! so commands stay `queued` (the trainer's side is tested against a real trainer elsewhere).
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::browser::synthetic_step;
+use crate::helpers::{TOKEN, TestApp};
+use crate::webdriver::Browser;
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+#[test]
+fn a_visitor_signs_in_through_the_form_and_pauses_the_run_from_its_page() {
+    let app = TestApp::spawn();
+    let id = app.create_run("proxy-tiny", 8);
+    let batch: Vec<Value> = (0..50).map(|s| synthetic_step(s, 8, None)).collect();
+    assert_eq!(app.ingest(id, json!(batch)).status, 200);
+    let Some(b) = Browser::start(1280, 1400) else {
+        return;
+    };
+    b.goto(&app.url(&format!("/runs/{id}")));
+    b.wait_for(
+        "the sign-in link",
+        PATIENCE,
+        "return document.querySelector('#signin a')",
+    );
+    assert_eq!(
+        b.eval("return document.getElementById('controls')", json!([])),
+        Value::Null
+    );
+    b.eval("document.querySelector('#signin a').click()", json!([]));
+    b.wait_for(
+        "the login form",
+        PATIENCE,
+        "return document.getElementById('token')",
+    );
+    b.eval(
+        "document.getElementById('token').value = arguments[0]; \
+         document.querySelector('#login button[type=submit]').click()",
+        json!([TOKEN]),
+    );
+    b.wait_for(
+        "the run page with its controls",
+        PATIENCE,
+        &format!(
+            "return location.pathname === '/runs/{id}' && document.getElementById('controls')"
+        ),
+    );
+    // The data mix is prefilled with the run's sources (from `loss/code`).
+    let sources = b.eval(
+        "return [...document.querySelectorAll('[data-source]')].map(e => e.dataset.source)",
+        json!([]),
+    );
+    assert_eq!(sources, json!(["code"]));
+
+    b.eval("document.getElementById('cmd-pause').click()", json!([]));
+    let text = b.wait_for(
+        "the pause command queued in the log",
+        PATIENCE,
+        "const li = document.querySelector('#commands li[data-status=queued]'); \
+         return li && li.textContent",
+    );
+    let text = text.as_str().unwrap();
+    assert!(text.contains("pause") && text.contains("browser"), "{text}");
+
+    let errors = b.errors();
+    assert!(errors.is_empty(), "script errors: {errors:?}");
+
+    // A value the server refuses: its reason appears next to the control.
+    b.eval(
+        "const f = document.querySelector('form[data-kind=set_grad_clip]'); \
+         f.elements.max_norm.value = '0'; f.querySelector('button[type=submit]').click()",
+        json!([]),
+    );
+    let err = b.wait_for(
+        "the refusal next to the grad clip control",
+        PATIENCE,
+        "return document.querySelector('form[data-kind=set_grad_clip] output.err').textContent",
+    );
+    assert!(err.as_str().unwrap().contains("max_norm"), "{err}");
+}
