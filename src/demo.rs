@@ -26,6 +26,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let server = tokio::spawn(keel_server::serve(config, listener, server_stop.clone()));
     println!("keel demo: open {url}");
     println!("operator token (KEEL_TOKEN): {token}");
+    println!("to steer the run, sign in at {url}/login with that token");
     let stop = Arc::new(AtomicBool::new(false));
     let opts = keel_trainer::TrainOptions {
         config: args.config,

@@ -54,6 +54,13 @@ struct ServeArgs {
     /// Seconds without word from a trainer before its run shows as lost.
     #[arg(long, env = "KEEL_LOST_AFTER", default_value_t = 60)]
     lost_after: u64,
+    /// Hours a browser sign-in lasts.
+    #[arg(long, env = "KEEL_SESSION_HOURS", default_value_t = 12)]
+    session_hours: u64,
+    /// Mark the session cookie `Secure` (when the server is reached over HTTPS, e.g. behind a
+    /// TLS proxy).
+    #[arg(long, env = "KEEL_SECURE_COOKIE")]
+    secure_cookie: bool,
     /// The folder of the pages' scripts and styles (default: the source tree's `static/`).
     #[arg(long, env = "KEEL_STATIC_DIR")]
     static_dir: Option<PathBuf>,
@@ -133,6 +140,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = keel_server::Config::new(args.db, token);
     config.addr = args.addr;
     config.lost_after = std::time::Duration::from_secs(args.lost_after.max(1));
+    config.session_ttl = std::time::Duration::from_secs(args.session_hours.max(1) * 3600);
+    config.secure_cookie = args.secure_cookie;
     if let Some(dir) = args.static_dir {
         config.static_dir = dir;
     }
