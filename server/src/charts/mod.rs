@@ -167,16 +167,11 @@ pub fn ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
 
 /// A short label: `12`, `0.0031`, `2.5e-5`, `1.2M`; `NaN`, `∞`.
 pub fn short(v: f64) -> String {
-    if v.is_nan() {
-        return "NaN".into();
-    }
-    if v.is_infinite() {
-        return if v > 0.0 { "∞".into() } else { "-∞".into() };
+    if let Some(word) = crate::views::format::special(v) {
+        return word.into();
     }
     let a = v.abs();
-    if a == 0.0 {
-        "0".into()
-    } else if a >= 1e9 {
+    if a >= 1e9 {
         format!("{:.3}G", v / 1e9)
     } else if a >= 1e6 {
         trim(format!("{:.2}", v / 1e6)) + "M"

@@ -7,21 +7,30 @@ pub fn metric(v: Option<f64>) -> String {
     let Some(v) = v else {
         return "—".into();
     };
-    if v.is_nan() {
-        return "NaN".into();
-    }
-    if v.is_infinite() {
-        return if v > 0.0 { "∞".into() } else { "-∞".into() };
+    if let Some(word) = special(v) {
+        return word.into();
     }
     let a = v.abs();
-    if a == 0.0 {
-        return "0".into();
-    }
     if !(1e-3..1e5).contains(&a) {
         return format!("{v:.2e}");
     }
     let decimals = (3 - a.log10().floor() as i32).clamp(0, 6) as usize;
     format!("{v:.decimals$}")
+}
+
+/// How NaN, the infinities and zero are written wherever a number is shown.
+pub fn special(v: f64) -> Option<&'static str> {
+    if v.is_nan() {
+        Some("NaN")
+    } else if v == f64::INFINITY {
+        Some("∞")
+    } else if v == f64::NEG_INFINITY {
+        Some("-∞")
+    } else if v == 0.0 {
+        Some("0")
+    } else {
+        None
+    }
 }
 
 /// Whether a metric should be flagged (NaN or infinite).
