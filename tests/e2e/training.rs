@@ -187,3 +187,39 @@ fn record(step: u64) -> keel_protocol::StepRecord {
         .into(),
     }
 }
+
+#[test]
+fn a_new_lr_shows_in_the_lr_series_from_the_step_it_was_applied_at() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("keel.db"), "127.0.0.1:0".parse().unwrap());
+    let (stop, handle) = spawn_training(tiny(&server.url(), dir.path(), 100_000));
+    // proxy-tiny warms up for 10 steps to its stable LR of 0.01.
+    wait_for(120, "the stable phase", || {
+        first_run(&server).is_some_and(|r| steps_stored(&server, r) >= 20)
+    });
+    let run = first_run(&server).unwrap();
+    let commands = format!("/api/v1/runs/{run}/commands");
+    server.post(&commands, &json!({"kind": "set_lr", "lr": 0.002}));
+    wait_for(60, "set_lr to apply", || {
+        server.get(&commands)[0]["status"] == "applied"
+    });
+    let applied = server.get(&commands)[0]["applied_step"].as_u64().unwrap();
+    wait_for(60, "steps after it", || {
+        server.get(&format!("/api/v1/runs/{run}"))["last_step"]
+            .as_u64()
+            .unwrap()
+            > applied + 5
+    });
+    stop.store(true, Ordering::SeqCst);
+    handle.join().unwrap().unwrap();
+    let lr = server.get(&format!("/api/v1/runs/{run}/scalars/lr?points=100000"));
+    let steps = step_numbers(&lr);
+    for (i, step) in steps.iter().enumerate() {
+        let v = lr["last"][i].as_f64().unwrap();
+        if (11..applied).contains(step) {
+            assert_eq!(v, 0.01, "step {step} before the command");
+        } else if *step >= applied {
+            assert_eq!(v, 0.002, "step {step}, applied at {applied}");
+        }
+    }
+}
