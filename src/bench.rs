@@ -5,6 +5,7 @@
 //!   1M-step scalar series in 2,000 points (storage call plus JSON encoding), and the same
 //!   through HTTP; and the server time of that run's page.
 //! - `memory`: resident memory of a `keel serve` process over 100 runs × 100,000 steps.
+//! - `commands`: command issued → applied by a real proxy-tiny trainer, over HTTP.
 //!
 //! `--quick` shrinks every size tenfold for a smoke run. Sizes print with the results.
 
@@ -48,6 +49,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if all || args.which == "memory" {
         rt.block_on(memory(&dir, scale))?;
+    }
+    if all || args.which == "commands" {
+        rt.block_on(commands(&dir))?;
     }
     println!("| load average after | {} |", load_average());
     Ok(())
@@ -376,4 +380,110 @@ async fn memory_of(child: &mut std::process::Child, runs_n: u64) -> anyhow::Resu
         Ok(())
     })
     .await?
+}
+
+/// Issues 20 commands to a running proxy-tiny trainer and times each from the POST to the
+/// moment the server has its `applied` outcome: the click-to-applied path minus the browser.
+async fn commands(dir: &Path) -> anyhow::Result<()> {
+    let config = keel_server::Config::new(dir.join("commands.db"), "bench".into());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let stop_server = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(keel_server::serve(config, listener, stop_server.clone()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let opts = keel_trainer::TrainOptions {
+        config: PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/configs/proxy-tiny.toml"
+        )),
+        server: Some(url.clone()),
+        token: Some("bench".into()),
+        device: "cpu".into(),
+        steps: Some(1_000_000),
+        checkpoint_dir: Some(dir.join("commands-checkpoints")),
+        ..Default::default()
+    };
+    let flag = stop.clone();
+    let trainer = std::thread::spawn(move || keel_trainer::train(opts, flag));
+    let timed = tokio::task::spawn_blocking(move || time_commands(&url)).await?;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = tokio::task::spawn_blocking(move || trainer.join()).await?;
+    stop_server.cancel();
+    server.await??;
+    let (latencies, step_ms) = timed?;
+    let mut sorted = latencies.clone();
+    sorted.sort_by(f64::total_cmp);
+    println!(
+        "| command → applied, proxy-tiny trainer ({:.1} ms steps), {} commands | median {:.1} ms, p90 {:.1} ms, max {:.1} ms |",
+        step_ms,
+        sorted.len(),
+        median(latencies),
+        sorted[sorted.len() * 9 / 10],
+        sorted[sorted.len() - 1]
+    );
+    Ok(())
+}
+
+fn time_commands(url: &str) -> anyhow::Result<(Vec<f64>, f64)> {
+    let agent = ureq::Agent::new_with_defaults();
+    let get = |path: &str| -> anyhow::Result<serde_json::Value> {
+        Ok(agent
+            .get(&format!("{url}{path}"))
+            .call()?
+            .body_mut()
+            .read_json()?)
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let run = loop {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the trainer never reached step 20"
+        );
+        let runs = get("/api/v1/runs")?;
+        if runs[0]["last_step"].as_u64().unwrap_or(0) >= 20 {
+            break runs[0]["id"].as_i64().context("a run id")?;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut latencies = Vec::new();
+    let mut delivered = Vec::new();
+    for i in 0..20 {
+        let body = serde_json::json!({"kind": "set_grad_clip", "max_norm": 1.0 - i as f64 * 0.01});
+        let t = Instant::now();
+        let issued: serde_json::Value = agent
+            .post(&format!("{url}/api/v1/runs/{run}/commands"))
+            .header("Authorization", "Bearer bench")
+            .send_json(&body)?
+            .body_mut()
+            .read_json()?;
+        let id = issued["id"].as_i64().context("a command id")?;
+        let mut seen_delivered = false;
+        loop {
+            let list = get(&format!("/api/v1/runs/{run}/commands"))?;
+            let this = list
+                .as_array()
+                .and_then(|l| l.iter().find(|c| c["id"] == id));
+            let status = this.map(|c| c["status"].clone()).unwrap_or_default();
+            if !seen_delivered && status != "queued" {
+                seen_delivered = true;
+                delivered.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            if status == "applied" {
+                break;
+            }
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(30),
+                "command {id} was not applied"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        latencies.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let steps = get(&format!("/api/v1/runs/{run}/scalars/step_time_s?points=1"))?;
+    let step_ms = steps["mean"][0].as_f64().unwrap_or(f64::NAN) * 1e3;
+    println!(
+        "| command → delivered to the trainer (its long poll answered), 20 commands | median {:.1} ms |",
+        median(delivered)
+    );
+    Ok((latencies, step_ms))
 }

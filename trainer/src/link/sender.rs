@@ -72,7 +72,10 @@ impl Sender {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return self.close(Duration::from_secs(5)),
             }
-            if self.pending.len() >= BATCH_MAX || last_flush.elapsed() >= FLUSH_EVERY {
+            // A command outcome or status goes out at once (with the steps before it, so
+            // "applied at step N" arrives after step N); steps alone wait for the batch.
+            let urgent = !self.control.is_empty() && !self.server_away();
+            if urgent || self.pending.len() >= BATCH_MAX || last_flush.elapsed() >= FLUSH_EVERY {
                 self.flush();
                 last_flush = Instant::now();
             }
