@@ -8,22 +8,14 @@ use askama::Template;
 use keel_protocol::RunDetail;
 use serde_json::json;
 
-use super::format;
+use super::runs::RunRow;
 
 #[derive(Template)]
 #[template(path = "pages/run.html")]
 pub struct RunPage {
-    pub id: i64,
-    pub name: String,
-    pub group: String,
-    pub status: &'static str,
-    pub last_step: String,
-    pub loss: String,
-    pub loss_bad: bool,
-    pub tokens: String,
+    /// The header: the same display-ready row the runs table shows.
+    pub run: RunRow,
     pub layers: u32,
-    pub age: String,
-    pub alerts: u64,
     pub charts: Vec<ChartPanel>,
     pub stats: Vec<String>,
     /// The config as indented JSON.
@@ -96,24 +88,14 @@ pub fn stat_order(stats: &[String]) -> Vec<String> {
 impl RunPage {
     pub fn new(run: &RunDetail, now: f64) -> RunPage {
         let s = &run.summary;
-        let loss = s.last_loss.map(|m| m.get());
         let stats = stat_order(&run.layer_stats);
         let boot = json!({
             "id": s.id, "layers": s.layers, "branch": s.branch, "status": s.status,
             "last_step": s.last_step, "scalars": run.scalars, "layer_stats": stats,
         });
         RunPage {
-            id: s.id,
-            name: s.name.clone(),
-            group: s.group.clone().unwrap_or_default(),
-            status: s.status.as_str(),
-            last_step: format::count(s.last_step),
-            loss: format::metric(loss),
-            loss_bad: format::non_finite(loss),
-            tokens: format::tokens(s.tokens),
+            run: RunRow::new(s, now),
             layers: s.layers,
-            age: format::age(now, s.updated_at),
-            alerts: s.alerts,
             charts: CHARTS.into_iter().collect(),
             stats,
             config: serde_json::to_string_pretty(&run.config).unwrap_or_default(),

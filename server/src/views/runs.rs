@@ -42,7 +42,7 @@ impl RunsTablePartial {
 }
 
 impl RunRow {
-    fn new(r: &RunSummary, now: f64) -> RunRow {
+    pub fn new(r: &RunSummary, now: f64) -> RunRow {
         let loss = r.last_loss.map(|m| m.get());
         RunRow {
             id: r.id,
