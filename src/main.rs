@@ -1,6 +1,7 @@
 //! `keel`: the one command line. Argument parsing and wiring only; the work is in the
 //! `keel-server` and `keel-trainer` crates.
 
+mod ablate;
 mod bench;
 mod demo;
 mod train;
@@ -36,6 +37,8 @@ enum Cmd {
     Demo(DemoArgs),
     /// Train a proxy model, streaming its statistics to a keel server.
     Train(train::TrainArgs),
+    /// Train every variant of an ablation grid, one run each, all in one group.
+    Ablate(ablate::AblateArgs),
     /// Measure ingest, query and memory figures (see docs/performance.md).
     Bench(bench::BenchArgs),
 }
@@ -94,6 +97,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Serve(args) => runtime()?.block_on(serve(args)),
         Cmd::Demo(args) => runtime()?.block_on(demo::run(args)),
         Cmd::Train(args) => train::run(args),
+        Cmd::Ablate(args) => ablate::run(args),
         Cmd::Bench(args) => bench::run(args),
     }
 }

@@ -1,0 +1,123 @@
+//! `keel ablate`: one grid file (a base config plus named variants) becomes one run per
+//! variant, all in one group, trained `--parallel` at a time against a server.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+
+#[derive(clap::Args)]
+pub struct AblateArgs {
+    /// The grid, e.g. configs/ablations/stability.toml.
+    grid: PathBuf,
+    /// Base URL of the keel server the runs stream to.
+    #[arg(long, env = "KEEL_SERVER")]
+    server: String,
+    #[arg(long, env = "KEEL_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Train each variant until this step (the grid's own count when unset).
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Variants trained at the same time.
+    #[arg(long, default_value_t = 1)]
+    parallel: usize,
+    /// `cpu` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+/// What one variant's run came to.
+struct Outcome {
+    variant: String,
+    result: anyhow::Result<keel_trainer::TrainSummary>,
+}
+
+pub fn run(args: AblateArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.parallel >= 1, "--parallel must be at least 1");
+    let variants = keel_trainer::load_grid(&args.grid)
+        .with_context(|| format!("loading the grid {}", args.grid.display()))?;
+    let stem = args
+        .grid
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("grid");
+    // One group per launch, so that a second launch of the same grid is told apart.
+    let group = format!("{stem}-{}", keel_server::storage::now() as u64);
+    eprintln!(
+        "{} variants of {stem} in group {group}, {} at a time",
+        variants.len(),
+        args.parallel
+    );
+    let queue = Arc::new(Mutex::new(VecDeque::from(variants)));
+    let outcomes = Arc::new(Mutex::new(Vec::new()));
+    let stop = crate::train::stop_on_ctrl_c()?;
+    let workers: Vec<_> = (0..args.parallel)
+        .map(|_| {
+            let (queue, outcomes, stop) = (queue.clone(), outcomes.clone(), stop.clone());
+            let (server, token, device, group) = (
+                args.server.clone(),
+                args.token.clone(),
+                args.device.clone(),
+                group.clone(),
+            );
+            let steps = args.steps;
+            std::thread::spawn(move || {
+                while let Some((variant, config)) = queue.lock().expect("queue").pop_front() {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
+                    let opts = keel_trainer::TrainOptions {
+                        server: Some(server.clone()),
+                        token: Some(token.clone()),
+                        device: device.clone(),
+                        steps,
+                        checkpoint_dir: Some(
+                            PathBuf::from("checkpoints").join(&group).join(&variant),
+                        ),
+                        run_name: Some(format!("{group}/{variant}")),
+                        group: Some(group.clone()),
+                        variant: Some(variant.clone()),
+                        loaded: Some(config),
+                        ..Default::default()
+                    };
+                    let result = keel_trainer::train(opts, stop.clone());
+                    outcomes
+                        .lock()
+                        .expect("outcomes")
+                        .push(Outcome { variant, result });
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join()
+            .map_err(|_| anyhow::anyhow!("a training thread panicked"))?;
+    }
+    report(&outcomes.lock().expect("outcomes"))
+}
+
+fn report(outcomes: &[Outcome]) -> anyhow::Result<()> {
+    let mut failed = 0;
+    for o in outcomes {
+        match &o.result {
+            Ok(s) => eprintln!(
+                "{:<24} run {:>4}  {:>6} steps  last loss {}",
+                o.variant,
+                s.run_id.map_or("-".into(), |id| id.to_string()),
+                s.steps,
+                s.last_loss.map_or("-".into(), |l| format!("{l:.4}"))
+            ),
+            Err(e) => {
+                failed += 1;
+                eprintln!("{:<24} failed: {e:#}", o.variant);
+            }
+        }
+    }
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} of {} variants failed",
+        outcomes.len()
+    );
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! `keel ablate`: a grid becomes one run per variant, all in one group.
+
+use std::process::Command;
+
+use crate::harness::{Server, TOKEN, config};
+
+#[test]
+fn a_grid_becomes_one_run_per_variant_in_one_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("keel.db"), "127.0.0.1:0".parse().unwrap());
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .current_dir(dir.path())
+        .args([
+            "ablate",
+            "--steps",
+            "3",
+            "--parallel",
+            "2",
+            "--server",
+            &server.url(),
+        ])
+        .arg(config("ablations/stability.toml"))
+        .env("KEEL_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runs = server.get("/api/v1/runs");
+    let runs = runs.as_array().unwrap();
+    let mut variants: Vec<&str> = runs
+        .iter()
+        .map(|r| r["variant"].as_str().unwrap())
+        .collect();
+    variants.sort();
+    assert_eq!(variants, ["stable", "unstable"]);
+    assert_eq!(runs[0]["group"], runs[1]["group"]);
+    for r in runs {
+        assert_eq!(r["status"], "finished");
+        assert_eq!(server.get(&format!("/api/v1/runs/{}", r["id"]))["steps"], 3);
+    }
+}
+
+#[test]
+fn a_grid_that_does_not_exist_is_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args([
+            "ablate",
+            "no/such/grid.toml",
+            "--server",
+            "http://127.0.0.1:9",
+            "--token",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no/such/grid.toml"), "{err}");
+}
