@@ -60,3 +60,46 @@ fn a_grid_that_does_not_exist_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no/such/grid.toml"), "{err}");
 }
+
+#[test]
+fn the_yulan_ladder_runs_every_rung_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("keel.db"), "127.0.0.1:0".parse().unwrap());
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .current_dir(dir.path())
+        .args([
+            "ablate",
+            "--steps",
+            "2",
+            "--parallel",
+            "2",
+            "--server",
+            &server.url(),
+        ])
+        .arg(config("ablations/yulan-ladder.toml"))
+        .env("KEEL_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runs = server.get("/api/v1/runs");
+    let mut variants: Vec<String> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["variant"].as_str().unwrap().to_owned())
+        .collect();
+    variants.sort();
+    let rungs = [
+        "1-baseline",
+        "2-qk-norm",
+        "3-weight-decay",
+        "4-mup",
+        "5-depth-mup",
+        "6-wesar",
+    ];
+    assert_eq!(variants, rungs);
+}
