@@ -1,7 +1,9 @@
 // A line chart on a canvas: one line per series (the bucket means), the first series' min–max
 // band behind it so a spike inside a wide bucket still shows, a red marker over every bucket
 // holding a NaN or an infinity, dashed rules at alerts, a triangle on the time axis at every
-// applied operator command, and a readout under the cursor.
+// applied operator command, and a readout under the cursor. After a rewind, the stretches of
+// history the run abandoned are drawn faded and dashed behind the live lines, with a thin
+// rule marked "rewind" at each fork step.
 
 import { fit, logTicks, metric, short, theme, ticks } from "./keel.js";
 
@@ -20,6 +22,10 @@ export class LineChart {
     this.alerts = [];
     // Applied commands: {step, label}.
     this.commands = [];
+    // Abandoned stretches: {key, branch, step, min, max, mean}, drawn in the colour of `key`.
+    this.abandoned = [];
+    // Fork steps of the rewinds that led to the live branch.
+    this.rewinds = [];
     this.hover = null;
     const logButton = figure.querySelector("[data-log]");
     logButton?.addEventListener("click", () => {
@@ -91,8 +97,16 @@ export class LineChart {
     });
   }
 
+  // The x range covers the abandoned stretches too (they may run past the live branch); the
+  // y range follows the live lines only, so the spike a rewind skipped does not flatten them.
   domains() {
     let x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;
+    for (const s of this.abandoned) {
+      const n = s.step.length;
+      if (!n) continue;
+      x0 = Math.min(x0, this.toX(s.step[0]));
+      x1 = Math.max(x1, this.toX(s.step[n - 1]));
+    }
     for (const s of this.series.values()) {
       const n = s.step.length;
       if (!n) continue;
@@ -140,6 +154,8 @@ export class LineChart {
     ctx.clip();
     this.drawAlerts(ctx, t, px, ph);
     const keys = [...this.series.keys()];
+    this.drawAbandoned(ctx, t, keys, px, py, d);
+    this.drawRewinds(ctx, t, px, ph);
     keys.forEach((k, i) => this.drawSeries(ctx, this.series.get(k), i, t, px, py, d, ph));
     ctx.restore();
     this.drawCommands(ctx, t, px, ph, pw);
@@ -187,6 +203,54 @@ export class LineChart {
       ctx.stroke();
     }
     ctx.setLineDash([]);
+  }
+
+  // Each abandoned stretch in its series' colour, faded and dashed, behind the live lines.
+  drawAbandoned(ctx, t, keys, px, py, d) {
+    const ok = (v) => Number.isFinite(v) && (!d.log || v > 0);
+    ctx.save();
+    ctx.globalAlpha = 0.3;
+    ctx.setLineDash([5, 4]);
+    ctx.lineWidth = 1.5;
+    for (const s of this.abandoned) {
+      const i = Math.max(0, keys.indexOf(s.key));
+      ctx.strokeStyle = t.series[i % t.series.length];
+      ctx.beginPath();
+      let pen = false;
+      for (let j = 0; j < s.step.length; j++) {
+        const v = s.mean[j];
+        if (!ok(v)) {
+          pen = false;
+          continue;
+        }
+        const x = px(this.toX(s.step[j])), y = py(v);
+        if (pen) ctx.lineTo(x, y);
+        else ctx.moveTo(x, y);
+        pen = true;
+      }
+      ctx.stroke();
+    }
+    ctx.restore();
+  }
+
+  // A thin rule at each fork step, labelled "rewind" along the top.
+  drawRewinds(ctx, t, px, ph) {
+    ctx.save();
+    ctx.strokeStyle = ctx.fillStyle = t.muted;
+    ctx.lineWidth = 1;
+    ctx.textAlign = "left";
+    ctx.textBaseline = "top";
+    for (const f of this.rewinds) {
+      const x = Math.round(px(this.toX(f))) + 0.5;
+      ctx.globalAlpha = 0.6;
+      ctx.beginPath();
+      ctx.moveTo(x, M.t);
+      ctx.lineTo(x, M.t + ph);
+      ctx.stroke();
+      ctx.globalAlpha = 1;
+      ctx.fillText("rewind", x + 3, M.t + 2);
+    }
+    ctx.restore();
   }
 
   // A solid rule and a triangle on the time axis at each applied command, so an LR change

@@ -28,10 +28,14 @@ const state = {
   updatedAt: Date.now() / 1000,
   profile: { stat: boot.layer_stats[0], latest: true },
   first: new Map(),
+  // What the abandoned stretches on the charts were fetched for.
+  abandonedTag: null,
 };
 
 const charts = {};
 for (const fig of document.querySelectorAll("figure.chart")) charts[fig.dataset.key] = new LineChart(fig);
+// For inspection from the console (and the browser tests).
+window.keelCharts = charts;
 const chartFor = (key) => (key === "loss" || key.startsWith("loss/") ? charts.loss : charts[key]);
 
 // The command log and, when signed in, the controls; applied commands are marked on the charts.
@@ -64,6 +68,47 @@ async function loadScalar(key, width) {
   return [key, decode(s)];
 }
 
+// The stretches of history that rewinds abandoned on the way to the live branch: walking up
+// from the live branch, each parent's steps after the step its child forked at.
+function abandonedStretches(detail) {
+  const byId = new Map((detail.branches ?? []).map((b) => [b.branch, b]));
+  const out = [];
+  let b = byId.get(detail.branch);
+  while (b && b.parent != null && out.length < byId.size) {
+    out.push({ branch: b.parent, fork: b.fork_step, from: b.fork_step == null ? 0 : b.fork_step + 1 });
+    b = byId.get(b.parent);
+  }
+  return out;
+}
+
+// One abandoned stretch of one series; null when that branch has nothing there.
+async function loadStretch(key, st, width) {
+  try {
+    const q = `branch=${st.branch}&from=${st.from}&points=${width}`;
+    const s = decode(await getJSON(`${api}/scalars/${path(key)}?${q}`));
+    return s.step.length ? { key, branch: st.branch, ...s } : null;
+  } catch {
+    return null;
+  }
+}
+
+// Fetches the abandoned stretches of every charted series again only when the branches, the
+// series or the chart width changed: what a rewind left behind does not move.
+async function loadAbandoned(detail, keys) {
+  const stretches = abandonedStretches(detail);
+  const tag = JSON.stringify([stretches, keys, charts.loss?.width()]);
+  if (tag === state.abandonedTag) return;
+  const found = await Promise.all(
+    stretches.flatMap((st) => keys.map((k) => loadStretch(k, st, chartFor(k).width()))),
+  );
+  state.abandonedTag = tag;
+  const rewinds = stretches.map((st) => st.fork).filter((f) => f != null);
+  for (const c of Object.values(charts)) {
+    c.abandoned = found.filter((s) => s && chartFor(s.key) === c);
+    c.rewinds = rewinds;
+  }
+}
+
 async function loadScalars(detail) {
   const keys = detail.scalars
     .filter((k) => chartFor(k))
@@ -71,7 +116,8 @@ async function loadScalars(detail) {
   keys.forEach((k) => chartFor(k).ensure(k));
   const jobs = keys.map((k) => loadScalar(k, chartFor(k).width()));
   if (detail.scalars.includes("tokens")) jobs.push(loadScalar("tokens", charts.loss.width()));
-  for (const [key, s] of await Promise.all(jobs)) {
+  const [loaded] = await Promise.all([Promise.all(jobs), loadAbandoned(detail, keys)]);
+  for (const [key, s] of loaded) {
     if (key === "tokens") state.tokens = { step: s.step, value: s.min };
     else chartFor(key).set(key, s);
   }
@@ -216,7 +262,8 @@ function applyStep(r) {
 function apply(msg) {
   switch (msg.type) {
     case "steps":
-      // A higher branch is a rewind: the live history changed under every chart.
+      // A higher branch is a rewind: the live history changed under every chart, and the
+      // branches with it (the reload fetches them with the run).
       if (msg.branch > state.branch) return reload();
       if (msg.branch < state.branch) return;
       msg.steps.forEach(applyStep);

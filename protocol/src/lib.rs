@@ -21,8 +21,8 @@ pub use commands::{Command, CommandOutcome, CommandRecord, CommandStatus, DecayS
 pub use live::{EventRecord, LiveMessage, Severity};
 pub use metric::Metric;
 pub use runs::{
-    CreatedRun, IngestBatch, IngestReply, RunDetail, RunSpec, RunStatus, RunSummary, StatusReport,
-    StepRecord,
+    BranchInfo, CreatedRun, IngestBatch, IngestReply, RunDetail, RunSpec, RunStatus, RunSummary,
+    StatusReport, StepRecord,
 };
 pub use series::{LayerMatrix, ScalarSeries};
 

@@ -103,6 +103,20 @@ pub struct RunDetail {
     pub scalars: Vec<String>,
     pub layer_stats: Vec<String>,
     pub steps: u64,
+    /// Every branch of the run's history, oldest first; more than one after a rewind.
+    #[serde(default)]
+    pub branches: Vec<BranchInfo>,
+}
+
+/// One branch of a run's history. Branch 0 has neither `parent` nor `fork_step`; a branch
+/// started by a rewind forks from `parent` after `fork_step`, the last step they share
+/// (`None` when it shares nothing). The parent's steps after `fork_step` stay stored: the
+/// abandoned stretch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BranchInfo {
+    pub branch: u32,
+    pub parent: Option<u32>,
+    pub fork_step: Option<u64>,
 }
 
 /// One training step's measurements. Every layer vector has one value per block.

@@ -1,8 +1,8 @@
 //! Reading runs, their series, branches, events and commands.
 
 use keel_protocol::{
-    CommandRecord, CommandStatus, EventRecord, Metric, RunDetail, RunStatus, RunSummary, Severity,
-    StepRecord,
+    BranchInfo, CommandRecord, CommandStatus, EventRecord, Metric, RunDetail, RunStatus,
+    RunSummary, Severity, StepRecord,
 };
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteExecutor};
@@ -149,6 +149,15 @@ pub async fn run_detail(db: &sqlx::SqlitePool, id: i64) -> StoreResult<RunDetail
         scalars: names(false),
         layer_stats: names(true),
         steps: run.steps,
+        branches: branches(db, id)
+            .await?
+            .into_iter()
+            .map(|b| BranchInfo {
+                branch: b.branch,
+                parent: b.parent,
+                fork_step: b.fork_step,
+            })
+            .collect(),
     })
 }
 

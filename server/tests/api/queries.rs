@@ -84,6 +84,45 @@ fn a_rewound_run_reads_its_live_branch_and_keeps_the_abandoned_one() {
 }
 
 #[test]
+fn the_run_detail_lists_the_branches_of_a_rewound_run() {
+    let app = TestApp::spawn();
+    let id = app.create_run("r", 1);
+    let batch = |range: std::ops::Range<u64>| -> Vec<serde_json::Value> {
+        range
+            .map(|s| json!({"step": s, "scalars": {"loss": 1.0}}))
+            .collect()
+    };
+    let detail = app.get(&format!("/api/v1/runs/{id}")).body;
+    assert_eq!(
+        detail["branches"],
+        json!([{"branch": 0, "parent": null, "fork_step": null}])
+    );
+    assert_eq!(app.ingest(id, json!(batch(0..100))).status, 200);
+    let r = app.post(
+        &format!("/api/v1/runs/{id}/steps"),
+        &json!({"branch": 1, "steps": batch(60..80)}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let detail = app.get(&format!("/api/v1/runs/{id}")).body;
+    assert_eq!(detail["branch"], 1);
+    assert_eq!(
+        detail["branches"],
+        json!([
+            {"branch": 0, "parent": null, "fork_step": null},
+            {"branch": 1, "parent": 0, "fork_step": 59},
+        ])
+    );
+    // The abandoned stretch is what the run page fetches: branch 0 after the fork.
+    let old = app
+        .get(&format!(
+            "/api/v1/runs/{id}/scalars/loss?branch=0&from=60&points=1000"
+        ))
+        .body;
+    assert_eq!(old["step"][0], 60);
+    assert_eq!(old["step"].as_array().unwrap().len(), 40);
+}
+
+#[test]
 fn as_many_points_as_steps_give_one_step_per_bucket_whatever_the_first_step() {
     let app = TestApp::spawn();
     let id = app.create_run("r", 1);
