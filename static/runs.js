@@ -9,9 +9,33 @@ const body = document.getElementById("runs-body");
 const row = (id) => body.querySelector(`tr[data-run="${id}"]`);
 const cell = (tr, field) => tr.querySelector(`[data-field="${field}"]`);
 
+// Runs ticked for comparison, kept across table refetches.
+const picked = new Set();
+const compareButton = document.getElementById("compare-selected");
+
+function syncPicks() {
+  for (const box of body.querySelectorAll("input[data-pick]")) box.checked = picked.has(box.dataset.pick);
+  compareButton.disabled = picked.size < 1;
+  compareButton.textContent = picked.size ? `Compare selected (${picked.size})` : "Compare selected";
+}
+
+body.addEventListener("change", (e) => {
+  const box = e.target.closest("input[data-pick]");
+  if (!box) return;
+  if (box.checked) picked.add(box.dataset.pick);
+  else picked.delete(box.dataset.pick);
+  syncPicks();
+});
+compareButton.addEventListener("click", () => {
+  if (picked.size) window.location.href = `/compare?runs=${[...picked].join(",")}`;
+});
+
 async function refresh() {
   const r = await fetch("/runs/table");
-  if (r.ok) body.innerHTML = await r.text();
+  if (r.ok) {
+    body.innerHTML = await r.text();
+    syncPicks();
+  }
 }
 
 function onRuns(runs) {

@@ -4,9 +4,11 @@
 //! anything. Numbers and times are formatted here, in [`format`], so every page writes them
 //! the same way; `static/keel.js` formats live updates by the same rules.
 
+pub mod compare;
 pub mod format;
 pub mod run;
 pub mod runs;
 
+pub use compare::ComparePage;
 pub use run::RunPage;
 pub use runs::{RunsPage, RunsTablePartial};

@@ -23,6 +23,8 @@ pub struct RunRow {
     pub id: i64,
     pub name: String,
     pub group: String,
+    /// The group, percent-encoded for `/compare?group=…`.
+    pub group_query: String,
     pub status: &'static str,
     pub last_step: String,
     pub loss: String,
@@ -41,6 +43,19 @@ impl RunsTablePartial {
     }
 }
 
+/// A URL query value: unreserved characters as they are, every other byte as `%XX`.
+pub fn query_value(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 impl RunRow {
     pub fn new(r: &RunSummary, now: f64) -> RunRow {
         let loss = r.last_loss.map(|m| m.get());
@@ -48,6 +63,7 @@ impl RunRow {
             id: r.id,
             name: r.name.clone(),
             group: r.group.clone().unwrap_or_default(),
+            group_query: query_value(r.group.as_deref().unwrap_or_default()),
             status: r.status.as_str(),
             last_step: format::count(r.last_step),
             loss: format::metric(loss),
@@ -57,5 +73,16 @@ impl RunRow {
             age: format::age(now, r.updated_at),
             alerts: r.alerts,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_names_are_percent_encoded_for_the_compare_link() {
+        assert_eq!(query_value("ablation-ladder"), "ablation-ladder");
+        assert_eq!(query_value("a b&c/é"), "a%20b%26c%2F%C3%A9");
     }
 }

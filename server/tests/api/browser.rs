@@ -281,7 +281,7 @@ fn the_page_and_the_rendered_images_use_one_colour_scale() {
 /// A step of a proxy run on its way to diverging, for the screenshots: the loss falls per
 /// source, then spikes near step 2100; `hidden_var` grows with depth and time (the
 /// YuLan-Mini signal), `attn_logit_max` runs away late.
-fn diverging_step(step: u64, layers: u32) -> Value {
+pub fn diverging_step(step: u64, layers: u32) -> Value {
     let t = step as f64;
     let noise = |k: f64| ((t * 12.9898 + k * 78.233).sin() * 43758.5453).fract();
     let spike = if (2100..2106).contains(&step) {
@@ -413,6 +413,77 @@ fn a_run_page_opened_before_the_first_step_fills_in_live() {
         "the first loss",
         PATIENCE,
         "return document.getElementById('last-loss').textContent === '4.500'",
+    );
+    let errors = b.errors();
+    assert!(errors.is_empty(), "script errors: {errors:?}");
+}
+
+/// Counts the pixels of the loss chart that change when its abandoned stretches are left out.
+const ABANDONED_PIXELS: &str = r#"
+const c = window.keelCharts.loss;
+const ctx = c.canvas.getContext('2d');
+const grab = () => ctx.getImageData(0, 0, c.canvas.width, c.canvas.height).data;
+c.hover = null;
+c.draw();
+const with_ = grab();
+const kept = c.abandoned;
+c.abandoned = [];
+c.draw();
+const without = grab();
+c.abandoned = kept;
+c.draw();
+let changed = 0;
+for (let i = 0; i < with_.length; i += 4) {
+  if (with_[i] !== without[i] || with_[i + 1] !== without[i + 1] || with_[i + 2] !== without[i + 2]) changed++;
+}
+return changed;
+"#;
+
+#[test]
+fn a_rewind_while_the_run_page_is_open_leaves_the_abandoned_steps_faded_on_the_loss_chart() {
+    let app = TestApp::spawn();
+    let id = app.create_run("rewound", 8);
+    let batch: Vec<Value> = (0..100).map(|s| synthetic_step(s, 8, None)).collect();
+    assert_eq!(app.ingest(id, json!(batch)).status, 200);
+    let b = or_skip!(open_run(&app, id, 100));
+    b.wait_for(
+        "the loss chart",
+        PATIENCE,
+        "return window.keelCharts.loss.series.get('loss')?.step.length === 100",
+    );
+    let none = b.eval("return window.keelCharts.loss.abandoned.length", json!([]));
+    assert_eq!(none, 0, "nothing is abandoned before a rewind");
+    // The trainer rewinds to the checkpoint at step 59 and goes on as branch 1, lower.
+    let resumed: Vec<Value> = (60..150)
+        .map(|s| {
+            let mut r = synthetic_step(s, 8, None);
+            r["scalars"]["loss"] = json!(r["scalars"]["loss"].as_f64().unwrap() - 0.4);
+            r
+        })
+        .collect();
+    let r = app.post(
+        &format!("/api/v1/runs/{id}/steps"),
+        &json!({"branch": 1, "steps": resumed}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    b.wait_for(
+        "the abandoned stretch and the rewind rule on the loss chart",
+        PATIENCE,
+        "const c = window.keelCharts.loss;
+         return document.getElementById('last-step').textContent === '149'
+           && c.series.get('loss')?.step.at(-1) === 149
+           && c.rewinds.includes(59)
+           && c.abandoned.some((s) => s.key === 'loss' && s.branch === 0
+                && s.step[0] === 60 && s.step.at(-1) === 99)",
+    );
+    let changed = b.eval(
+        &format!("return (function() {{ {ABANDONED_PIXELS} }})();"),
+        json!([]),
+    );
+    let changed = changed.as_u64().unwrap();
+    assert!(
+        changed > 50,
+        "the abandoned stretch is drawn ({changed} pixels)"
     );
     let errors = b.errors();
     assert!(errors.is_empty(), "script errors: {errors:?}");

@@ -2,6 +2,7 @@
 
 mod browser;
 mod commands;
+mod compare;
 mod controls;
 mod helpers;
 mod ingest;

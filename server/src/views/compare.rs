@@ -1,0 +1,174 @@
+//! The compare page (`/compare?runs=…`): several runs side by side. Like the run page it
+//! carries no series data; the script fetches each chart at the resolution it draws. What the
+//! server does compute is the config diff: every config flattened to dotted keys, and only
+//! the keys whose values differ between the runs kept.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use askama::Template;
+use keel_protocol::RunDetail;
+use serde_json::{Value, json};
+
+use super::run::{sources, stat_order};
+use super::runs::RunRow;
+
+/// The most runs one comparison shows.
+pub const MAX_RUNS: usize = 20;
+
+#[derive(Template)]
+#[template(path = "pages/compare.html")]
+pub struct ComparePage {
+    pub runs: Vec<CompareRun>,
+    /// The differing config keys, each with one display value per run (in `runs` order).
+    pub diff: Vec<DiffRow>,
+    /// Keys the configs share with equal values (how many the diff leaves out).
+    pub same: usize,
+    pub stats: Vec<String>,
+    pub sources: Vec<String>,
+    /// JSON for the page script.
+    pub boot: String,
+}
+
+pub struct CompareRun {
+    pub row: RunRow,
+    pub variant: String,
+    /// The run's colour: an index into the page's series palette.
+    pub index: usize,
+}
+
+pub struct DiffRow {
+    pub key: String,
+    pub values: Vec<String>,
+}
+
+impl ComparePage {
+    pub fn new(details: &[RunDetail], now: f64) -> ComparePage {
+        let mut stats: Vec<String> = Vec::new();
+        let mut scalars: Vec<String> = Vec::new();
+        for d in details {
+            for s in &d.layer_stats {
+                if !stats.contains(s) {
+                    stats.push(s.clone());
+                }
+            }
+            for s in &d.scalars {
+                if !scalars.contains(s) {
+                    scalars.push(s.clone());
+                }
+            }
+        }
+        let stats = stat_order(&stats);
+        let sources = sources(&scalars);
+        let configs: Vec<&Value> = details.iter().map(|d| &d.config).collect();
+        let (diff, same) = config_diff(&configs);
+        let boot = json!({
+            "runs": details.iter().map(|d| json!({
+                "id": d.summary.id, "name": d.summary.name, "layers": d.summary.layers,
+                "status": d.summary.status, "last_step": d.summary.last_step,
+                "scalars": d.scalars, "layer_stats": d.layer_stats,
+            })).collect::<Vec<_>>(),
+            "stats": stats, "sources": sources,
+        });
+        ComparePage {
+            runs: details
+                .iter()
+                .enumerate()
+                .map(|(index, d)| CompareRun {
+                    row: RunRow::new(&d.summary, now),
+                    variant: d.summary.variant.clone().unwrap_or_default(),
+                    index,
+                })
+                .collect(),
+            diff,
+            same,
+            stats,
+            sources,
+            boot: boot.to_string(),
+        }
+    }
+}
+
+/// A JSON value flattened to dotted keys (`optimizer.lr`); arrays are leaves, written as
+/// JSON, and so is every scalar except strings, which are written bare.
+pub fn flatten(config: &Value) -> BTreeMap<String, String> {
+    fn walk(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
+        match v {
+            Value::Object(map) if !map.is_empty() => {
+                for (k, child) in map {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, child, out);
+                }
+            }
+            Value::String(s) => {
+                out.insert(prefix.to_owned(), s.clone());
+            }
+            other => {
+                out.insert(prefix.to_owned(), other.to_string());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk("", config, &mut out);
+    out
+}
+
+/// The keys whose values differ between the configs (a key one config lacks differs, shown
+/// as `—`), sorted, and how many keys are the same in all of them.
+pub fn config_diff(configs: &[&Value]) -> (Vec<DiffRow>, usize) {
+    let flat: Vec<BTreeMap<String, String>> = configs.iter().map(|c| flatten(c)).collect();
+    let keys: BTreeSet<&String> = flat.iter().flat_map(|f| f.keys()).collect();
+    let mut diff = Vec::new();
+    let mut same = 0;
+    for key in keys {
+        let values: Vec<Option<&String>> = flat.iter().map(|f| f.get(key)).collect();
+        if values.iter().all(|v| *v == values[0]) {
+            same += 1;
+            continue;
+        }
+        diff.push(DiffRow {
+            key: key.clone(),
+            values: values
+                .into_iter()
+                .map(|v| v.cloned().unwrap_or_else(|| "—".into()))
+                .collect(),
+        });
+    }
+    (diff, same)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_flatten_to_dotted_keys() {
+        let got = flatten(&json!({"model": {"init": "normal_0.02", "qk_norm": true},
+            "optimizer": {"lr": 0.001, "betas": [0.9, 0.95]}, "seq_len": 1024}));
+        let want: Vec<(&str, &str)> = vec![
+            ("model.init", "normal_0.02"),
+            ("model.qk_norm", "true"),
+            ("optimizer.betas", "[0.9,0.95]"),
+            ("optimizer.lr", "0.001"),
+            ("seq_len", "1024"),
+        ];
+        let got: Vec<(&str, &str)> = got.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn the_diff_keeps_only_the_keys_that_differ() {
+        let a = json!({"model": {"qk_norm": false, "d": 512}, "optimizer": {"lr": 0.001}});
+        let b = json!({"model": {"qk_norm": true, "d": 512}, "optimizer": {"lr": 0.001}});
+        let c = json!({"model": {"qk_norm": true, "d": 512}, "optimizer": {"lr": 0.01, "wd": 0.1}});
+        let (diff, same) = config_diff(&[&a, &b, &c]);
+        let keys: Vec<&str> = diff.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(keys, ["model.qk_norm", "optimizer.lr", "optimizer.wd"]);
+        assert_eq!(diff[0].values, ["false", "true", "true"]);
+        assert_eq!(diff[2].values, ["—", "—", "0.1"]);
+        assert_eq!(same, 1);
+    }
+}
