@@ -123,3 +123,24 @@ fn a_silent_trainer_shows_as_lost_and_running_again_when_it_returns() {
     assert_eq!(status(), "running");
     let _ = TOKEN;
 }
+
+#[test]
+fn a_queued_command_survives_a_server_restart_and_reaches_a_reconnecting_trainer() {
+    let app = TestApp::spawn();
+    let id = app.create_run("r", 2);
+    let r = app.post(
+        &format!("/api/v1/runs/{id}/commands"),
+        &json!({"kind": "set_grad_clip", "max_norm": 0.5}),
+    );
+    let cid = r.body["id"].as_i64().unwrap();
+    // Delivered once before the restart, never applied: it must come again.
+    let first = app.get_with_token(&format!("/api/v1/runs/{id}/commands/pending"));
+    assert_eq!(first.body[0]["id"], cid);
+    let db = app.db.clone();
+    let dir = app.stop();
+    let app = TestApp::on(db, |_| {});
+    let again = app.get_with_token(&format!("/api/v1/runs/{id}/commands/pending?after=0"));
+    assert_eq!(again.body[0]["id"], cid, "{}", again.body);
+    assert_eq!(again.body[0]["status"], "delivered");
+    drop(dir);
+}
