@@ -2,5 +2,6 @@
 //! into it over HTTP.
 
 mod ablation;
+mod browser;
 mod harness;
 mod training;

@@ -1,0 +1,124 @@
+//! The operator's path in a real headless Chromium against a real trainer: sign in, click
+//! pause and see the trainer stop stepping, resume, set the LR and see the LR chart change at
+//! the step the trainer applied it.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::harness::{Server, TOKEN, spawn_training, tiny, wait_for};
+// The server's WebDriver client, shared rather than copied; not every method is used here.
+#[allow(dead_code)]
+#[path = "../../server/tests/api/webdriver.rs"]
+mod webdriver;
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn steps_stored(server: &Server, run: i64) -> u64 {
+    server.get(&format!("/api/v1/runs/{run}"))["steps"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Submits the control form of `kind`, filling `fields` first.
+fn submit(b: &webdriver::Browser, kind: &str, fields: Value) {
+    b.eval(
+        "const f = document.querySelector(`form[data-kind=${arguments[0]}]`); \
+         for (const [k, v] of Object.entries(arguments[1])) f.elements[k].value = v; \
+         f.querySelector('button[type=submit]').click()",
+        json!([kind, fields]),
+    );
+}
+
+/// Waits until the newest command of `kind` is applied and returns its step.
+fn applied_step(server: &Server, run: i64, kind: &str) -> u64 {
+    let path = format!("/api/v1/runs/{run}/commands");
+    let mut step = 0;
+    wait_for(60, &format!("{kind} to apply"), || {
+        let list = server.get(&path);
+        let last = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|c| c["command"]["kind"] == kind)
+            .cloned();
+        match last {
+            Some(c) if c["status"] == "applied" => {
+                step = c["applied_step"].as_u64().unwrap();
+                assert_eq!(c["issued_by"], "browser");
+                true
+            }
+            _ => false,
+        }
+    });
+    step
+}
+
+#[test]
+fn an_operator_pauses_and_sets_the_lr_of_a_real_trainer_from_the_run_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("keel.db"), "127.0.0.1:0".parse().unwrap());
+    let (stop, handle) = spawn_training(tiny(&server.url(), dir.path(), 1_000_000));
+    wait_for(120, "the stable phase", || {
+        server.get("/api/v1/runs")[0]["last_step"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 20
+    });
+    let run = server.get("/api/v1/runs")[0]["id"].as_i64().unwrap();
+    let Some(b) = webdriver::Browser::start(1280, 1600) else {
+        stop.store(true, Ordering::SeqCst);
+        return;
+    };
+    b.goto(&format!("{}/login?next=/runs/{run}", server.url()));
+    b.wait_for(
+        "the login form",
+        PATIENCE,
+        "return document.getElementById('token')",
+    );
+    b.eval(
+        "document.getElementById('token').value = arguments[0]; \
+         document.querySelector('#login button[type=submit]').click()",
+        json!([TOKEN]),
+    );
+    b.wait_for(
+        "the controls",
+        PATIENCE,
+        "return document.getElementById('controls')",
+    );
+
+    b.eval("document.getElementById('cmd-pause').click()", json!([]));
+    applied_step(&server, run, "pause");
+    b.wait_for(
+        "the page to show the run paused",
+        PATIENCE,
+        "return document.getElementById('run-status').textContent.trim() === 'paused'",
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let paused_at = steps_stored(&server, run);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        steps_stored(&server, run),
+        paused_at,
+        "the trainer kept stepping while paused"
+    );
+
+    b.eval("document.getElementById('cmd-resume').click()", json!([]));
+    applied_step(&server, run, "resume");
+    submit(&b, "set_lr", json!({"mode": "lr", "value": "0.002"}));
+    let at = applied_step(&server, run, "set_lr");
+    // The LR chart, fed live, shows 0.01 before the applied step and 0.002 from it on.
+    let script = format!(
+        "const s = window.keelCharts.lr.series.get('lr'); if (!s) return false; \
+         const i = s.step.indexOf({at}); \
+         return i > 0 && s.step.length > i + 2 ? [s.mean[i - 1], s.mean[i], s.mean[s.mean.length - 1]] : false"
+    );
+    let seen = b.wait_for("the new LR on the chart", PATIENCE, &script);
+    assert_eq!(seen, json!([0.01, 0.002, 0.002]), "LR around step {at}");
+    let errors = b.errors();
+    assert!(errors.is_empty(), "script errors: {errors:?}");
+    stop.store(true, Ordering::SeqCst);
+    handle.join().unwrap().unwrap();
+}
