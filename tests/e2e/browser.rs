@@ -1,6 +1,6 @@
 //! The operator's path in a real headless Chromium against a real trainer: sign in, click
 //! pause and see the trainer stop stepping, resume, set the LR and see the LR chart change at
-//! the step the trainer applied it.
+//! the step the trainer applied it, switch the data mix, and anneal.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -117,6 +117,38 @@ fn an_operator_pauses_and_sets_the_lr_of_a_real_trainer_from_the_run_page() {
     );
     let seen = b.wait_for("the new LR on the chart", PATIENCE, &script);
     assert_eq!(seen, json!([0.01, 0.002, 0.002]), "LR around step {at}");
+
+    // Switch the data mix to one source: the other sources' losses stop arriving after it.
+    b.eval(
+        "const f = document.querySelector('form[data-kind=set_data_mix]'); \
+         const inputs = [...f.querySelectorAll('[data-source]')]; \
+         inputs.forEach((e, i) => e.value = i === 0 ? '1' : ''); \
+         f.querySelector('button[type=submit]').click(); \
+         return inputs.length",
+        json!([]),
+    );
+    applied_step(&server, run, "set_data_mix");
+
+    // Anneal linearly to 0 over 20 steps: the LR chart falls from the applied step on.
+    submit(
+        &b,
+        "anneal",
+        json!({"steps": "20", "shape": "linear", "final_lr": "0"}),
+    );
+    let from = applied_step(&server, run, "anneal");
+    let script = format!(
+        "const s = window.keelCharts.lr.series.get('lr'); if (!s) return false; \
+         const i = s.step.indexOf({from}); \
+         return i > 0 && s.step.length > i + 10 ? [s.mean[i - 1], s.mean[i + 10]] : false"
+    );
+    let seen = b.wait_for("the decaying LR on the chart", PATIENCE, &script);
+    let (before, after) = (seen[0].as_f64().unwrap(), seen[1].as_f64().unwrap());
+    assert_eq!(before, 0.002);
+    assert!(
+        after < 0.0015,
+        "the LR did not decay after step {from}: {seen}"
+    );
+
     let errors = b.errors();
     assert!(errors.is_empty(), "script errors: {errors:?}");
     stop.store(true, Ordering::SeqCst);
