@@ -328,14 +328,14 @@ async fn memory(dir: &Path, scale: u64) -> anyhow::Result<()> {
         .env("RUST_LOG", "warn")
         .stderr(std::process::Stdio::piped())
         .spawn()?;
-    let result = memory_of(&mut child, runs_n).await;
+    let result = memory_of(&mut child, runs_n, steps).await;
     let _ = child.kill();
     let _ = child.wait();
     result
 }
 
 /// Reads the served address from the child's log, queries every run, then reads its memory.
-async fn memory_of(child: &mut std::process::Child, runs_n: u64) -> anyhow::Result<()> {
+async fn memory_of(child: &mut std::process::Child, runs_n: u64, steps: u64) -> anyhow::Result<()> {
     use std::io::BufRead;
     let stderr = child.stderr.take().context("the server's stderr")?;
     let mut lines = std::io::BufReader::new(stderr).lines();
@@ -363,6 +363,7 @@ async fn memory_of(child: &mut std::process::Child, runs_n: u64) -> anyhow::Resu
                 agent.get(&format!("{url}/api/v1/runs/{id}{path}")).call()?;
             }
         }
+        compare_page(&agent, &url, runs_n.min(20), steps)?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         let field = |name: &str| {
             status
@@ -486,4 +487,39 @@ fn time_commands(url: &str) -> anyhow::Result<(Vec<f64>, f64)> {
         median(delivered)
     );
     Ok((latencies, step_ms))
+}
+
+/// The compare page over the first `n` runs: the page itself, and the page plus the data its
+/// script fetches (each run's loss at 600 points and `hidden_var` at 300 columns), medians of 5
+/// over HTTP on loopback.
+fn compare_page(agent: &ureq::Agent, url: &str, n: u64, steps: u64) -> anyhow::Result<()> {
+    let ids: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
+    let page = format!("{url}/compare?runs={}", ids.join(","));
+    let (mut html, mut all) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let t = Instant::now();
+        let body = agent.get(&page).call()?.body_mut().read_to_string()?;
+        anyhow::ensure!(
+            body.contains("run-1"),
+            "the compare page does not name its runs"
+        );
+        html.push(t.elapsed().as_secs_f64() * 1e3);
+        for id in &ids {
+            agent
+                .get(&format!("{url}/api/v1/runs/{id}/scalars/loss?points=600"))
+                .call()?;
+            agent
+                .get(&format!(
+                    "{url}/api/v1/runs/{id}/layers/hidden_var?columns=300"
+                ))
+                .call()?;
+        }
+        all.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    println!(
+        "| compare page of {n} runs × {steps} steps: the page / the page and all its data, median of 5 | {:.1} ms / {:.1} ms |",
+        median(html),
+        median(all)
+    );
+    Ok(())
 }
