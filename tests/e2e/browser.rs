@@ -7,19 +7,13 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Server, TOKEN, spawn_training, tiny, wait_for};
+use crate::harness::{Server, TOKEN, assert_no_steps_while_paused, spawn_training, tiny, wait_for};
 // The server's WebDriver client, shared rather than copied; not every method is used here.
 #[allow(dead_code)]
 #[path = "../../server/tests/api/webdriver.rs"]
 mod webdriver;
 
 const PATIENCE: Duration = Duration::from_secs(60);
-
-fn steps_stored(server: &Server, run: i64) -> u64 {
-    server.get(&format!("/api/v1/runs/{run}"))["steps"]
-        .as_u64()
-        .unwrap_or(0)
-}
 
 /// Submits the control form of `kind`, filling `fields` first.
 fn submit(b: &webdriver::Browser, kind: &str, fields: Value) {
@@ -96,14 +90,7 @@ fn an_operator_pauses_and_sets_the_lr_of_a_real_trainer_from_the_run_page() {
         PATIENCE,
         "return document.getElementById('run-status').textContent.trim() === 'paused'",
     );
-    std::thread::sleep(Duration::from_millis(1500));
-    let paused_at = steps_stored(&server, run);
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(
-        steps_stored(&server, run),
-        paused_at,
-        "the trainer kept stepping while paused"
-    );
+    assert_no_steps_while_paused(&server, run);
 
     b.eval("document.getElementById('cmd-resume').click()", json!([]));
     applied_step(&server, run, "resume");

@@ -139,3 +139,22 @@ pub fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Steps the server holds for `run`, all branches.
+pub fn steps_stored(server: &Server, run: i64) -> u64 {
+    server.get(&format!("/api/v1/runs/{run}"))["steps"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Lets what the link already queued arrive, then checks that the step count stands still.
+pub fn assert_no_steps_while_paused(server: &Server, run: i64) {
+    std::thread::sleep(Duration::from_millis(1500));
+    let paused_at = steps_stored(server, run);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        steps_stored(server, run),
+        paused_at,
+        "the trainer kept stepping while paused"
+    );
+}
