@@ -15,6 +15,7 @@ use crate::error::{ApiJson, ApiPath, ApiQuery, AppError, AppResult};
 use crate::routes::images::{self, Source};
 use crate::storage::series::{self, Window};
 use crate::storage::{WriteOp, runs};
+use crate::views::csv;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -160,6 +161,11 @@ async fn scalars(
     }
     let db = state.store.reader();
     let run = runs::run_row(db, id).await?;
+    // `loss.csv` is the same buckets as a table.
+    if let Some(key) = csv::split(&key) {
+        let s = series::scalar_series(db, &run, key, window).await?;
+        return Ok(csv_response(csv::scalars(&s)));
+    }
     Ok(Json(series::scalar_series(db, &run, &key, window).await?).into_response())
 }
 
@@ -180,5 +186,14 @@ async fn layers(
     }
     let db = state.store.reader();
     let run = runs::run_row(db, id).await?;
+    if let Some(stat) = csv::split(&stat) {
+        let m = series::layer_matrix(db, &run, stat, window).await?;
+        return Ok(csv_response(csv::layers(&m)));
+    }
     Ok(Json(series::layer_matrix(db, &run, &stat, window).await?).into_response())
+}
+
+fn csv_response(body: String) -> Response {
+    let headers = [(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")];
+    (headers, body).into_response()
 }

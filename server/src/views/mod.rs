@@ -5,6 +5,7 @@
 //! the same way; `static/keel.js` formats live updates by the same rules.
 
 pub mod compare;
+pub mod csv;
 pub mod format;
 pub mod run;
 pub mod runs;

@@ -16,9 +16,11 @@ fn openapi_describes_every_route() {
         "/api/v1/runs/{id}/scalars/{key}",
         "/api/v1/runs/{id}/scalars/{key}.png",
         "/api/v1/runs/{id}/scalars/{key}.svg",
+        "/api/v1/runs/{id}/scalars/{key}.csv",
         "/api/v1/runs/{id}/layers/{stat}",
         "/api/v1/runs/{id}/layers/{stat}.png",
         "/api/v1/runs/{id}/layers/{stat}.svg",
+        "/api/v1/runs/{id}/layers/{stat}.csv",
         "/api/v1/runs/{id}/live",
         "/api/v1/live",
         "/api/v1/runs/{id}/commands",
@@ -33,7 +35,7 @@ fn openapi_describes_every_route() {
     }
     assert_eq!(
         paths.len(),
-        17,
+        19,
         "a route is described that the test does not know"
     );
 }
@@ -140,4 +142,33 @@ fn as_many_points_as_steps_give_one_step_per_bucket_whatever_the_first_step() {
         .map(|v| v.as_u64().unwrap())
         .collect();
     assert_eq!(got, (1..=300).collect::<Vec<_>>());
+}
+
+#[test]
+fn series_export_as_csv_with_their_non_finite_values() {
+    let app = TestApp::spawn();
+    let id = app.create_run("r", 2);
+    let steps = json!([
+        {"step": 0, "scalars": {"loss/code": 2.5}, "layers": {"hidden_var": [1.0, 2.0]}},
+        {"step": 1, "scalars": {"loss/code": "NaN"}, "layers": {"hidden_var": ["Infinity", 2.0]}}
+    ]);
+    assert_eq!(app.ingest(id, steps).status, 200);
+    let r = app.get(&format!("/api/v1/runs/{id}/scalars/loss/code.csv"));
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.body,
+        "step,min,max,mean,last\n0,2.5,2.5,2.5,2.5\n1,NaN,NaN,NaN,NaN\n"
+    );
+    let m = app.get(&format!(
+        "/api/v1/runs/{id}/layers/hidden_var.csv?columns=1"
+    ));
+    assert_eq!(
+        m.body,
+        "step,layer,min,max,mean\n0,0,1,Infinity,Infinity\n0,1,2,2,2\n"
+    );
+    assert_eq!(
+        app.get(&format!("/api/v1/runs/{id}/scalars/nope.csv"))
+            .status,
+        404
+    );
 }
