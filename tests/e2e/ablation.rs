@@ -4,22 +4,14 @@ use std::process::Command;
 
 use crate::harness::{Server, TOKEN, config};
 
-#[test]
-fn a_grid_becomes_one_run_per_variant_in_one_group() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("keel.db"), "127.0.0.1:0".parse().unwrap());
+/// Runs `keel ablate` on a grid under `configs/` for `steps` steps, two variants at a time,
+/// in `dir`, and checks that it succeeded.
+fn ablate(server: &Server, dir: &std::path::Path, grid: &str, steps: u64) {
     let out = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .current_dir(dir.path())
-        .args([
-            "ablate",
-            "--steps",
-            "3",
-            "--parallel",
-            "2",
-            "--server",
-            &server.url(),
-        ])
-        .arg(config("ablations/stability.toml"))
+        .current_dir(dir)
+        .args(["ablate", "--parallel", "2", "--server", &server.url()])
+        .args(["--steps", &steps.to_string()])
+        .arg(config(grid))
         .env("KEEL_TOKEN", TOKEN)
         .output()
         .unwrap();
@@ -28,6 +20,13 @@ fn a_grid_becomes_one_run_per_variant_in_one_group() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn a_grid_becomes_one_run_per_variant_in_one_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("keel.db"), "127.0.0.1:0".parse().unwrap());
+    ablate(&server, dir.path(), "ablations/stability.toml", 3);
     let runs = server.get("/api/v1/runs");
     let runs = runs.as_array().unwrap();
     let mut variants: Vec<&str> = runs
@@ -65,26 +64,7 @@ fn a_grid_that_does_not_exist_is_a_clear_error() {
 fn the_yulan_ladder_runs_every_rung_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("keel.db"), "127.0.0.1:0".parse().unwrap());
-    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .current_dir(dir.path())
-        .args([
-            "ablate",
-            "--steps",
-            "2",
-            "--parallel",
-            "2",
-            "--server",
-            &server.url(),
-        ])
-        .arg(config("ablations/yulan-ladder.toml"))
-        .env("KEEL_TOKEN", TOKEN)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ablate(&server, dir.path(), "ablations/yulan-ladder.toml", 2);
     let runs = server.get("/api/v1/runs");
     let mut variants: Vec<String> = runs
         .as_array()
