@@ -67,16 +67,7 @@ fn an_operator_pauses_and_sets_the_lr_of_a_real_trainer_from_the_run_page() {
         return;
     };
     b.goto(&format!("{}/login?next=/runs/{run}", server.url()));
-    b.wait_for(
-        "the login form",
-        PATIENCE,
-        "return document.getElementById('token')",
-    );
-    b.eval(
-        "document.getElementById('token').value = arguments[0]; \
-         document.querySelector('#login button[type=submit]').click()",
-        json!([TOKEN]),
-    );
+    b.submit_login(TOKEN, PATIENCE);
     b.wait_for(
         "the controls",
         PATIENCE,

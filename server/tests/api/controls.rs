@@ -33,16 +33,7 @@ fn a_visitor_signs_in_through_the_form_and_pauses_the_run_from_its_page() {
         Value::Null
     );
     b.eval("document.querySelector('#signin a').click()", json!([]));
-    b.wait_for(
-        "the login form",
-        PATIENCE,
-        "return document.getElementById('token')",
-    );
-    b.eval(
-        "document.getElementById('token').value = arguments[0]; \
-         document.querySelector('#login button[type=submit]').click()",
-        json!([TOKEN]),
-    );
+    b.submit_login(TOKEN, PATIENCE);
     b.wait_for(
         "the run page with its controls",
         PATIENCE,

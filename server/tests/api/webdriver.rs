@@ -152,6 +152,20 @@ impl Browser {
         self.session_call("POST", "/url", Some(json!({ "url": url })));
     }
 
+    /// On the open login page: types `token` into the form and submits it.
+    pub fn submit_login(&self, token: &str, within: Duration) {
+        self.wait_for(
+            "the login form",
+            within,
+            "return document.getElementById('token')",
+        );
+        self.eval(
+            "document.getElementById('token').value = arguments[0]; \
+             document.querySelector('#login button[type=submit]').click()",
+            json!([token]),
+        );
+    }
+
     /// Runs `script` (a function body; `arguments` holds `args`) and returns its result.
     pub fn eval(&self, script: &str, args: Value) -> Value {
         self.session_call(
