@@ -102,8 +102,12 @@ impl AdamW {
     ) -> Result<()> {
         let (b1, b2, eps) = (self.cfg.beta1, self.cfg.beta2, self.cfg.eps);
         let st = self.moments.get_mut(&p.name).context("no moments")?;
+        // A parameter's gradient still records the ops that produced it (candle detaches only
+        // the intermediate gradients), so the moments would chain every step's forward graph
+        // and keep it alive: memory grew by the size of a whole step's activations per step.
+        let g = g.detach();
         let g = if grad_scale == 1.0 {
-            g.clone()
+            g
         } else {
             (g * grad_scale)?
         };

@@ -30,6 +30,20 @@ fn the_loss_falls_on_the_tiny_proxy() {
 }
 
 #[test]
+fn optimizer_state_holds_no_autograd_graph_so_memory_stays_flat() {
+    // A moment built from a parameter's gradient without detaching it keeps that step's whole
+    // forward graph alive, and the next step's moment keeps this one: memory grows every step.
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = support::trainer(support::tiny(), dir.path());
+    losses(&mut t, 3);
+    let state = t.opt.state_tensors();
+    assert!(!state.is_empty());
+    for (name, m) in &state {
+        assert!(!m.track_op(), "{name} records the ops that produced it");
+    }
+}
+
+#[test]
 fn resuming_from_a_checkpoint_gives_the_same_losses_as_training_on() {
     let dir = tempfile::tempdir().unwrap();
     let mut straight = support::trainer(support::tiny(), dir.path());
