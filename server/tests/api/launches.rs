@@ -12,6 +12,7 @@ use keel_server::launches::{Job, LaunchConfig, Launcher};
 use serde_json::{Value, json};
 
 use crate::helpers::{Reply, TOKEN, TestApp};
+use crate::sessions::{csrf_of, get_with_cookie, post_login, session_cookie};
 
 /// Grids for the tests: each line of `<name>.toml` is `variant: shell script`, run by `sh -c`
 /// with the job in `GROUP`, `VARIANT`, `STEPS` and `SERVER`.
@@ -143,7 +144,7 @@ fn assert_refused(r: &Reply, status: u16, mentions: &str) {
 const WAIT_FOR_GO: &str = "while [ ! -f $D/go ]; do sleep 0.05; done";
 
 #[test]
-fn a_server_without_launching_answers_404() {
+fn a_server_without_launching_answers_404_and_shows_no_launch_panel() {
     let app = TestApp::spawn();
     assert_refused(&app.get("/api/v1/grids"), 404, "does not launch");
     assert_refused(&app.get("/api/v1/launches"), 404, "does not launch");
@@ -152,6 +153,9 @@ fn a_server_without_launching_answers_404() {
     assert_refused(&r, 404, "does not launch");
     let r = app.post_raw("/api/v1/launches/1/cancel", b"", Some(TOKEN));
     assert_refused(&r, 404, "does not launch");
+    let page = app.get("/").body;
+    let page = page.as_str().unwrap();
+    assert!(!page.contains(r#"id="launch""#), "{page}");
 }
 
 #[test]
@@ -371,6 +375,45 @@ fn stopping_the_server_stops_its_trainers() {
     if Path::new("/proc/self").exists() {
         assert!(!proc.exists(), "the trainer outlived the server");
     }
+}
+
+#[test]
+fn a_signed_in_page_launches_with_its_csrf_token_and_a_visitor_gets_a_sign_in_link() {
+    let s = Launching::new(&[("g", "a: true")], 1);
+    let visitor = s.app.get("/").body;
+    let visitor = visitor.as_str().unwrap();
+    assert!(visitor.contains("launch-signin"), "{visitor}");
+    assert!(!visitor.contains("launch-form"));
+    assert!(csrf_of(visitor).is_none());
+
+    let login = post_login(&s.app, TOKEN, "/");
+    assert_eq!(login.status, 303);
+    let (_, cookie) = session_cookie(&login);
+    let page = get_with_cookie(&s.app, "/", Some(&cookie)).body;
+    assert!(page.contains("launch-form"), "{page}");
+    let csrf = csrf_of(&page).expect("a signed-in runs page carries the CSRF token");
+
+    let post = |csrf: Option<&str>| {
+        let mut req = s
+            .app
+            .agent
+            .post(&s.app.url("/api/v1/launches"))
+            .content_type("application/json")
+            .header("Cookie", &cookie);
+        if let Some(t) = csrf {
+            req = req.header("X-CSRF-Token", t);
+        }
+        let mut resp = req.send(r#"{"grid": "g", "steps": 5}"#).unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.body_mut().read_json::<Value>().unwrap())
+    };
+    let (status, body) = post(None);
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(s.app.get("/api/v1/launches").body, json!([]));
+    let (status, body) = post(Some(&csrf));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["issued_by"], "browser");
+    assert_eq!(body["steps"], 5);
 }
 
 #[test]
