@@ -107,10 +107,13 @@ async fn drain(mut out: impl AsyncRead + Unpin) {
 }
 
 /// Reads `err` to its end and returns its last [`TAIL_LINES`] lines, colour codes removed.
+/// A backtrace (with `RUST_BACKTRACE` set, after an error or a panic) is read but not kept:
+/// the lines before it say what went wrong.
 async fn tail(err: impl AsyncRead + Unpin) -> Vec<String> {
     let mut reader = BufReader::new(err);
     let mut lines = VecDeque::with_capacity(TAIL_LINES);
     let mut buf = Vec::new();
+    let mut in_backtrace = false;
     loop {
         buf.clear();
         match reader.read_until(b'\n', &mut buf).await {
@@ -118,7 +121,13 @@ async fn tail(err: impl AsyncRead + Unpin) -> Vec<String> {
             Ok(_) => {}
         }
         let line = plain(&String::from_utf8_lossy(&buf));
-        if line.trim().is_empty() {
+        if line.eq_ignore_ascii_case("stack backtrace:") {
+            in_backtrace = true;
+        } else if !line.starts_with(' ') {
+            // Backtrace frames are indented; the next line that is not ends it.
+            in_backtrace = false;
+        }
+        if in_backtrace || line.trim().is_empty() {
             continue;
         }
         if lines.len() == TAIL_LINES {
@@ -208,6 +217,28 @@ mod tests {
         assert_eq!(plain(line), "2026-01-01 ERROR no server");
         let long = "x".repeat(TAIL_WIDTH + 10);
         assert_eq!(plain(&long).chars().count(), TAIL_WIDTH + 1);
+    }
+
+    #[tokio::test]
+    async fn backtraces_are_left_out_of_the_stderr_tail() {
+        let text = "Error: data source `web`: no file matches data/web-*.jsonl\n\n\
+                    Stack backtrace:\n   0: anyhow::error::<impl anyhow::Error>::msg\n\
+                    \x20            at src/error.rs:83:36\n   1: main\n";
+        let lines = tail(text.as_bytes()).await;
+        assert_eq!(
+            lines,
+            ["Error: data source `web`: no file matches data/web-*.jsonl"]
+        );
+        let panic = "thread 'main' panicked at src/x.rs:1:1:\nboom\nstack backtrace:\n   0: f\nnote: run with `RUST_BACKTRACE=full`\n";
+        let lines = tail(panic.as_bytes()).await;
+        assert_eq!(
+            lines,
+            [
+                "thread 'main' panicked at src/x.rs:1:1:",
+                "boom",
+                "note: run with `RUST_BACKTRACE=full`"
+            ]
+        );
     }
 
     #[tokio::test]
