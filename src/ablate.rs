@@ -2,7 +2,7 @@
 //! variant, all in one group, trained `--parallel` at a time against a server.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
@@ -37,16 +37,11 @@ pub fn run(args: AblateArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.parallel >= 1, "--parallel must be at least 1");
     let variants = keel_trainer::load_grid(&args.grid)
         .with_context(|| format!("loading the grid {}", args.grid.display()))?;
-    let stem = args
-        .grid
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("grid");
-    // One group per launch, so that a second launch of the same grid is told apart.
-    let group = format!("{stem}-{}", keel_server::storage::now() as u64);
+    let group = group_name(&args.grid);
     eprintln!(
-        "{} variants of {stem} in group {group}, {} at a time",
+        "{} variants of {} in group {group}, {} at a time",
         variants.len(),
+        args.grid.display(),
         args.parallel
     );
     let queue = Arc::new(Mutex::new(VecDeque::from(variants)));
@@ -72,14 +67,7 @@ pub fn run(args: AblateArgs) -> anyhow::Result<()> {
                         token: Some(token.clone()),
                         device: device.clone(),
                         steps,
-                        checkpoint_dir: Some(
-                            PathBuf::from("checkpoints").join(&group).join(&variant),
-                        ),
-                        run_name: Some(format!("{group}/{variant}")),
-                        group: Some(group.clone()),
-                        variant: Some(variant.clone()),
-                        loaded: Some(config),
-                        ..Default::default()
+                        ..variant_options(&group, &variant, config)
                     };
                     let result = keel_trainer::train(opts, stop.clone());
                     outcomes
@@ -95,6 +83,30 @@ pub fn run(args: AblateArgs) -> anyhow::Result<()> {
             .map_err(|_| anyhow::anyhow!("a training thread panicked"))?;
     }
     report(&outcomes.lock().expect("outcomes"))
+}
+
+/// The group of one launch of `grid`: `<file stem>-<unix seconds>`, so that a second launch
+/// of the same grid is told apart. (The server names the groups of its launches the same way.)
+pub fn group_name(grid: &Path) -> String {
+    let stem = grid.file_stem().and_then(|s| s.to_str()).unwrap_or("grid");
+    format!("{stem}-{}", keel_server::storage::now() as u64)
+}
+
+/// One variant's run: named `<group>/<variant>`, its checkpoints in
+/// `checkpoints/<group>/<variant>`, whether `keel ablate` or the server launches it.
+pub fn variant_options(
+    group: &str,
+    variant: &str,
+    config: keel_trainer::TrainConfig,
+) -> keel_trainer::TrainOptions {
+    keel_trainer::TrainOptions {
+        checkpoint_dir: Some(PathBuf::from("checkpoints").join(group).join(variant)),
+        run_name: Some(format!("{group}/{variant}")),
+        group: Some(group.to_owned()),
+        variant: Some(variant.to_owned()),
+        loaded: Some(config),
+        ..Default::default()
+    }
 }
 
 fn report(outcomes: &[Outcome]) -> anyhow::Result<()> {

@@ -12,6 +12,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let token = keel_server::auth::new_token()?;
     let mut config = keel_server::Config::new(args.db, token.clone());
     config.addr = args.addr;
+    config.launch = crate::launch::config(args.grids, args.max_trainers)?;
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| {

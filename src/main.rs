@@ -4,6 +4,7 @@
 mod ablate;
 mod bench;
 mod demo;
+mod launch;
 mod train;
 
 use std::net::SocketAddr;
@@ -67,6 +68,13 @@ struct ServeArgs {
     /// The folder of the pages' scripts and styles (default: the source tree's `static/`).
     #[arg(long, env = "KEEL_STATIC_DIR")]
     static_dir: Option<PathBuf>,
+    /// The ablation grids the runs page can launch (`<name>.toml` files).
+    #[arg(long, env = "KEEL_GRIDS", default_value = "configs/ablations")]
+    grids: PathBuf,
+    /// Trainer processes the server runs at once for launched grids, over all launches (the
+    /// rest wait in a queue); 0 turns launching from the browser off.
+    #[arg(long, env = "KEEL_MAX_TRAINERS", default_value_t = 1)]
+    max_trainers: usize,
 }
 
 #[derive(clap::Args)]
@@ -82,6 +90,13 @@ pub struct DemoArgs {
     /// Steps to train (the config's own count when unset).
     #[arg(long)]
     pub steps: Option<u64>,
+    /// The ablation grids the runs page can launch.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/ablations"))]
+    pub grids: PathBuf,
+    /// Trainer processes run at once for launched grids, beside the demo's own run; 0 turns
+    /// launching off.
+    #[arg(long, default_value_t = 1)]
+    pub max_trainers: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -149,6 +164,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(dir) = args.static_dir {
         config.static_dir = dir;
     }
+    config.launch = launch::config(args.grids, args.max_trainers)?;
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("listening on {}", config.addr))?;

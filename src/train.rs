@@ -1,14 +1,26 @@
-//! `keel train`: argument parsing for the trainer, and Ctrl-C as a clean stop.
+//! `keel train`: argument parsing for the trainer, and Ctrl-C or SIGTERM as a clean stop.
+//! With `--grid` and `--variant` it trains one variant of an ablation grid exactly as
+//! `keel ablate` would (same run name and checkpoint folder): how the server's launches run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+
+use crate::ablate;
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
     /// The training config (TOML), e.g. configs/proxy-tiny.toml.
-    #[arg(long)]
+    #[arg(long, required_unless_present_any = ["resume", "grid"])]
     config: Option<PathBuf>,
+    /// An ablation grid, e.g. configs/ablations/stability.toml: train its `--variant`.
+    #[arg(long, requires = "variant", conflicts_with_all = ["config", "resume"])]
+    grid: Option<PathBuf>,
+    /// The variant of `--grid` to train; its run is `<group>/<variant>`.
+    #[arg(long, requires = "grid")]
+    variant: Option<String>,
     /// Base URL of a keel server; without it the run trains offline.
     #[arg(long, env = "KEEL_SERVER")]
     server: Option<String>,
@@ -30,33 +42,16 @@ pub struct TrainArgs {
     /// The run's name on the server (default: the config's).
     #[arg(long)]
     name: Option<String>,
+    /// The run's group (with `--grid`: default `<grid stem>-<unix seconds>`).
     #[arg(long)]
     group: Option<String>,
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
-    let config = match (&args.config, &args.resume) {
-        (Some(c), _) => c.clone(),
-        (None, Some(_)) => PathBuf::new(),
-        (None, None) => {
-            anyhow::bail!("give a config (--config configs/proxy-tiny.toml) or --resume CHECKPOINT")
-        }
-    };
     if args.server.is_some() && args.token.is_none() {
         anyhow::bail!("--server needs the server's token: set KEEL_TOKEN or pass --token");
     }
-    let opts = keel_trainer::TrainOptions {
-        config,
-        server: args.server,
-        token: args.token,
-        device: args.device,
-        steps: args.steps,
-        resume: args.resume,
-        checkpoint_dir: args.checkpoint_dir,
-        run_name: args.name,
-        group: args.group,
-        ..Default::default()
-    };
+    let opts = options(args)?;
     let summary = keel_trainer::train(opts, stop_on_ctrl_c()?)?;
     eprintln!(
         "trained {} steps; last loss {}; {:.0} tokens/s{}",
@@ -69,6 +64,54 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             .unwrap_or_default(),
     );
     Ok(())
+}
+
+fn options(args: TrainArgs) -> anyhow::Result<keel_trainer::TrainOptions> {
+    let base = match (&args.grid, &args.variant) {
+        (Some(grid), Some(variant)) => {
+            let group = args
+                .group
+                .clone()
+                .unwrap_or_else(|| ablate::group_name(grid));
+            let mut opts = ablate::variant_options(&group, variant, grid_variant(grid, variant)?);
+            opts.checkpoint_dir = args.checkpoint_dir.or(opts.checkpoint_dir);
+            opts.run_name = args.name.or(opts.run_name);
+            opts
+        }
+        _ => keel_trainer::TrainOptions {
+            config: args.config.unwrap_or_default(),
+            resume: args.resume,
+            checkpoint_dir: args.checkpoint_dir,
+            run_name: args.name,
+            group: args.group,
+            ..Default::default()
+        },
+    };
+    Ok(keel_trainer::TrainOptions {
+        server: args.server,
+        token: args.token,
+        device: args.device,
+        steps: args.steps,
+        ..base
+    })
+}
+
+/// The config of `variant` of the grid file `grid`.
+fn grid_variant(grid: &Path, variant: &str) -> anyhow::Result<keel_trainer::TrainConfig> {
+    let variants = keel_trainer::load_grid(grid)
+        .with_context(|| format!("loading the grid {}", grid.display()))?;
+    let names: Vec<String> = variants.iter().map(|(n, _)| n.clone()).collect();
+    variants
+        .into_iter()
+        .find(|(n, _)| n == variant)
+        .map(|(_, config)| config)
+        .with_context(|| {
+            format!(
+                "{} has no variant `{variant}` (it has {})",
+                grid.display(),
+                names.join(", ")
+            )
+        })
 }
 
 /// A flag set by the first Ctrl-C or SIGTERM: the trainer checkpoints and stops at the next

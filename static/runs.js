@@ -1,9 +1,12 @@
 // The runs page: the table comes rendered from the server; this keeps it current from
-// /api/v1/live, which sends per-run step summaries (throttled by the server), status changes
-// and alerts. On every (re)connection the server says `hello` and the table is refetched,
-// since whatever happened while disconnected is in it.
+// /api/v1/live, which sends per-run step summaries (throttled by the server), status changes,
+// alerts and launch changes. On every (re)connection the server says `hello` and the table
+// (and the launches) are refetched, since whatever happened while disconnected is in them.
 
 import { age, connState, count, metric, num, tokens } from "./keel.js";
+import { LaunchPanel } from "./launches.js";
+
+const launches = LaunchPanel.find();
 
 const body = document.getElementById("runs-body");
 const row = (id) => body.querySelector(`tr[data-run="${id}"]`);
@@ -79,11 +82,22 @@ function tickAges() {
   }
 }
 
-const handlers = { runs: (m) => onRuns(m.runs), status: onStatus, alert: onAlert, resync: refresh };
+function refreshAll() {
+  refresh();
+  launches?.refresh();
+}
+
+const handlers = {
+  runs: (m) => onRuns(m.runs),
+  status: onStatus,
+  alert: onAlert,
+  launch: (m) => launches?.update(m.launch),
+  resync: refreshAll,
+};
 const es = new EventSource("/api/v1/live");
 es.onopen = () => connState("live");
 es.onerror = () => connState(es.readyState === EventSource.CLOSED ? "closed" : "reconnecting");
-es.addEventListener("hello", refresh);
+es.addEventListener("hello", refreshAll);
 for (const [name, f] of Object.entries(handlers)) {
   es.addEventListener(name, (ev) => f(JSON.parse(ev.data)));
 }

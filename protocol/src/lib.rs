@@ -10,14 +10,19 @@
 //! - [`commands`]: operator commands, their validation and their lifecycle.
 //! - [`series`]: the columnar answers of the scalar and layer queries.
 //! - [`live`]: what the server pushes to subscribers (SSE) and stores as events.
+//! - [`launches`]: ablation grids the server launches, and the states of their variants.
 
 pub mod commands;
+pub mod launches;
 pub mod live;
 pub mod metric;
 pub mod runs;
 pub mod series;
 
 pub use commands::{Command, CommandOutcome, CommandRecord, CommandStatus, DecayShape};
+pub use launches::{
+    GridInfo, LaunchRecord, LaunchRequest, LaunchVariant, MAX_LAUNCH_STEPS, VariantState,
+};
 pub use live::{EventRecord, LiveMessage, Severity};
 pub use metric::Metric;
 pub use runs::{

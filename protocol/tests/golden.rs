@@ -2,8 +2,8 @@
 //! to the same JSON, so any change to the wire shows up here in review.
 
 use keel_protocol::{
-    Command, CommandRecord, IngestBatch, LayerMatrix, LiveMessage, RunSpec, ScalarSeries,
-    StepRecord,
+    Command, CommandRecord, IngestBatch, LaunchRecord, LaunchRequest, LayerMatrix, LiveMessage,
+    RunSpec, ScalarSeries, StepRecord,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -61,4 +61,34 @@ fn live_messages_round_trip() {
 fn query_answers_round_trip_with_non_finite_values() {
     round_trip::<ScalarSeries>("scalar_series.json");
     round_trip::<LayerMatrix>("layer_matrix.json");
+}
+
+#[test]
+fn a_launch_record_round_trips() {
+    round_trip::<LaunchRecord>("launch_record.json");
+}
+
+#[test]
+fn a_launch_request_takes_steps_between_one_and_ten_million() {
+    let parse = |s: &str| serde_json::from_str::<LaunchRequest>(s);
+    assert!(
+        parse(r#"{"grid": "stability"}"#)
+            .unwrap()
+            .validate()
+            .is_ok()
+    );
+    assert!(
+        parse(r#"{"grid": "g", "steps": 1}"#)
+            .unwrap()
+            .validate()
+            .is_ok()
+    );
+    let most = r#"{"grid": "g", "steps": 10000000}"#;
+    assert!(parse(most).unwrap().validate().is_ok());
+    for steps in ["0", "10000001"] {
+        let r = parse(&format!(r#"{{"grid": "g", "steps": {steps}}}"#)).unwrap();
+        assert!(r.validate().unwrap_err().contains("steps"), "{steps}");
+    }
+    assert!(parse(r#"{"grid": "g", "steps": -1}"#).is_err());
+    assert!(parse(r#"{"grid": "g", "parallel": 2}"#).is_err());
 }

@@ -4,6 +4,7 @@
 //! - [`routes`]: every URL, each area's handlers (extract → call → respond).
 //! - [`storage`]: all SQL — the store, its single writer, the series queries.
 //! - [`hub`]: live fan-out of committed changes to SSE subscribers.
+//! - [`launches`]: ablation grids launched from the browser: the trainer queue and processes.
 //! - [`auth`]: who may write: the operator token, or a signed-in session with its CSRF token.
 //! - [`sessions`]: the signed-in browser sessions (in memory, with an expiry).
 //! - [`error`]: the error type and the extractors that answer in its shape.
@@ -18,6 +19,7 @@ pub mod auth;
 pub mod charts;
 pub mod error;
 pub mod hub;
+pub mod launches;
 pub mod routes;
 pub mod sessions;
 pub mod storage;
@@ -34,6 +36,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::Hub;
+use crate::launches::{LaunchConfig, Launches};
 use crate::sessions::Sessions;
 use crate::storage::Store;
 
@@ -56,6 +59,9 @@ pub struct Config {
     pub session_ttl: Duration,
     /// Mark the session cookie `Secure` (only sent over HTTPS): set it behind a TLS proxy.
     pub secure_cookie: bool,
+    /// Launching ablation grids from the browser; `None` turns it off (the launch endpoints
+    /// answer 404 and the runs page has no launch panel).
+    pub launch: Option<LaunchConfig>,
 }
 
 impl Config {
@@ -70,6 +76,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(5),
             session_ttl: Duration::from_secs(12 * 3600),
             secure_cookie: false,
+            launch: None,
         }
     }
 }
@@ -81,12 +88,15 @@ pub struct AppState {
     pub hub: Hub,
     pub sessions: Sessions,
     pub config: Arc<Config>,
+    /// The launched trainers, when launching is on.
+    pub launches: Option<Launches>,
     /// Cancelled at shutdown: long-lived responses (SSE, long polls) end on it.
     pub shutdown: CancellationToken,
 }
 
-/// Opens the store and serves on `listener` until `shutdown` is cancelled; then waits at
-/// most `config.shutdown_grace` for open requests to finish.
+/// Opens the store and serves on `listener` until `shutdown` is cancelled. Then it stops the
+/// trainers it launched — while still serving, so that they can report their last steps —
+/// and waits at most `config.shutdown_grace` for open requests to finish.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
@@ -95,19 +105,38 @@ pub async fn serve(
     let (store, changes) = Store::open(&config.db).await?;
     let hub = Hub::spawn(changes);
     let grace = config.shutdown_grace;
+    let launches = match &config.launch {
+        Some(launch) => {
+            let url = own_url(listener.local_addr().context("the listener's address")?);
+            let token = config.token.clone();
+            Some(Launches::new(launch.clone(), url, token, store.clone()))
+        }
+        None => None,
+    };
     let state = AppState {
         store,
         hub,
         sessions: Sessions::new(config.session_ttl),
         config: Arc::new(config),
+        launches: launches.clone(),
         shutdown: shutdown.clone(),
     };
     watchdog::spawn(state.clone());
     let app = routes::router(state);
+    // Cancelled once the launched trainers have stopped: then HTTP stops.
+    let closing = CancellationToken::new();
+    let closed = closing.clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        if let Some(launches) = launches {
+            launches.stop_all().await;
+        }
+        closed.cancel();
+    });
     let server =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        axum::serve(listener, app).with_graceful_shutdown(closing.clone().cancelled_owned());
     let deadline = async move {
-        shutdown.cancelled_owned().await;
+        closing.cancelled_owned().await;
         tokio::time::sleep(grace).await;
     };
     tokio::select! {
@@ -116,5 +145,31 @@ pub async fn serve(
             tracing::warn!("open connections did not finish within {grace:?}; stopping anyway");
             Ok(())
         }
+    }
+}
+
+/// The URL this server's own trainers reach it at: a listener on every interface is reached
+/// over loopback.
+fn own_url(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::own_url;
+
+    #[test]
+    fn launched_trainers_reach_a_server_on_every_interface_over_loopback() {
+        assert_eq!(
+            own_url("0.0.0.0:8080".parse().unwrap()),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(own_url("[::]:80".parse().unwrap()), "http://[::1]:80");
+        assert_eq!(own_url("10.0.0.2:9".parse().unwrap()), "http://10.0.0.2:9");
     }
 }

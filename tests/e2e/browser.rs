@@ -8,10 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::harness::{Server, TOKEN, assert_no_steps_while_paused, spawn_training, tiny, wait_for};
-// The server's WebDriver client, shared rather than copied; not every method is used here.
-#[allow(dead_code)]
-#[path = "../../server/tests/api/webdriver.rs"]
-mod webdriver;
+use crate::webdriver;
 
 const PATIENCE: Duration = Duration::from_secs(60);
 

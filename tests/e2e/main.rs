@@ -4,4 +4,9 @@
 mod ablation;
 mod browser;
 mod harness;
+mod launch;
 mod training;
+// The server's WebDriver client, shared rather than copied; not every method is used here.
+#[allow(dead_code)]
+#[path = "../../server/tests/api/webdriver.rs"]
+mod webdriver;

@@ -5,6 +5,7 @@
 mod commands;
 mod data;
 mod images;
+mod launches;
 mod live;
 mod login;
 mod meta;
@@ -32,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .merge(data::router())
         .merge(live::router())
         .merge(commands::router())
+        .merge(launches::router())
         .merge(overview::router())
         .merge(pages::router())
         .merge(login::router())

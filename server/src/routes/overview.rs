@@ -2,9 +2,10 @@
 //!
 //! It carries summaries, not data: per run, the newest step, its loss and token count, at
 //! most every [`FLUSH`] however fast runs ingest, so one busy run cannot flood a page that
-//! shows a hundred. Status changes and alerts go out at once. There is no resuming: a client
-//! that reconnects gets `hello` again and rereads the table, which is the current state.
-//! The stream ends when the server shuts down.
+//! shows a hundred. Status changes and alerts go out at once, and so does every change of a
+//! launched grid (`launch`, the whole launch record). There is no resuming: a client that
+//! reconnects gets `hello` again and rereads the table and the launches, which are the current
+//! state. The stream ends when the server shuts down.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -16,7 +17,7 @@ use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::get;
 use futures_util::stream::{self, Stream, StreamExt};
-use keel_protocol::{LiveMessage, Metric};
+use keel_protocol::{LaunchRecord, LiveMessage, Metric};
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::broadcast::{self, error::RecvError};
@@ -45,7 +46,8 @@ struct RunStep {
 async fn live_all(
     State(state): State<AppState>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let feed = Feed::new(state.hub.subscribe_all());
+    let launches = state.launches.as_ref().map(|l| l.subscribe());
+    let feed = Feed::new(state.hub.subscribe_all(), launches);
     let hello = Event::default().event("hello").data("{}");
     let updates = stream::unfold(feed, |mut feed| async move {
         let event = feed.next().await?;
@@ -61,6 +63,8 @@ async fn live_all(
 /// Hub messages in, throttled summaries out.
 struct Feed {
     rx: broadcast::Receiver<Arc<Published>>,
+    /// Launch changes, when the server launches trainers.
+    launches: Option<broadcast::Receiver<Arc<LaunchRecord>>>,
     pending: BTreeMap<i64, RunStep>,
     /// The newest branch seen per run: late re-sends to an older branch do not move a run.
     branches: HashMap<i64, u32>,
@@ -68,11 +72,15 @@ struct Feed {
 }
 
 impl Feed {
-    fn new(rx: broadcast::Receiver<Arc<Published>>) -> Feed {
+    fn new(
+        rx: broadcast::Receiver<Arc<Published>>,
+        launches: Option<broadcast::Receiver<Arc<LaunchRecord>>>,
+    ) -> Feed {
         let mut tick = tokio::time::interval(FLUSH);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Feed {
             rx,
+            launches,
             pending: BTreeMap::new(),
             branches: HashMap::new(),
             tick,
@@ -93,6 +101,11 @@ impl Feed {
                         return Some(named("resync", json!({"type": "resync"})));
                     }
                     Err(RecvError::Closed) => return None,
+                },
+                launch = next_launch(&mut self.launches) => match launch {
+                    Ok(l) => return Some(named("launch", json!({"type": "launch", "launch": l}))),
+                    Err(RecvError::Lagged(_)) => return Some(named("resync", json!({"type": "resync"}))),
+                    Err(RecvError::Closed) => self.launches = None,
                 },
                 // Only ticks while something waits, so a quiet stream costs nothing.
                 _ = self.tick.tick(), if !self.pending.is_empty() => return Some(self.flush()),
@@ -136,6 +149,16 @@ impl Feed {
     fn flush(&mut self) -> Event {
         let runs: Vec<RunStep> = std::mem::take(&mut self.pending).into_values().collect();
         named("runs", json!({"type": "runs", "runs": runs}))
+    }
+}
+
+/// The next launch change; never, without launches.
+async fn next_launch(
+    rx: &mut Option<broadcast::Receiver<Arc<LaunchRecord>>>,
+) -> Result<Arc<LaunchRecord>, RecvError> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,4 +1,4 @@
-//! The HTML pages: `/` (runs), `/runs/table` (the runs table alone, which the runs page
+//! The HTML pages: `/` (runs, and the launch panel), `/runs/table` (the runs table alone, which the runs page
 //! refetches after a reconnect), `/runs/{id}` (one run, with controls when signed in) and
 //! `/compare?runs=1,2,3` or `/compare?group=NAME` (runs side by side).
 //!
@@ -15,7 +15,7 @@ use crate::AppState;
 use crate::error::{AppError, AppResult};
 use crate::storage::{now, runs};
 use crate::views::compare::MAX_RUNS;
-use crate::views::{ComparePage, RunPage, RunsPage, RunsTablePartial};
+use crate::views::{ComparePage, LaunchPanel, RunPage, RunsPage, RunsTablePartial};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -71,9 +71,14 @@ async fn table(state: &AppState) -> AppResult<RunsTablePartial> {
     Ok(RunsTablePartial::new(&summaries, now()))
 }
 
-async fn runs_page(State(state): State<AppState>) -> PageResult {
+async fn runs_page(State(state): State<AppState>, headers: axum::http::HeaderMap) -> PageResult {
     let table = table(&state).await?;
-    html(&RunsPage { table })
+    let launch = state.launches.as_ref().map(|l| LaunchPanel {
+        csrf: crate::auth::signed_in(&headers, &state),
+        max_trainers: l.config().max_trainers.max(1),
+        grids_dir: l.config().grids.display().to_string(),
+    });
+    html(&RunsPage { table, launch })
 }
 
 async fn runs_table(State(state): State<AppState>) -> PageResult {

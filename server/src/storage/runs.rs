@@ -108,6 +108,22 @@ pub async fn silent_runs(db: impl SqliteExecutor<'_>, before: f64) -> StoreResul
     Ok(rows.into_iter().map(|(id,)| id).collect())
 }
 
+/// The newest run of `variant` in `group`: how a launched trainer's run is found.
+pub async fn run_of_variant(
+    db: impl SqliteExecutor<'_>,
+    group: &str,
+    variant: &str,
+) -> StoreResult<Option<i64>> {
+    let row: Option<(i64,)> = sqlx::query_as(
+        "SELECT id FROM runs WHERE grp = ? AND variant = ? ORDER BY id DESC LIMIT 1",
+    )
+    .bind(group)
+    .bind(variant)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|(id,)| id))
+}
+
 #[derive(Clone, Debug)]
 pub struct SeriesRow {
     pub id: u32,

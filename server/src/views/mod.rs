@@ -12,4 +12,4 @@ pub mod runs;
 
 pub use compare::ComparePage;
 pub use run::RunPage;
-pub use runs::{RunsPage, RunsTablePartial};
+pub use runs::{LaunchPanel, RunsPage, RunsTablePartial};

@@ -1,5 +1,6 @@
-//! The runs page (`/`): one table row per run, newest first. The table is its own partial so
-//! the page and the fragment the page refetches after a reconnect are one template.
+//! The runs page (`/`): one table row per run, newest first, and the launch panel when the
+//! server launches grids. The table is its own partial so the page and the fragment the page
+//! refetches after a reconnect are one template.
 
 use askama::Template;
 use keel_protocol::RunSummary;
@@ -10,6 +11,26 @@ use super::format;
 #[template(path = "pages/runs.html")]
 pub struct RunsPage {
     pub table: RunsTablePartial,
+    /// The launch panel; `None` when the server does not launch grids.
+    pub launch: Option<LaunchPanel>,
+}
+
+/// What the launch panel needs from the server; the grids and launches themselves the page
+/// script reads from the API.
+pub struct LaunchPanel {
+    /// The session's CSRF token: a visitor who is not signed in gets a sign-in link instead of
+    /// the form and the cancel buttons.
+    pub csrf: Option<String>,
+    pub max_trainers: usize,
+    /// The grids folder, as the server was given it.
+    pub grids_dir: String,
+}
+
+impl RunsPage {
+    /// The CSRF token the page carries, if any.
+    pub fn csrf(&self) -> Option<&str> {
+        self.launch.as_ref().and_then(|l| l.csrf.as_deref())
+    }
 }
 
 #[derive(Template)]

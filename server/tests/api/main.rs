@@ -6,6 +6,7 @@ mod compare;
 mod controls;
 mod helpers;
 mod ingest;
+mod launches;
 mod live;
 mod pages;
 mod queries;

@@ -27,6 +27,10 @@ fn openapi_describes_every_route() {
         "/api/v1/runs/{id}/commands/pending",
         "/api/v1/runs/{id}/commands/{cid}/outcome",
         "/api/v1/runs/{id}/events",
+        "/api/v1/grids",
+        "/api/v1/launches",
+        "/api/v1/launches/{id}",
+        "/api/v1/launches/{id}/cancel",
     ] {
         assert!(
             paths.contains_key(path),
@@ -35,7 +39,7 @@ fn openapi_describes_every_route() {
     }
     assert_eq!(
         paths.len(),
-        19,
+        23,
         "a route is described that the test does not know"
     );
 }

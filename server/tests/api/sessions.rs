@@ -39,7 +39,7 @@ pub fn post_login(app: &TestApp, token: &str, next: &str) -> Raw {
     raw(resp)
 }
 
-fn get_with_cookie(app: &TestApp, path: &str, cookie: Option<&str>) -> Raw {
+pub fn get_with_cookie(app: &TestApp, path: &str, cookie: Option<&str>) -> Raw {
     let mut req = agent().get(&app.url(path));
     if let Some(c) = cookie {
         req = req.header("Cookie", c);
@@ -64,7 +64,7 @@ fn post_command(app: &TestApp, run: i64, cookie: &str, csrf: Option<&str>) -> (u
 }
 
 /// The `Set-Cookie` header of a sign-in, and the `name=value` part a browser sends back.
-fn session_cookie(r: &Raw) -> (String, String) {
+pub fn session_cookie(r: &Raw) -> (String, String) {
     let set = r.headers["set-cookie"].to_str().unwrap().to_owned();
     let pair = set.split(';').next().unwrap().to_owned();
     (set, pair)

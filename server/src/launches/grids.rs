@@ -1,0 +1,116 @@
+//! The grids folder: which of its files are grids, and which names may be asked for.
+//!
+//! A grid is named by its file stem and only ever looked up as `<folder>/<name>.toml`. A name
+//! is letters, digits, `-`, `_` and dots that do not lead, so no name can reach a file outside
+//! the folder (no `/`, no `..` at the start, no hidden files).
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::LaunchError;
+
+const MAX_NAME: usize = 100;
+
+/// Whether `name` can name a grid at all.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// The grid `name` in `dir`: 422 for a name that cannot be one, 404 when there is no such file.
+pub fn path(dir: &Path, name: &str) -> Result<PathBuf, LaunchError> {
+    if !valid_name(name) {
+        return Err(LaunchError::Invalid(format!(
+            "a grid is named by its file stem under the grids folder, e.g. `stability`, not `{name}`"
+        )));
+    }
+    let path = dir.join(format!("{name}.toml"));
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(LaunchError::NotFound(format!("grid `{name}`")))
+    }
+}
+
+/// The names of the grids in `dir`, sorted; none when the folder does not exist.
+pub fn names(dir: &Path) -> io::Result<Vec<String>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_none_or(|x| x != "toml") || !path.is_file() {
+            continue;
+        }
+        if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
+            if valid_name(stem) {
+                out.push(stem.to_owned());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grid_names_are_plain_file_stems() {
+        for ok in ["stability", "yulan-ladder", "a_b.v2", "X9"] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        let long = "a".repeat(MAX_NAME + 1);
+        for bad in [
+            "",
+            "..",
+            "../x",
+            "a/b",
+            "/etc/passwd",
+            ".hidden",
+            "a\\b",
+            "é",
+            &long,
+        ] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_toml_files_with_plain_stems_are_grids() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in [
+            "b.toml",
+            "a.toml",
+            "notes.md",
+            ".hidden.toml",
+            "with space.toml",
+        ] {
+            std::fs::write(dir.path().join(f), "").unwrap();
+        }
+        std::fs::create_dir(dir.path().join("folder.toml")).unwrap();
+        assert_eq!(names(dir.path()).unwrap(), ["a", "b"]);
+        assert!(names(&dir.path().join("missing")).unwrap().is_empty());
+        assert!(matches!(path(dir.path(), "a"), Ok(p) if p.ends_with("a.toml")));
+        assert!(matches!(
+            path(dir.path(), "c"),
+            Err(LaunchError::NotFound(_))
+        ));
+        assert!(matches!(
+            path(dir.path(), "../a"),
+            Err(LaunchError::Invalid(_))
+        ));
+        assert!(matches!(
+            path(dir.path(), "folder"),
+            Err(LaunchError::NotFound(_))
+        ));
+    }
+}

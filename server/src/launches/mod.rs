@@ -1,0 +1,94 @@
+//! Ablation grids launched from the browser: one trainer process per variant, at most
+//! `max_trainers` processes at a time over all launches, first come first served.
+//!
+//! The server does not know how to train, nor how to read a grid: the root CLI hands it a
+//! [`Launcher`] that lists a grid's variants and builds the command of one variant (the same
+//! `keel` binary running `keel train --grid … --variant …`). This module owns the queue, the
+//! child processes ([`child`]) and the states of the launches; storage is only read, to find
+//! the run a trainer created (by its group and variant). Launch states live in memory: a
+//! restarted server has forgotten its launches, while the runs they made stay stored.
+//!
+//! - [`queue`]: the launches, their queue and the trainers they run; every change is
+//!   published as the whole launch record, for the runs page's live stream.
+//! - [`child`]: one trainer process, from start to exit.
+//! - [`grids`]: which files of the grids folder are grids, and which names may be asked for.
+
+mod child;
+pub mod grids;
+mod queue;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use queue::Launches;
+
+/// What the root CLI knows and the server does not: how grids are read and trainers started.
+pub trait Launcher: Send + Sync + 'static {
+    /// The variant names of the grid file `grid`, in the order they are launched; an error
+    /// says why the grid does not load.
+    fn variants(&self, grid: &Path) -> anyhow::Result<Vec<String>>;
+
+    /// The process that trains one variant. The server adds the token to its environment
+    /// (`KEEL_TOKEN`) and takes care of its stdio.
+    fn command(&self, job: &Job) -> std::process::Command;
+}
+
+/// One variant to train, as the [`Launcher`] is asked to start it.
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// The grid file.
+    pub grid: PathBuf,
+    pub variant: String,
+    pub group: String,
+    pub steps: Option<u64>,
+    /// The server's own base URL, for the trainer to stream to.
+    pub server: String,
+}
+
+/// Launching, as configured by the root CLI. A server without one answers the launch
+/// endpoints with 404 and shows no launch panel.
+#[derive(Clone)]
+pub struct LaunchConfig {
+    pub launcher: Arc<dyn Launcher>,
+    /// The folder of the grid files, `<name>.toml`.
+    pub grids: PathBuf,
+    /// Trainer processes running at once, over all launches (at least 1).
+    pub max_trainers: usize,
+    /// How long a trainer asked to stop (SIGTERM) has before it is killed.
+    pub stop_grace: Duration,
+}
+
+impl LaunchConfig {
+    pub fn new(launcher: Arc<dyn Launcher>, grids: PathBuf) -> LaunchConfig {
+        LaunchConfig {
+            launcher,
+            grids,
+            max_trainers: 1,
+            stop_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl std::fmt::Debug for LaunchConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LaunchConfig")
+            .field("grids", &self.grids)
+            .field("max_trainers", &self.max_trainers)
+            .field("stop_grace", &self.stop_grace)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a launch request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}

@@ -1,0 +1,422 @@
+//! The launches of a server: their states, the queue of variants waiting for a trainer slot,
+//! and the trainers running. One lock guards it all and is never held across an await or a
+//! process start; each running trainer has a task that follows it to its end.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use keel_protocol::{GridInfo, LaunchRecord, LaunchRequest, LaunchVariant, VariantState};
+use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
+
+use super::child::{self, Ended};
+use super::{Job, LaunchConfig, LaunchError, grids};
+use crate::storage::{Store, now, runs};
+
+/// The launches of this server: cheap to clone, shared by every handler.
+#[derive(Clone)]
+pub struct Launches(Arc<Inner>);
+
+struct Inner {
+    config: LaunchConfig,
+    server: String,
+    token: String,
+    store: Store,
+    table: Mutex<Table>,
+    changes: broadcast::Sender<Arc<LaunchRecord>>,
+    /// Woken whenever a trainer exits (shutdown waits for the last one).
+    exited: Notify,
+}
+
+#[derive(Default)]
+struct Table {
+    launches: BTreeMap<i64, Entry>,
+    /// (launch, variant index) of every queued variant, oldest first.
+    queue: VecDeque<(i64, usize)>,
+    running: usize,
+    next_id: i64,
+    /// Set at shutdown: nothing new starts.
+    closing: bool,
+}
+
+struct Entry {
+    record: LaunchRecord,
+    grid: PathBuf,
+    /// The stop switch of each running variant, by index.
+    stops: HashMap<usize, CancellationToken>,
+}
+
+impl Entry {
+    /// The record as it is shown: `active` follows the variants.
+    fn snapshot(&self) -> LaunchRecord {
+        let mut r = self.record.clone();
+        r.active = r.variants.iter().any(|v| !v.state.is_final());
+        r
+    }
+}
+
+/// How often the run of a starting trainer is looked for.
+const FIND_RUN_EVERY: Duration = Duration::from_millis(200);
+
+impl Launches {
+    /// `server` is the server's own URL and `token` its operator token, both for the trainers.
+    pub fn new(config: LaunchConfig, server: String, token: String, store: Store) -> Launches {
+        Launches(Arc::new(Inner {
+            config,
+            server,
+            token,
+            store,
+            table: Mutex::default(),
+            changes: broadcast::channel(256).0,
+            exited: Notify::new(),
+        }))
+    }
+
+    pub fn config(&self) -> &LaunchConfig {
+        &self.0.config
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.0.table.lock().expect("launch table lock")
+    }
+
+    /// Every launch change from now on, as the whole record.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<LaunchRecord>> {
+        self.0.changes.subscribe()
+    }
+
+    fn publish(&self, entry: &Entry) {
+        // An error only means that nobody listens.
+        let _ = self.0.changes.send(Arc::new(entry.snapshot()));
+    }
+
+    /// The grids of the grids folder with their variants (read from disk each time, so a
+    /// grid edited or added shows at once).
+    pub async fn grids(&self) -> Result<Vec<GridInfo>, LaunchError> {
+        let config = self.0.config.clone();
+        let read = move || -> anyhow::Result<Vec<GridInfo>> {
+            let names = grids::names(&config.grids)?;
+            let infos = names.into_iter().map(|name| {
+                let path = config.grids.join(format!("{name}.toml"));
+                match config.launcher.variants(&path) {
+                    Ok(variants) => GridInfo {
+                        name,
+                        variants,
+                        error: None,
+                    },
+                    Err(e) => GridInfo {
+                        name,
+                        variants: Vec::new(),
+                        error: Some(format!("{e:#}")),
+                    },
+                }
+            });
+            Ok(infos.collect())
+        };
+        let infos = tokio::task::spawn_blocking(read)
+            .await
+            .map_err(anyhow::Error::from)??;
+        Ok(infos)
+    }
+
+    /// Queues every variant of the grid and starts as many as the limit allows.
+    pub async fn launch(
+        &self,
+        req: LaunchRequest,
+        issued_by: String,
+    ) -> Result<LaunchRecord, LaunchError> {
+        req.validate().map_err(LaunchError::Invalid)?;
+        let path = grids::path(&self.0.config.grids, &req.grid)?;
+        let variants = self.variants(&req.grid, path.clone()).await?;
+        let id = {
+            let mut t = self.table();
+            if t.closing {
+                return Err(LaunchError::Conflict("the server is shutting down".into()));
+            }
+            t.next_id += 1;
+            let id = t.next_id;
+            let group = unique_group(&t, &req.grid, id);
+            let entry = Entry {
+                record: LaunchRecord {
+                    id,
+                    grid: req.grid,
+                    group,
+                    steps: req.steps,
+                    issued_by,
+                    created_at: now(),
+                    cancelled: false,
+                    active: true,
+                    variants: variants.into_iter().map(queued).collect(),
+                },
+                grid: path,
+                stops: HashMap::new(),
+            };
+            t.queue
+                .extend((0..entry.record.variants.len()).map(|i| (id, i)));
+            tracing::info!(launch = id, group = %entry.record.group, "launching {} variants", entry.record.variants.len());
+            self.publish(&entry);
+            t.launches.insert(id, entry);
+            id
+        };
+        self.pump();
+        self.get(id)
+    }
+
+    async fn variants(&self, name: &str, path: PathBuf) -> Result<Vec<String>, LaunchError> {
+        let launcher = self.0.config.launcher.clone();
+        let variants = tokio::task::spawn_blocking(move || launcher.variants(&path))
+            .await
+            .map_err(anyhow::Error::from)?
+            .map_err(|e| LaunchError::Invalid(format!("grid `{name}` does not load: {e:#}")))?;
+        if variants.is_empty() {
+            return Err(LaunchError::Invalid(format!(
+                "grid `{name}` has no variants"
+            )));
+        }
+        Ok(variants)
+    }
+
+    /// Every launch, newest first.
+    pub fn list(&self) -> Vec<LaunchRecord> {
+        let t = self.table();
+        t.launches.values().rev().map(Entry::snapshot).collect()
+    }
+
+    pub fn get(&self, id: i64) -> Result<LaunchRecord, LaunchError> {
+        let t = self.table();
+        let entry = t.launches.get(&id).ok_or_else(|| not_found(id))?;
+        Ok(entry.snapshot())
+    }
+
+    /// Cancels the queued variants at once and asks the running ones to stop; they show as
+    /// `cancelled` when their process has exited. 409 when nothing is left to cancel.
+    pub fn cancel(&self, id: i64) -> Result<LaunchRecord, LaunchError> {
+        let mut t = self.table();
+        let Table {
+            launches, queue, ..
+        } = &mut *t;
+        let entry = launches.get_mut(&id).ok_or_else(|| not_found(id))?;
+        if !entry.snapshot().active {
+            return Err(LaunchError::Conflict(format!(
+                "launch {id} has ended; nothing is left to cancel"
+            )));
+        }
+        entry.record.cancelled = true;
+        queue.retain(|(launch, _)| *launch != id);
+        cancel_queued(entry);
+        for stop in entry.stops.values() {
+            stop.cancel();
+        }
+        tracing::info!(launch = id, "launch cancelled");
+        self.publish(entry);
+        Ok(entry.snapshot())
+    }
+
+    /// Shutdown: nothing new starts, queued variants are cancelled and running trainers are
+    /// stopped (SIGTERM, then SIGKILL after the grace period). Returns once they have exited,
+    /// or after the grace period and a little more.
+    pub async fn stop_all(&self) {
+        {
+            let mut t = self.table();
+            t.closing = true;
+            t.queue.clear();
+            for entry in t.launches.values_mut() {
+                entry.stops.values().for_each(CancellationToken::cancel);
+                if cancel_queued(entry) {
+                    self.publish(entry);
+                }
+            }
+        }
+        let all_exited = async {
+            loop {
+                // Created before the check, so an exit in between still wakes it.
+                let exited = self.0.exited.notified();
+                if self.table().running == 0 {
+                    return;
+                }
+                exited.await;
+            }
+        };
+        let limit = self.0.config.stop_grace + Duration::from_secs(5);
+        if tokio::time::timeout(limit, all_exited).await.is_err() {
+            tracing::warn!("trainers still running after {limit:?}; leaving them to be killed");
+        }
+    }
+
+    /// Starts queued variants while a trainer slot is free.
+    fn pump(&self) {
+        while let Some((id, index, job, stop)) = self.next_job() {
+            let cmd = self.0.config.launcher.command(&job);
+            match child::spawn(cmd, &self.0.token) {
+                Ok(process) => {
+                    let this = self.clone();
+                    tokio::spawn(async move { this.watch(id, index, job, process, stop).await });
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        launch = id,
+                        variant = job.variant,
+                        "could not start a trainer: {e}"
+                    );
+                    self.finish(id, index, Ended::not_started(e));
+                }
+            }
+        }
+    }
+
+    /// Takes the oldest queued variant if a slot is free, marking it running.
+    fn next_job(&self) -> Option<(i64, usize, Job, CancellationToken)> {
+        let mut t = self.table();
+        if t.closing || t.running >= self.0.config.max_trainers.max(1) {
+            return None;
+        }
+        let (id, index) = t.queue.pop_front()?;
+        t.running += 1;
+        let entry = t
+            .launches
+            .get_mut(&id)
+            .expect("a queued variant's launch exists");
+        let variant = &mut entry.record.variants[index];
+        variant.state = VariantState::Running;
+        variant.started_at = Some(now());
+        let job = Job {
+            grid: entry.grid.clone(),
+            variant: variant.name.clone(),
+            group: entry.record.group.clone(),
+            steps: entry.record.steps,
+            server: self.0.server.clone(),
+        };
+        let stop = CancellationToken::new();
+        entry.stops.insert(index, stop.clone());
+        self.publish(entry);
+        Some((id, index, job, stop))
+    }
+
+    /// Follows one trainer to its end, noting its run as soon as it exists; then frees its
+    /// slot for the next queued variant.
+    async fn watch(
+        self,
+        id: i64,
+        index: usize,
+        job: Job,
+        process: tokio::process::Child,
+        stop: CancellationToken,
+    ) {
+        let supervised = child::supervise(process, stop, self.0.config.stop_grace);
+        tokio::pin!(supervised);
+        let ended = tokio::select! {
+            ended = &mut supervised => ended,
+            () = self.find_run(id, index, &job) => supervised.await,
+        };
+        // A run created just before the trainer exited is still found.
+        self.note_run(id, index, &job).await;
+        self.finish(id, index, ended);
+        self.pump();
+    }
+
+    async fn find_run(&self, id: i64, index: usize, job: &Job) {
+        while !self.note_run(id, index, job).await {
+            tokio::time::sleep(FIND_RUN_EVERY).await;
+        }
+    }
+
+    /// Looks the variant's run up in storage; true once it is known.
+    async fn note_run(&self, id: i64, index: usize, job: &Job) -> bool {
+        if self
+            .get(id)
+            .is_ok_and(|r| r.variants[index].run_id.is_some())
+        {
+            return true;
+        }
+        let found = runs::run_of_variant(self.0.store.reader(), &job.group, &job.variant).await;
+        match found {
+            Ok(Some(run)) => {
+                let mut t = self.table();
+                if let Some(entry) = t.launches.get_mut(&id) {
+                    entry.record.variants[index].run_id = Some(run);
+                    self.publish(entry);
+                }
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(launch = id, "looking for a launched run: {e:#}");
+                false
+            }
+        }
+    }
+
+    /// Records how a variant's process ended and frees its slot.
+    fn finish(&self, id: i64, index: usize, ended: Ended) {
+        let mut t = self.table();
+        t.running -= 1;
+        let entry = t
+            .launches
+            .get_mut(&id)
+            .expect("a started variant's launch exists");
+        let stopped = entry.stops.remove(&index).is_some_and(|s| s.is_cancelled());
+        let v = &mut entry.record.variants[index];
+        v.state = match (stopped, ended.success) {
+            (true, _) => VariantState::Cancelled,
+            (false, true) => VariantState::Finished,
+            (false, false) => VariantState::Failed,
+        };
+        v.ended_at = Some(now());
+        if v.state == VariantState::Failed {
+            tracing::warn!(
+                launch = id,
+                variant = v.name,
+                "trainer failed: {}",
+                ended.exit
+            );
+            v.stderr = ended.stderr;
+        }
+        v.exit = Some(ended.exit);
+        self.publish(entry);
+        drop(t);
+        self.0.exited.notify_waiters();
+    }
+}
+
+fn queued(name: String) -> LaunchVariant {
+    LaunchVariant {
+        name,
+        state: VariantState::Queued,
+        run_id: None,
+        started_at: None,
+        ended_at: None,
+        exit: None,
+        stderr: Vec::new(),
+    }
+}
+
+/// Marks the entry's queued variants cancelled; whether there were any.
+fn cancel_queued(entry: &mut Entry) -> bool {
+    let t = now();
+    let mut any = false;
+    for v in &mut entry.record.variants {
+        if v.state == VariantState::Queued {
+            v.state = VariantState::Cancelled;
+            v.ended_at = Some(t);
+            any = true;
+        }
+    }
+    any
+}
+
+/// `<grid>-<unix seconds>`, as `keel ablate` names its groups; the launch id is added when a
+/// launch of the same grid in the same second has the name already.
+fn unique_group(t: &Table, grid: &str, id: i64) -> String {
+    let group = format!("{grid}-{}", now() as u64);
+    if t.launches.values().any(|e| e.record.group == group) {
+        format!("{group}-{id}")
+    } else {
+        group
+    }
+}
+
+fn not_found(id: i64) -> LaunchError {
+    LaunchError::NotFound(format!("launch {id}"))
+}

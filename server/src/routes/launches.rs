@@ -1,0 +1,64 @@
+//! Launching ablation grids: the grids there are, launching one, the launches, cancelling one.
+//!
+//! Launching and cancelling are operator actions (token, or a signed-in session with its CSRF
+//! token). A server started without launching answers every one of these with 404.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use keel_protocol::{GridInfo, LaunchRecord, LaunchRequest};
+
+use crate::AppState;
+use crate::auth::Operator;
+use crate::error::{ApiJson, ApiPath, AppError, AppResult};
+use crate::launches::Launches;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/grids", get(grids))
+        .route("/api/v1/launches", post(launch).get(list))
+        .route("/api/v1/launches/{id}", get(one))
+        .route("/api/v1/launches/{id}/cancel", post(cancel))
+}
+
+fn launches(state: &AppState) -> AppResult<&Launches> {
+    state.launches.as_ref().ok_or_else(|| {
+        AppError::NotFound(
+            "this server does not launch trainers (start it with `keel serve --max-trainers 1` or more)"
+                .into(),
+        )
+    })
+}
+
+async fn grids(State(state): State<AppState>) -> AppResult<Json<Vec<GridInfo>>> {
+    Ok(Json(launches(&state)?.grids().await?))
+}
+
+async fn launch(
+    State(state): State<AppState>,
+    op: Operator,
+    ApiJson(req): ApiJson<LaunchRequest>,
+) -> AppResult<(StatusCode, Json<LaunchRecord>)> {
+    let record = launches(&state)?.launch(req, op.by).await?;
+    Ok((StatusCode::CREATED, Json(record)))
+}
+
+async fn list(State(state): State<AppState>) -> AppResult<Json<Vec<LaunchRecord>>> {
+    Ok(Json(launches(&state)?.list()))
+}
+
+async fn one(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> AppResult<Json<LaunchRecord>> {
+    Ok(Json(launches(&state)?.get(id)?))
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    _op: Operator,
+    ApiPath(id): ApiPath<i64>,
+) -> AppResult<Json<LaunchRecord>> {
+    Ok(Json(launches(&state)?.cancel(id)?))
+}
