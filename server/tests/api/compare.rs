@@ -64,7 +64,7 @@ fn rung(
     id
 }
 
-fn ladder(app: &TestApp, steps: u64) -> [i64; 3] {
+pub fn ladder(app: &TestApp, steps: u64) -> [i64; 3] {
     [
         rung(app, "baseline", "baseline", false, 0.001, steps, 2.0),
         rung(app, "plus-qk-norm", "+qk-norm", true, 0.001, steps, 0.6),

@@ -27,6 +27,9 @@ fn openapi_describes_every_route() {
         "/api/v1/runs/{id}/commands/pending",
         "/api/v1/runs/{id}/commands/{cid}/outcome",
         "/api/v1/runs/{id}/events",
+        "/api/v1/compare.png",
+        "/api/v1/compare.svg",
+        "/api/v1/compare.csv",
     ] {
         assert!(
             paths.contains_key(path),
@@ -35,7 +38,7 @@ fn openapi_describes_every_route() {
     }
     assert_eq!(
         paths.len(),
-        19,
+        22,
         "a route is described that the test does not know"
     );
 }
