@@ -111,5 +111,5 @@ async fn compare_page(
     for id in compare_ids(&state, q.runs.as_deref(), q.group.as_deref()).await? {
         details.push(runs::run_detail(state.store.reader(), id).await?);
     }
-    html(&ComparePage::new(&details, now()))
+    html(&ComparePage::new(&details, q.group.as_deref(), now()))
 }
