@@ -6,8 +6,12 @@
 //!   through HTTP; and the server time of that run's page.
 //! - `memory`: resident memory of a `keel serve` process over 100 runs × 100,000 steps.
 //! - `commands`: command issued → applied by a real proxy-tiny trainer, over HTTP.
+//! - `compare`: the compare page of 20 runs × 100,000 steps and its data, and the comparison
+//!   exported as PNG, SVG and CSV (see [`compare`]).
 //!
 //! `--quick` shrinks every size tenfold for a smoke run. Sizes print with the results.
+
+mod compare;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,7 +24,7 @@ use keel_server::storage::{Store, WriteOp, runs};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Which benchmark: ingest, query, memory or all.
+    /// Which benchmark: ingest, query, memory, commands, compare or all.
     #[arg(default_value = "all")]
     which: String,
     /// Ten times smaller sizes, for a quick check.
@@ -52,6 +56,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if all || args.which == "commands" {
         rt.block_on(commands(&dir))?;
+    }
+    if all || args.which == "compare" {
+        rt.block_on(compare::compare(&dir, scale))?;
     }
     println!("| load average after | {} |", load_average());
     Ok(())
@@ -291,57 +298,69 @@ async fn query(dir: &Path, scale: u64) -> anyhow::Result<()> {
 async fn memory(dir: &Path, scale: u64) -> anyhow::Result<()> {
     let (runs_n, steps) = (100 / scale, 100_000 / scale);
     let path = dir.join("memory.db");
-    {
-        let store = open(&path).await?;
-        let t = Instant::now();
-        for i in 0..runs_n {
-            let run = create(&store, &format!("run-{i}"), 8).await?;
-            let make = |s: u64| {
-                let mut r = StepRecord {
-                    step: s,
-                    time: None,
-                    tokens: Some(s * 1024),
-                    scalars: BTreeMap::new(),
-                    layers: BTreeMap::new(),
-                };
-                r.scalars
-                    .insert("loss".into(), Metric(5.0 / (1.0 + s as f64 / 1000.0)));
-                r.scalars.insert("lr".into(), Metric(0.01));
-                r.layers.insert(
-                    "hidden_var".into(),
-                    (0..8).map(|l| Metric(1.0 + l as f64)).collect(),
-                );
-                r
-            };
-            fill(&store, run, steps, 5000, make).await?;
-        }
-        println!(
-            "| fill: {runs_n} runs × {steps} steps (2 scalars + tokens + 8-layer stat) | {:.0} s |",
-            t.elapsed().as_secs_f64()
-        );
-    }
-    let exe = std::env::current_exe()?;
-    let mut child = std::process::Command::new(exe)
-        .args(["serve", "--addr", "127.0.0.1:0", "--db"])
-        .arg(&path)
-        .env("KEEL_TOKEN", "bench")
-        .env("RUST_LOG", "warn")
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    let result = memory_of(&mut child, runs_n, steps).await;
+    fill_runs(&path, runs_n, steps).await?;
+    let (mut child, url) = serve(&path)?;
+    let result = memory_of(child.id(), url, runs_n, steps).await;
     let _ = child.kill();
     let _ = child.wait();
     result
 }
 
-/// Reads the served address from the child's log, queries every run, then reads its memory.
-async fn memory_of(child: &mut std::process::Child, runs_n: u64, steps: u64) -> anyhow::Result<()> {
+/// Fills `runs_n` runs of `steps` steps each: loss, LR, tokens and an 8-layer `hidden_var`.
+async fn fill_runs(path: &Path, runs_n: u64, steps: u64) -> anyhow::Result<()> {
+    let store = open(path).await?;
+    let t = Instant::now();
+    for i in 0..runs_n {
+        let run = create(&store, &format!("run-{i}"), 8).await?;
+        let make = |s: u64| {
+            let mut r = StepRecord {
+                step: s,
+                time: None,
+                tokens: Some(s * 1024),
+                scalars: BTreeMap::new(),
+                layers: BTreeMap::new(),
+            };
+            r.scalars
+                .insert("loss".into(), Metric(5.0 / (1.0 + s as f64 / 1000.0)));
+            r.scalars.insert("lr".into(), Metric(0.01));
+            // Growing with depth and over the run, as in a drifting proxy: every heatmap
+            // column differs from the last, which is what an image export pays for.
+            let drift = 1.0 + s as f64 / 20_000.0;
+            r.layers.insert(
+                "hidden_var".into(),
+                (0..8).map(|l| Metric((1.0 + l as f64) * drift)).collect(),
+            );
+            r
+        };
+        fill(&store, run, steps, 5000, make).await?;
+    }
+    println!(
+        "| fill: {runs_n} runs × {steps} steps (2 scalars + tokens + 8-layer stat) | {:.0} s |",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Starts `keel serve` over `path` on a free port and returns it with the URL it serves,
+/// read from its log (which a thread then keeps draining).
+fn serve(path: &Path) -> anyhow::Result<(std::process::Child, String)> {
     use std::io::BufRead;
+    let exe = std::env::current_exe()?;
+    let mut child = std::process::Command::new(exe)
+        .args(["serve", "--addr", "127.0.0.1:0", "--db"])
+        .arg(path)
+        .env("KEEL_TOKEN", "bench")
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
     let stderr = child.stderr.take().context("the server's stderr")?;
     let mut lines = std::io::BufReader::new(stderr).lines();
     let url = loop {
-        let line = lines.next().context("the server exited")??;
-        if let Some(rest) = line.split("serving ").nth(1) {
+        let Some(line) = lines.next() else {
+            let _ = child.kill();
+            anyhow::bail!("the server exited");
+        };
+        if let Some(rest) = line?.split("serving ").nth(1) {
             break rest
                 .split_whitespace()
                 .next()
@@ -349,7 +368,12 @@ async fn memory_of(child: &mut std::process::Child, runs_n: u64, steps: u64) -> 
                 .to_owned();
         }
     };
-    let pid = child.id();
+    std::thread::spawn(move || lines.for_each(drop));
+    Ok((child, url))
+}
+
+/// Queries every run of the server at `url` (process `pid`), then reads its memory.
+async fn memory_of(pid: u32, url: String, runs_n: u64, steps: u64) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let agent = ureq::Agent::new_with_defaults();
         agent.get(&format!("{url}/api/v1/runs")).call()?;
@@ -363,7 +387,7 @@ async fn memory_of(child: &mut std::process::Child, runs_n: u64, steps: u64) -> 
                 agent.get(&format!("{url}/api/v1/runs/{id}{path}")).call()?;
             }
         }
-        compare_page(&agent, &url, runs_n.min(20), steps)?;
+        compare::page(&agent, &url, runs_n.min(20), steps)?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         let field = |name: &str| {
             status
@@ -487,39 +511,4 @@ fn time_commands(url: &str) -> anyhow::Result<(Vec<f64>, f64)> {
         median(delivered)
     );
     Ok((latencies, step_ms))
-}
-
-/// The compare page over the first `n` runs: the page itself, and the page plus the data its
-/// script fetches (each run's loss at 600 points and `hidden_var` at 300 columns), medians of 5
-/// over HTTP on loopback.
-fn compare_page(agent: &ureq::Agent, url: &str, n: u64, steps: u64) -> anyhow::Result<()> {
-    let ids: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
-    let page = format!("{url}/compare?runs={}", ids.join(","));
-    let (mut html, mut all) = (Vec::new(), Vec::new());
-    for _ in 0..5 {
-        let t = Instant::now();
-        let body = agent.get(&page).call()?.body_mut().read_to_string()?;
-        anyhow::ensure!(
-            body.contains("run-1"),
-            "the compare page does not name its runs"
-        );
-        html.push(t.elapsed().as_secs_f64() * 1e3);
-        for id in &ids {
-            agent
-                .get(&format!("{url}/api/v1/runs/{id}/scalars/loss?points=600"))
-                .call()?;
-            agent
-                .get(&format!(
-                    "{url}/api/v1/runs/{id}/layers/hidden_var?columns=300"
-                ))
-                .call()?;
-        }
-        all.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    println!(
-        "| compare page of {n} runs × {steps} steps: the page / the page and all its data, median of 5 | {:.1} ms / {:.1} ms |",
-        median(html),
-        median(all)
-    );
-    Ok(())
 }

@@ -2,10 +2,13 @@
 // drawn (one point per pixel, one heatmap column per pixel). Each run keeps one colour
 // everywhere: the index of its row into the theme's series palette.
 //
-// Loss charts reuse LineChart with one series per run, EMA-smoothed here. The depth plot
-// draws each run's per-layer statistic at one step (log y). The heatmaps are drawn on one
-// colour scale: the min and max over every run's fetched matrix. While a run is going the
-// page refetches every few seconds.
+// Loss charts reuse LineChart with one series per run, EMA-smoothed here, over steps or over
+// tokens: each run's `tokens` series is fetched at the same resolution and every bucket
+// gets its run's token count as its x (runs count tokens differently, so one step→x
+// function cannot serve them all). The depth plot draws each run's per-layer statistic at
+// one step (log y). The heatmaps are drawn on one colour scale: the min and max over every
+// run's fetched matrix. While a run is going the page refetches every few seconds. The
+// export links carry the page's options to the server's rendering of the same comparison.
 
 import { LineChart } from "./linechart.js";
 import { colorOf, fitScale, valueAt, colorAt } from "./colormap.js";
@@ -30,6 +33,7 @@ for (const sw of document.querySelectorAll(".swatch[data-index]")) {
 
 const smoothing = document.getElementById("smoothing");
 const smoothingValue = document.getElementById("smoothing-value");
+const xAxis = { mode: "steps", tokens: new Map() };
 
 // Exponential moving average with weight `a` on the past; non-finite values pass through
 // unsmoothed (and do not poison the average), so a NaN still shows.
@@ -55,13 +59,34 @@ const lossCharts = [...document.querySelectorAll(".charts figure.chart")].map((f
   return { key: fig.dataset.key, chart, raw: new Map() };
 });
 
+// Tokens seen at `step` by a run whose counts are `t` ({step, value}), interpolated between
+// the known counts and held at the ends.
+export function tokensAt(t, step) {
+  const { step: xs, value: ys } = t;
+  let lo = 0, hi = xs.length - 1;
+  if (step <= xs[0]) return ys[0];
+  if (step >= xs[hi]) return ys[hi];
+  while (hi - lo > 1) {
+    const mid = (lo + hi) >> 1;
+    if (xs[mid] <= step) lo = mid;
+    else hi = mid;
+  }
+  return ys[lo] + ((ys[hi] - ys[lo]) * (step - xs[lo])) / (xs[hi] - xs[lo]);
+}
+
 function smooth(c) {
   const a = Number(smoothing.value);
+  const byTokens = xAxis.mode === "tokens";
+  c.chart.xName = byTokens ? "tokens" : "step";
   for (const r of runs) {
     const s = c.raw.get(r.id);
     if (!s) continue;
     const m = ema(s.mean, a);
-    c.chart.set(r.name, { step: s.step, min: m, max: m, mean: m });
+    const t = xAxis.tokens.get(r.id);
+    if (!byTokens) c.chart.set(r.name, { step: s.step, min: m, max: m, mean: m });
+    // A run without token counts has no place on a tokens axis.
+    else if (!t || !t.step.length) c.chart.set(r.name, { step: [], min: [], max: [], mean: [] });
+    else c.chart.set(r.name, { step: s.step, x: s.step.map((st) => tokensAt(t, st)), min: m, max: m, mean: m });
   }
   c.chart.draw();
 }
@@ -77,6 +102,16 @@ async function loadLosses() {
       );
     }
   }
+  // Token counts at the loss chart's resolution, for the tokens axis.
+  const w = lossCharts[0].chart.width();
+  for (const r of runs) {
+    if (!r.scalars.includes("tokens")) continue;
+    jobs.push(
+      getJSON(`/api/v1/runs/${r.id}/scalars/tokens?points=${w}`).then((s) =>
+        xAxis.tokens.set(r.id, { step: s.step, value: s.min.map(num) }),
+      ),
+    );
+  }
   await Promise.all(jobs);
   lossCharts.forEach(smooth);
 }
@@ -84,7 +119,40 @@ async function loadLosses() {
 smoothing.addEventListener("input", () => {
   smoothingValue.textContent = Number(smoothing.value).toFixed(2);
   lossCharts.forEach(smooth);
+  exportLinks();
 });
+
+for (const b of document.querySelectorAll("#x-axis button")) {
+  b.addEventListener("click", () => {
+    xAxis.mode = b.dataset.x;
+    for (const o of document.querySelectorAll("#x-axis button")) {
+      o.setAttribute("aria-pressed", String(o === b));
+    }
+    lossCharts.forEach(smooth);
+    exportLinks();
+  });
+}
+
+// The loss chart's log button (its own listener, added first, has flipped it already).
+document.querySelector("#chart-loss [data-log]")?.addEventListener("click", () => exportLinks());
+
+// --- Export --------------------------------------------------------------------------------
+
+// The export links: the runs of the page and its current options, for the server to draw
+// the same comparison (PNG, SVG) or write the loss of every run as one table (CSV).
+function exportLinks() {
+  const q = new URLSearchParams(boot.export);
+  const figure = new URLSearchParams(q);
+  figure.set("x", xAxis.mode);
+  figure.set("smooth", Number(smoothing.value).toFixed(2));
+  if (lossCharts[0]?.chart.log) figure.set("log", "1");
+  if (statSelect) figure.set("stat", statSelect.value);
+  if (stepInput && !profile.follow) figure.set("step", stepInput.value);
+  for (const format of ["png", "svg"]) {
+    document.getElementById(`export-${format}`).href = `/api/v1/compare.${format}?${figure}`;
+  }
+  document.getElementById("export-csv").href = `/api/v1/compare.csv?${q}`;
+}
 
 // --- Depth profile ----------------------------------------------------------------------
 
@@ -203,6 +271,7 @@ function drawProfile() {
 }
 
 statSelect?.addEventListener("change", () => {
+  exportLinks();
   loadProfile().catch(report);
   loadHeatmaps().catch(report);
 });
@@ -211,9 +280,13 @@ stepInput?.addEventListener("input", () => {
   latest.setAttribute("aria-pressed", String(profile.follow));
   syncStepInput();
 });
-stepInput?.addEventListener("change", () => loadProfile().catch(report));
+stepInput?.addEventListener("change", () => {
+  exportLinks();
+  loadProfile().catch(report);
+});
 latest?.addEventListener("click", () => {
   profile.follow = true;
+  exportLinks();
   latest.setAttribute("aria-pressed", "true");
   syncStepInput();
   loadProfile().catch(report);
@@ -343,6 +416,7 @@ const going = () => runs.some((r) => r.status === "running" || r.status === "pau
 
 async function start() {
   syncStepInput();
+  exportLinks();
   await Promise.all([loadLosses(), loadProfile(), loadHeatmaps()]);
   connState(going() ? "live" : "closed");
   root.dataset.ready = "1";

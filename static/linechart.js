@@ -49,10 +49,17 @@ export class LineChart {
     return Math.max(50, Math.floor(this.canvas.clientWidth) - M.l - M.r);
   }
 
-  // Replaces a series with a query answer (values already decoded to numbers).
+  // Replaces a series with a query answer (values already decoded to numbers). `s.x`, when
+  // given, holds the series' own x value of each bucket (a run's tokens at that step, say),
+  // in place of `toX(step)`: on the compare page every run counts its tokens differently.
   set(key, s) {
-    this.series.set(key, { step: s.step, min: s.min, max: s.max, mean: s.mean });
+    this.series.set(key, { step: s.step, min: s.min, max: s.max, mean: s.mean, x: s.x });
     this.renderLegend();
+  }
+
+  // The x of bucket i of series s.
+  xOf(s, i) {
+    return s.x ? s.x[i] : this.toX(s.step[i]);
   }
 
   // Makes room for a series before its data arrives, so series keep their colours.
@@ -72,6 +79,7 @@ export class LineChart {
     }
     if (s.step.length && step <= s.step[s.step.length - 1]) return;
     s.step.push(step);
+    if (s.x) s.x.push(this.toX(step));
     s.min.push(v);
     s.max.push(v);
     s.mean.push(v);
@@ -110,8 +118,8 @@ export class LineChart {
     for (const s of this.series.values()) {
       const n = s.step.length;
       if (!n) continue;
-      x0 = Math.min(x0, this.toX(s.step[0]));
-      x1 = Math.max(x1, this.toX(s.step[n - 1]));
+      x0 = Math.min(x0, this.xOf(s, 0));
+      x1 = Math.max(x1, this.xOf(s, n - 1));
       for (let i = 0; i < n; i++) {
         const lo = s.min[i], hi = s.max[i];
         if (Number.isFinite(lo) && (!this.log || lo > 0)) y0 = Math.min(y0, lo);
@@ -148,6 +156,8 @@ export class LineChart {
     const ly = (v) => (d.log ? Math.log(v) : v);
     const py = (v) => M.t + ph - ((ly(v) - ly(d.y0)) / (ly(d.y1) - ly(d.y0))) * ph;
     this.axes(ctx, t, d, px, py, pw, ph);
+    // What the x axis shows, and how far it reaches, for whoever inspects the page.
+    Object.assign(this.canvas.dataset, { x: this.xName, x1: String(d.x1) });
     ctx.save();
     ctx.beginPath();
     ctx.rect(M.l, M.t, pw, ph);
@@ -182,6 +192,9 @@ export class LineChart {
     for (const v of ticks(d.x0, d.x1, Math.max(2, Math.floor(pw / 90)))) {
       ctx.fillText(short(v), px(v), M.t + ph + 6);
     }
+    // The axis name under the value labels, left of the first tick.
+    ctx.textAlign = "right";
+    ctx.fillText(this.xName, M.l - 6, M.t + ph + 6);
     ctx.strokeRect(M.l + 0.5, M.t + 0.5, pw, ph);
   }
 
@@ -283,8 +296,8 @@ export class LineChart {
       ctx.fillStyle = t.band;
       for (let i = 0; i < n; i++) {
         if (!ok(s.min[i]) || !ok(s.max[i]) || s.min[i] === s.max[i]) continue;
-        const x0 = px(this.toX(s.step[i]));
-        const x1 = i + 1 < n ? px(this.toX(s.step[i + 1])) : x0 + 1;
+        const x0 = px(this.xOf(s, i));
+        const x1 = i + 1 < n ? px(this.xOf(s, i + 1)) : x0 + 1;
         const y1 = py(s.min[i]), y0 = py(s.max[i]);
         ctx.fillRect(x0, y0, Math.max(1, x1 - x0), Math.max(1, y1 - y0));
       }
@@ -299,7 +312,7 @@ export class LineChart {
         pen = false;
         continue;
       }
-      const x = px(this.toX(s.step[i])), y = py(v);
+      const x = px(this.xOf(s, i)), y = py(v);
       if (pen) ctx.lineTo(x, y);
       else ctx.moveTo(x, y);
       pen = true;
@@ -311,7 +324,7 @@ export class LineChart {
     ctx.lineWidth = 1;
     for (let i = 0; i < n; i++) {
       if (Number.isFinite(s.max[i]) && Number.isFinite(s.mean[i])) continue;
-      const x = Math.round(px(this.toX(s.step[i]))) + 0.5;
+      const x = Math.round(px(this.xOf(s, i))) + 0.5;
       ctx.beginPath();
       ctx.moveTo(x - 5, M.t);
       ctx.lineTo(x + 5, M.t);
@@ -342,7 +355,7 @@ export class LineChart {
     const parts = [];
     let at = null;
     for (const [k, s] of this.series) {
-      const i = nearest(s.step.map(this.toX), x);
+      const i = nearest(s.step.map((_, j) => this.xOf(s, j)), x);
       if (i < 0) continue;
       at ??= s.step[i];
       parts.push(`${k} ${metric(s.mean[i])}`);

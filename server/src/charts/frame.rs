@@ -15,6 +15,8 @@ pub struct Frame {
     pub x: (f64, f64),
     pub y: (f64, f64),
     pub log_y: bool,
+    /// Ticks on x only at whole numbers (layers).
+    pub whole_x: bool,
 }
 
 pub fn fail(e: impl std::fmt::Display) -> String {
@@ -37,7 +39,8 @@ impl Frame {
         self.bottom - (f * (self.bottom - self.top) as f64).round() as i32
     }
 
-    /// Border, step ticks below, value ticks at the left (`y_ticks`, already labelled).
+    /// Border, ticks below (named `x_name` unless it is empty), value ticks at the left
+    /// (`y_ticks`, already labelled).
     pub fn axes<DB: DrawingBackend>(
         &self,
         area: &DrawingArea<DB, Shift>,
@@ -53,7 +56,10 @@ impl Frame {
         if !text {
             return Ok(());
         }
-        for t in ticks(self.x.0, self.x.1, 6) {
+        // About one label per 100 px, so narrow plots do not crowd theirs.
+        let n = ((self.right - self.left) / 100).clamp(2, 6) as usize;
+        let whole = |t: &f64| !self.whole_x || t.fract() == 0.0;
+        for t in ticks(self.x.0, self.x.1, n).into_iter().filter(whole) {
             let x = self.px(t);
             let tick = PathElement::new([(x, self.bottom), (x, self.bottom + 4)], ink::GRID);
             area.draw(&tick).map_err(fail)?;
@@ -64,13 +70,15 @@ impl Frame {
                 Pos::new(HPos::Center, VPos::Top),
             )?;
         }
-        let mid = (self.left + self.right) / 2;
-        label(
-            area,
-            x_name,
-            (mid, self.bottom + 22),
-            Pos::new(HPos::Center, VPos::Top),
-        )?;
+        if !x_name.is_empty() {
+            let mid = (self.left + self.right) / 2;
+            label(
+                area,
+                x_name,
+                (mid, self.bottom + 22),
+                Pos::new(HPos::Center, VPos::Top),
+            )?;
+        }
         for (v, s) in y_ticks {
             let y = self.py(*v);
             let tick = PathElement::new([(self.left - 4, y), (self.left, y)], ink::GRID);
@@ -97,12 +105,11 @@ pub fn label<DB: DrawingBackend>(
     area.draw(&Text::new(s.to_owned(), at, style)).map_err(fail)
 }
 
-/// A chart's title, top left.
-pub fn title<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, s: &str, x: i32) -> Drawn {
+/// A title (a chart's, or a panel's in a figure), its top left corner at `at`.
+pub fn title<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, s: &str, at: (i32, i32)) -> Drawn {
     let style = ("sans-serif", 15)
         .into_font()
         .color(&ink::TEXT)
         .pos(Pos::new(HPos::Left, VPos::Top));
-    area.draw(&Text::new(s.to_owned(), (x, 8), style))
-        .map_err(fail)
+    area.draw(&Text::new(s.to_owned(), at, style)).map_err(fail)
 }

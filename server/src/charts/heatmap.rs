@@ -64,6 +64,7 @@ impl Chart for Heatmap<'_> {
             x,
             y: (0.0, m.layers.max(1) as f64),
             log_y: false,
+            whole_x: false,
         };
         let scale = Scale::fit(m.max.iter().flatten().map(|v| v.get()));
         area.draw(&Rectangle::new(
@@ -72,8 +73,13 @@ impl Chart for Heatmap<'_> {
         ))
         .map_err(fail)?;
         if let Some(scale) = scale {
-            self.cells(area, &frame, &ends, &scale)?;
-            legend(area, &frame, &scale, text)?;
+            cells(area, &frame, &m.step, &ends, &m.max, &scale)?;
+            colour_bar(
+                area,
+                (frame.right + 16, frame.top, frame.bottom),
+                &scale,
+                text,
+            )?;
         }
         let y_ticks: Vec<(f64, String)> = layer_ticks(m.layers)
             .into_iter()
@@ -81,7 +87,7 @@ impl Chart for Heatmap<'_> {
             .collect();
         frame.axes(area, text, "step", &y_ticks)?;
         if text {
-            title(area, self.title, LEFT)?;
+            title(area, self.title, (LEFT, 8))?;
             if scale.is_none() {
                 let mid = (
                     (frame.left + frame.right) / 2,
@@ -94,28 +100,57 @@ impl Chart for Heatmap<'_> {
     }
 }
 
-impl Heatmap<'_> {
-    fn cells<DB: DrawingBackend>(
-        &self,
-        area: &DrawingArea<DB, Shift>,
-        frame: &Frame,
-        ends: &[u64],
-        scale: &Scale,
-    ) -> Drawn {
-        for (i, column) in self.m.max.iter().enumerate() {
-            let x0 = frame.px(self.m.step[i] as f64);
+/// Colours the cells of a layer × step matrix inside `frame`: column i spans
+/// `steps[i]..ends[i]`, row l the layer l (layer 0 at the bottom). Neighbouring cells of one
+/// row that come out the same colour are drawn as one rectangle, which keeps an SVG of a
+/// slowly changing statistic several times smaller and draws the same pixels.
+pub(super) fn cells<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    frame: &Frame,
+    steps: &[u64],
+    ends: &[u64],
+    rows: &[Vec<Metric>],
+    scale: &Scale,
+) -> Drawn {
+    let layers = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let xs: Vec<(i32, i32)> = steps
+        .iter()
+        .zip(ends)
+        .map(|(s, e)| {
+            let x0 = frame.px(*s as f64);
             // At least one pixel wide: a lone spike bucket must not vanish between pixels.
-            let x1 = frame.px(ends[i] as f64).max(x0 + 1);
-            for (layer, v) in column.iter().enumerate() {
-                let y0 = frame.py(layer as f64 + 1.0);
-                let y1 = frame.py(layer as f64);
-                let [r, g, b] = scale.color(Metric::get(*v));
-                let cell = Rectangle::new([(x0, y0), (x1, y1)], RGBColor(r, g, b).filled());
-                area.draw(&cell).map_err(fail)?;
+            (x0, frame.px(*e as f64).max(x0 + 1))
+        })
+        .collect();
+    for layer in 0..layers {
+        let (y0, y1) = (frame.py(layer as f64 + 1.0), frame.py(layer as f64));
+        let mut pending: Option<(i32, i32, [u8; 3])> = None;
+        for (column, &(x0, x1)) in rows.iter().zip(&xs) {
+            let Some(v) = column.get(layer) else { continue };
+            let colour = scale.color(v.get());
+            match &mut pending {
+                Some((_, end, c)) if *c == colour && x0 <= *end => *end = x1,
+                slot => {
+                    if let Some(done) = slot.replace((x0, x1, colour)) {
+                        cell(area, done, (y0, y1))?;
+                    }
+                }
             }
         }
-        Ok(())
+        if let Some(done) = pending {
+            cell(area, done, (y0, y1))?;
+        }
     }
+    Ok(())
+}
+
+fn cell<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    (x0, x1, [r, g, b]): (i32, i32, [u8; 3]),
+    (y0, y1): (i32, i32),
+) -> Drawn {
+    let rect = Rectangle::new([(x0, y0), (x1, y1)], RGBColor(r, g, b).filled());
+    area.draw(&rect).map_err(fail)
 }
 
 /// Which layers get a label: all of a few, else about eight evenly spaced.
@@ -126,15 +161,15 @@ fn layer_ticks(layers: u32) -> Vec<u32> {
         .collect()
 }
 
-/// The colour bar at the right with its range, and swatches for NaN and ±Inf.
-fn legend<DB: DrawingBackend>(
+/// The colour bar with its range, and under it swatches for NaN and ±Inf: 14 px wide at `x`
+/// (labels to its right), from `top` down to `end` (the swatches take the last 44 px).
+pub(super) fn colour_bar<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
-    frame: &Frame,
+    (x, top, end): (i32, i32, i32),
     scale: &Scale,
     text: bool,
 ) -> Drawn {
-    let x = frame.right + 16;
-    let (top, bottom) = (frame.top, frame.bottom - 44);
+    let bottom = end - 44;
     let slices = 64;
     for k in 0..slices {
         let y0 = bottom - (bottom - top) * (k + 1) / slices;
@@ -144,7 +179,7 @@ fn legend<DB: DrawingBackend>(
         area.draw(&slice).map_err(fail)?;
     }
     for (i, [r, g, b]) in [colormap::NAN, colormap::INF].into_iter().enumerate() {
-        let y = frame.bottom - 34 + i as i32 * 18;
+        let y = end - 34 + i as i32 * 18;
         let swatch = Rectangle::new([(x, y), (x + 14, y + 12)], RGBColor(r, g, b).filled());
         area.draw(&swatch).map_err(fail)?;
     }
@@ -157,8 +192,8 @@ fn legend<DB: DrawingBackend>(
     label(area, &short(scale.lo), at(bottom), left(VPos::Bottom))?;
     let kind = if scale.log { "log" } else { "linear" };
     label(area, kind, at((top + bottom) / 2), left(VPos::Center))?;
-    label(area, "NaN", at(frame.bottom - 28), left(VPos::Center))?;
-    label(area, "±∞", at(frame.bottom - 10), left(VPos::Center))
+    label(area, "NaN", at(end - 28), left(VPos::Center))?;
+    label(area, "±∞", at(end - 10), left(VPos::Center))
 }
 
 #[cfg(test)]

@@ -53,6 +53,7 @@ impl Chart for Line<'_> {
             x,
             y: (lo, hi),
             log_y: false,
+            whole_x: false,
         };
         self.band(area, &frame, &ends)?;
         self.mean_line(area, &frame)?;
@@ -63,7 +64,7 @@ impl Chart for Line<'_> {
             .collect();
         frame.axes(area, text, "step", &y_ticks)?;
         if text {
-            title(area, self.title, frame.left)?;
+            title(area, self.title, (frame.left, 8))?;
         }
         Ok(())
     }
@@ -101,20 +102,9 @@ impl Line<'_> {
 
     /// The means, broken wherever a mean is not finite.
     fn mean_line<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>, f: &Frame) -> Drawn {
-        let mut run: Vec<(i32, i32)> = Vec::new();
         let points = self.s.step.iter().zip(&self.s.mean);
-        for (step, mean) in points {
-            let v = mean.get();
-            if v.is_finite() {
-                run.push((f.px(*step as f64), f.py(v)));
-                continue;
-            }
-            let done = std::mem::take(&mut run);
-            area.draw(&PathElement::new(done, ink::LINE.stroke_width(2)))
-                .map_err(fail)?;
-        }
-        area.draw(&PathElement::new(run, ink::LINE.stroke_width(2)))
-            .map_err(fail)
+        let points = points.map(|(step, mean)| (*step as f64, mean.get()));
+        broken_line(area, f, points, ink::LINE.stroke_width(2), false)
     }
 
     fn markers<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>, f: &Frame) -> Drawn {
@@ -123,13 +113,60 @@ impl Line<'_> {
             if self.s.max[i].get().is_finite() && self.s.mean[i].get().is_finite() {
                 continue;
             }
-            let x = f.px(*step as f64);
-            let tip = [(x - 5, f.top + 1), (x + 5, f.top + 1), (x, f.top + 10)];
-            area.draw(&Polygon::new(tip, RGBColor(r, g, b).filled()))
-                .map_err(fail)?;
-            let rule = PathElement::new([(x, f.top + 10), (x, f.bottom)], RGBColor(r, g, b));
-            area.draw(&rule).map_err(fail)?;
+            marker(area, f, f.px(*step as f64), RGBColor(r, g, b).into())?;
         }
         Ok(())
     }
+}
+
+/// A line through `points` (data coordinates), broken wherever a point cannot be drawn: a
+/// value that is not finite, or not above zero on a log axis; a point left alone between
+/// two breaks is a dot. `dashed` tells apart the series that share a colour.
+pub(super) fn broken_line<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    f: &Frame,
+    points: impl IntoIterator<Item = (f64, f64)>,
+    style: ShapeStyle,
+    dashed: bool,
+) -> Drawn {
+    let drawable = |x: f64, y: f64| x.is_finite() && y.is_finite() && (!f.log_y || y > 0.0);
+    let mut run: Vec<(i32, i32)> = Vec::new();
+    let mut pieces = Vec::new();
+    for (x, y) in points {
+        if drawable(x, y) {
+            run.push((f.px(x), f.py(y)));
+        } else if !run.is_empty() {
+            pieces.push(std::mem::take(&mut run));
+        }
+    }
+    pieces.push(run);
+    for piece in pieces.into_iter().filter(|p| !p.is_empty()) {
+        // A point between two gaps would draw nothing as a line: a dot instead.
+        if let [only] = piece[..] {
+            area.draw(&Circle::new(only, 2, style.filled()))
+                .map_err(fail)?;
+        } else if dashed {
+            let path = plotters::element::DashedPathElement::new(piece, 6, 4, style);
+            area.draw(&path).map_err(fail)?;
+        } else {
+            area.draw(&PathElement::new(piece, style)).map_err(fail)?;
+        }
+    }
+    Ok(())
+}
+
+/// The mark of a non-finite value at pixel column `x`: a red triangle hanging from the top
+/// of the frame and a thin rule in `rule` down to its bottom, never silently a gap.
+pub(super) fn marker<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    f: &Frame,
+    x: i32,
+    rule: ShapeStyle,
+) -> Drawn {
+    let [r, g, b] = INF;
+    let tip = [(x - 5, f.top + 1), (x + 5, f.top + 1), (x, f.top + 10)];
+    area.draw(&Polygon::new(tip, RGBColor(r, g, b).filled()))
+        .map_err(fail)?;
+    let rule = PathElement::new([(x, f.top + 10), (x, f.bottom)], rule);
+    area.draw(&rule).map_err(fail)
 }

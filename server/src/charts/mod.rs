@@ -1,7 +1,8 @@
-//! Charts rendered on the server with plotters, as PNG or SVG: layer heatmaps and scalar
-//! series, for reports and for readers without JavaScript.
+//! Charts rendered on the server with plotters, as PNG or SVG: layer heatmaps, scalar
+//! series and the whole comparison of several runs, for reports and for readers without
+//! JavaScript.
 //!
-//! They draw what a series query answered ([`LayerMatrix`], [`ScalarSeries`]) and never query
+//! They draw what series queries answered ([`LayerMatrix`], [`ScalarSeries`]) and never query
 //! anything themselves. Heatmaps colour each bucket by its `max`, so a one-step spike shows at
 //! every zoom, with the scale of [`colormap`] that the browser shares.
 //!
@@ -11,6 +12,7 @@
 //! an SVG keeps its text, which the viewer's own fonts render.
 
 pub mod colormap;
+pub mod compare;
 mod frame;
 mod heatmap;
 mod line;
@@ -55,6 +57,12 @@ pub fn heatmap(m: &LayerMatrix, title: &str, format: Format) -> anyhow::Result<V
 /// A line chart of `s` (mean per bucket, min–max band, markers at non-finite buckets).
 pub fn scalar_chart(s: &ScalarSeries, title: &str, format: Format) -> anyhow::Result<Vec<u8>> {
     render(format, &line::Line { s, title })
+}
+
+/// The comparison figure of [`compare::Comparison`]: loss curves, depth profiles and
+/// heatmaps of several runs, on the layout it was built with.
+pub fn comparison(c: &compare::Comparison, format: Format) -> anyhow::Result<Vec<u8>> {
+    render(format, c)
 }
 
 /// What a chart's drawing returns: plotters' error, made printable.
@@ -146,6 +154,17 @@ pub(crate) mod ink {
     pub const EMPTY: RGBColor = RGBColor(236, 238, 242);
     pub const LINE: RGBColor = RGBColor(37, 99, 235);
     pub const BAND: RGBColor = RGBColor(191, 208, 247);
+    /// One colour per run, in run order: the light theme's `--series` of `static/keel.css`,
+    /// so a run has the same colour on the compare page and in its exported figure.
+    pub const SERIES: [RGBColor; 7] = [
+        RGBColor(0x25, 0x63, 0xeb),
+        RGBColor(0xe8, 0x71, 0x0a),
+        RGBColor(0x0f, 0x9d, 0x58),
+        RGBColor(0x93, 0x34, 0xe6),
+        RGBColor(0xc5, 0x22, 0x1f),
+        RGBColor(0x12, 0xa4, 0xaf),
+        RGBColor(0xb0, 0x87, 0x0a),
+    ];
 }
 
 /// About `n` round values spanning `[lo, hi]` (1, 2 or 5 times a power of ten apart).
@@ -163,6 +182,31 @@ pub fn ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
     let first = (lo / step).ceil() as i64;
     let last = (hi / step).floor() as i64;
     (first..=last).map(|i| i as f64 * step).collect()
+}
+
+/// Round values for a log axis in `[lo, hi]` (both above zero): 1, 2 and 5 times powers of
+/// ten over a few decades, powers of ten alone over more. Where fewer than two of those fit
+/// (a range inside one decade), the round values of a linear axis instead, which the
+/// browser's `logTicks` does not do: it labels the ends.
+pub fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    if !(lo > 0.0 && hi >= lo && hi.is_finite()) {
+        return ticks(lo, hi, 4);
+    }
+    let (e0, e1) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
+    let mult: &[f64] = if e1 - e0 <= 3 {
+        &[1.0, 2.0, 5.0]
+    } else {
+        &[1.0]
+    };
+    let out: Vec<f64> = (e0..=e1)
+        .flat_map(|e| mult.iter().map(move |m| m * 10f64.powi(e)))
+        .filter(|v| *v >= lo && *v <= hi)
+        .collect();
+    if out.len() >= 2 {
+        out
+    } else {
+        ticks(lo, hi, 4)
+    }
 }
 
 /// A short label: `12`, `0.0031`, `2.5e-5`, `1.2M`; `NaN`, `∞`.
@@ -206,6 +250,42 @@ mod tests {
         );
         assert_eq!(ticks(3.0, 9.0, 3), vec![4.0, 6.0, 8.0]);
         assert_eq!(ticks(5.0, 5.0, 4), vec![5.0]);
+    }
+
+    #[test]
+    fn log_ticks_are_round_decades_or_linear_inside_one_decade() {
+        assert_eq!(log_ticks(0.5, 30.0), vec![0.5, 1.0, 2.0, 5.0, 10.0, 20.0]);
+        let wide = log_ticks(1e-3, 1e3);
+        let want = [1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0, 1000.0];
+        assert_eq!(wide.len(), want.len());
+        assert!(
+            wide.iter()
+                .zip(want)
+                .all(|(a, b)| (a / b - 1.0).abs() < 1e-12)
+        );
+        // 2.5 to 5.6 holds only the 5: linear ticks instead.
+        assert_eq!(log_ticks(2.5, 5.6), vec![3.0, 4.0, 5.0]);
+    }
+
+    /// The colours of `--series` in the light theme of keel.css.
+    #[test]
+    fn the_page_and_the_figures_give_runs_the_same_colours() {
+        let css = include_str!("../../../static/keel.css");
+        let line = css
+            .lines()
+            .find(|l| l.trim_start().starts_with("--series:"))
+            .expect("keel.css defines --series");
+        let hex: Vec<String> = line
+            .split(['#', ',', ';'])
+            .skip(1)
+            .map(|s| s.trim().to_owned())
+            .filter(|s| s.len() == 6)
+            .collect();
+        let ours: Vec<String> = ink::SERIES
+            .iter()
+            .map(|c| format!("{:02x}{:02x}{:02x}", c.0, c.1, c.2))
+            .collect();
+        assert_eq!(hex, ours);
     }
 
     #[test]

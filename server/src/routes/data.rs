@@ -30,7 +30,7 @@ const MAX_BATCH: usize = 100_000;
 const MAX_SERIES_PER_STEP: usize = 1000;
 const MAX_KEY: usize = 128;
 /// Most buckets one query may ask for.
-const MAX_BUCKETS: u64 = 100_000;
+pub const MAX_BUCKETS: u64 = 100_000;
 
 /// Series names the server fills from a step's own fields.
 const IMPLICIT: [&str; 2] = ["time", "tokens"];

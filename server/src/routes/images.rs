@@ -1,4 +1,5 @@
-//! Charts as images: `…/layers/{stat}.png|.svg` and `…/scalars/{key}.png|.svg`. The series
+//! Charts as images: `…/layers/{stat}.png|.svg` and `…/scalars/{key}.png|.svg` (the whole
+//! comparison of several runs is drawn by `compare`). The series
 //! routes in `data` hand over when the name ends in an image format; the query is the same as
 //! for the JSON answer, and so are its refusals.
 
@@ -44,7 +45,8 @@ pub async fn image(
     Ok((headers, bytes).into_response())
 }
 
-async fn blocking(
+/// Runs CPU-bound drawing and encoding on the blocking pool.
+pub async fn blocking(
     f: impl FnOnce() -> anyhow::Result<Vec<u8>> + Send + 'static,
 ) -> AppResult<Vec<u8>> {
     let bytes = tokio::task::spawn_blocking(f)

@@ -3,6 +3,7 @@
 //! never compressed), and the static files of the pages.
 
 mod commands;
+mod compare;
 mod data;
 mod images;
 mod launches;
@@ -31,6 +32,7 @@ pub fn router(state: AppState) -> Router {
         .merge(meta::router())
         .merge(runs::router())
         .merge(data::router())
+        .merge(compare::router())
         .merge(live::router())
         .merge(commands::router())
         .merge(launches::router())

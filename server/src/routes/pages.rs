@@ -13,8 +13,8 @@ use axum::routing::get;
 
 use crate::AppState;
 use crate::error::{AppError, AppResult};
+use crate::routes::compare::compare_ids;
 use crate::storage::{now, runs};
-use crate::views::compare::MAX_RUNS;
 use crate::views::{ComparePage, LaunchPanel, RunPage, RunsPage, RunsTablePartial};
 
 pub fn router() -> Router<AppState> {
@@ -106,56 +106,6 @@ struct CompareQuery {
     group: Option<String>,
 }
 
-/// The ids of `runs=1,2,3`: a malformed list is a 400, never an empty comparison.
-fn parse_ids(list: &str) -> Result<Vec<i64>, AppError> {
-    let bad = || {
-        AppError::BadRequest(format!(
-            "`runs` must be run ids separated by commas, not `{list}`"
-        ))
-    };
-    let mut ids: Vec<i64> = Vec::new();
-    for part in list.split(',') {
-        let id: i64 = part.trim().parse().map_err(|_| bad())?;
-        if !ids.contains(&id) {
-            ids.push(id);
-        }
-    }
-    Ok(ids)
-}
-
-/// The runs a comparison shows: the listed ids, or every run of the group in creation order.
-async fn compare_ids(state: &AppState, q: &CompareQuery) -> Result<Vec<i64>, AppError> {
-    let ids = match (&q.runs, &q.group) {
-        (Some(list), None) => parse_ids(list)?,
-        (None, Some(group)) => {
-            let rows = runs::list_runs(state.store.reader()).await?;
-            let mut ids: Vec<i64> = rows
-                .iter()
-                .map(|r| r.summary())
-                .filter(|s| s.group.as_deref() == Some(group.as_str()))
-                .map(|s| s.id)
-                .collect();
-            if ids.is_empty() {
-                return Err(AppError::NotFound(format!("group {group} not found")));
-            }
-            ids.sort();
-            ids
-        }
-        _ => {
-            return Err(AppError::BadRequest(
-                "give either `runs=1,2,3` or `group=NAME`".into(),
-            ));
-        }
-    };
-    if ids.len() > MAX_RUNS {
-        return Err(AppError::BadRequest(format!(
-            "at most {MAX_RUNS} runs can be compared, not {}",
-            ids.len()
-        )));
-    }
-    Ok(ids)
-}
-
 async fn compare_page(
     State(state): State<AppState>,
     query: Result<axum::extract::Query<CompareQuery>, axum::extract::rejection::QueryRejection>,
@@ -163,8 +113,8 @@ async fn compare_page(
     let axum::extract::Query(q) = query.map_err(|r| AppError::BadRequest(r.body_text()))?;
     let mut details = Vec::new();
     // Sequential reads: at most twenty small ones, and a missing run stops at once (404).
-    for id in compare_ids(&state, &q).await? {
+    for id in compare_ids(&state, q.runs.as_deref(), q.group.as_deref()).await? {
         details.push(runs::run_detail(state.store.reader(), id).await?);
     }
-    html(&ComparePage::new(&details, now()))
+    html(&ComparePage::new(&details, q.group.as_deref(), now()))
 }

@@ -25,6 +25,11 @@ pub struct ComparePage {
     pub same: usize,
     pub stats: Vec<String>,
     pub sources: Vec<String>,
+    /// Whether some run reports token counts (the tokens x axis).
+    pub tokens: bool,
+    /// The runs as an export query (`runs=1,2,3` or `group=NAME`, URL-encoded): the export
+    /// links start from it and the script adds the page's options.
+    pub export: String,
     /// JSON for the page script.
     pub boot: String,
 }
@@ -42,7 +47,8 @@ pub struct DiffRow {
 }
 
 impl ComparePage {
-    pub fn new(details: &[RunDetail], now: f64) -> ComparePage {
+    /// The page of `details`; `group` when the runs were picked as a group.
+    pub fn new(details: &[RunDetail], group: Option<&str>, now: f64) -> ComparePage {
         let mut stats: Vec<String> = Vec::new();
         let mut scalars: Vec<String> = Vec::new();
         for d in details {
@@ -61,13 +67,20 @@ impl ComparePage {
         let sources = sources(&scalars);
         let configs: Vec<&Value> = details.iter().map(|d| &d.config).collect();
         let (diff, same) = config_diff(&configs);
+        let export = match group {
+            Some(g) => format!("group={}", url_encode(g)),
+            None => {
+                let ids: Vec<String> = details.iter().map(|d| d.summary.id.to_string()).collect();
+                format!("runs={}", ids.join(","))
+            }
+        };
         let boot = json!({
             "runs": details.iter().map(|d| json!({
                 "id": d.summary.id, "name": d.summary.name, "layers": d.summary.layers,
                 "status": d.summary.status, "last_step": d.summary.last_step,
                 "scalars": d.scalars, "layer_stats": d.layer_stats,
             })).collect::<Vec<_>>(),
-            "stats": stats, "sources": sources,
+            "stats": stats, "sources": sources, "export": export,
         });
         ComparePage {
             runs: details
@@ -83,9 +96,24 @@ impl ComparePage {
             same,
             stats,
             sources,
+            tokens: scalars.iter().any(|s| s == "tokens"),
+            export,
             boot: boot.to_string(),
         }
     }
+}
+
+/// `s` with every byte but the unreserved ones (RFC 3986) percent-encoded, for a query value.
+pub fn url_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// A JSON value flattened to dotted keys (`optimizer.lr`); arrays are leaves, written as
@@ -157,6 +185,11 @@ mod tests {
         ];
         let got: Vec<(&str, &str)> = got.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn group_names_are_percent_encoded_for_the_export_links() {
+        assert_eq!(url_encode("ladder-2 μP&x"), "ladder-2%20%CE%BCP%26x");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Series as CSV, for spreadsheets and scripts: one row per bucket (scalars) or per bucket and
-//! layer (layer statistics). Non-finite values are written as in the JSON API — `NaN`,
+//! layer (layer statistics), or one row per bucket step and a column per run (a comparison). Non-finite values are written as in the JSON API — `NaN`,
 //! `Infinity`, `-Infinity` — so a diverged step survives the export.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use keel_protocol::{LayerMatrix, Metric, ScalarSeries};
@@ -53,6 +54,44 @@ pub fn layers(m: &LayerMatrix) -> String {
     out
 }
 
+/// A header cell: quoted when it holds a comma, a quote or a line break.
+fn text(out: &mut String, s: &str) {
+    if s.contains([',', '"', '\n', '\r']) {
+        let _ = write!(out, "\"{}\"", s.replace('"', "\"\""));
+    } else {
+        out.push_str(s);
+    }
+}
+
+/// One scalar of several runs: `step,<name>,<name>,…` with each run's bucket mean. Rows are
+/// the bucket steps of all the runs, in order; a run without a bucket there leaves its cell
+/// empty. Read every run over the same window and buckets and the rows line up.
+pub fn compared(names: &[String], runs: &[Option<ScalarSeries>]) -> String {
+    let mut rows: BTreeMap<u64, Vec<Option<Metric>>> = BTreeMap::new();
+    for (i, s) in runs.iter().enumerate() {
+        for (step, mean) in s.iter().flat_map(|s| s.step.iter().zip(&s.mean)) {
+            rows.entry(*step).or_insert_with(|| vec![None; runs.len()])[i] = Some(*mean);
+        }
+    }
+    let mut out = String::from("step");
+    for name in names {
+        out.push(',');
+        text(&mut out, name);
+    }
+    out.push('\n');
+    for (step, values) in rows {
+        let _ = write!(out, "{step}");
+        for v in values {
+            out.push(',');
+            if let Some(m) = v {
+                cell(&mut out, m);
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,6 +110,26 @@ mod tests {
         assert_eq!(
             scalars(&s),
             "step,min,max,mean,last\n0,1.5,2,0.30000000000000004,2\n10,NaN,Infinity,NaN,-Infinity\n"
+        );
+    }
+
+    #[test]
+    fn compared_runs_share_rows_by_step_and_leave_missing_buckets_empty() {
+        let series = |step: Vec<u64>, mean: Vec<f64>| ScalarSeries {
+            key: "loss".into(),
+            min: mean.iter().map(|v| Metric(*v)).collect(),
+            max: mean.iter().map(|v| Metric(*v)).collect(),
+            last: mean.iter().map(|v| Metric(*v)).collect(),
+            mean: mean.into_iter().map(Metric).collect(),
+            step,
+            branch: 0,
+        };
+        let a = series(vec![0, 10, 20], vec![4.0, 3.5, f64::NAN]);
+        let b = series(vec![0, 10], vec![5.0, 4.25]);
+        let names = ["base".to_owned(), "wd, 0.1".to_owned(), "empty".to_owned()];
+        assert_eq!(
+            compared(&names, &[Some(a), Some(b), None]),
+            "step,base,\"wd, 0.1\",empty\n0,4,5,\n10,3.5,4.25,\n20,NaN,,\n"
         );
     }
 

@@ -1,6 +1,7 @@
 //! The compare page (`/compare?runs=…`, `/compare?group=…`): over HTTP it names every run and
 //! diffs their configs, and refuses malformed or unknown lists with an HTML page; in headless
-//! Chromium its charts and heatmaps are drawn without script errors.
+//! Chromium its charts and heatmaps are drawn without script errors, its loss charts switch
+//! to a tokens axis, and its export links fetch the server's figure.
 
 use std::time::Duration;
 
@@ -64,7 +65,7 @@ fn rung(
     id
 }
 
-fn ladder(app: &TestApp, steps: u64) -> [i64; 3] {
+pub fn ladder(app: &TestApp, steps: u64) -> [i64; 3] {
     [
         rung(app, "baseline", "baseline", false, 0.001, steps, 2.0),
         rung(app, "plus-qk-norm", "+qk-norm", true, 0.001, steps, 0.6),
@@ -195,8 +196,68 @@ fn the_compare_page_draws_its_charts_and_heatmaps_without_script_errors() {
     for name in ["baseline", "plus-qk-norm", "mup-lr-1e-2"] {
         assert!(text.as_str().unwrap().contains(name), "{name} named");
     }
+    tokens_axis_and_export_links(&app, &b);
     let errors = b.errors();
     assert!(errors.is_empty(), "script errors: {errors:?}");
+}
+
+/// The x axis of every loss chart, and how far it reaches (a script expression).
+const X_AXES: &str = "[...document.querySelectorAll('.charts figure.chart canvas')]
+  .map((c) => [c.dataset.x, Number(c.dataset.x1)])";
+
+/// Flips the loss charts to tokens and back, and follows the export links (which carry the
+/// page's options) to the server's figure.
+fn tokens_axis_and_export_links(app: &TestApp, b: &Browser) {
+    // 300 steps: the last is step 299, after 300 × 65,536 tokens.
+    let over_steps = || {
+        let axes = b.eval(&format!("return {X_AXES};"), json!([]));
+        let axes = axes.as_array().unwrap().clone();
+        assert_eq!(axes.len(), 4, "loss and three sources");
+        assert!(axes.iter().all(|a| a == &json!(["step", 299])), "{axes:?}");
+    };
+    over_steps();
+    b.eval(
+        r#"document.querySelector('#x-axis [data-x="tokens"]').click();"#,
+        json!([]),
+    );
+    b.wait_for(
+        "the loss charts over tokens",
+        PATIENCE,
+        &format!("return {X_AXES}.every(([x, x1]) => x === 'tokens' && x1 === 300 * 65536);"),
+    );
+    let charts = drawn(b, ".charts canvas");
+    assert!(
+        charts.iter().all(|&n| n > 100),
+        "charts redrawn: {charts:?}"
+    );
+    let links = b.eval(
+        "return ['png', 'svg', 'csv'].map((f) => document.getElementById('export-' + f).href);",
+        json!([]),
+    );
+    let links: Vec<&str> = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert!(
+        links[0].contains("/api/v1/compare.png?runs=") && links[0].contains("x=tokens"),
+        "{links:?}"
+    );
+    assert!(
+        links[1].contains("/api/v1/compare.svg?") && links[1].contains("smooth=0.60"),
+        "{links:?}"
+    );
+    assert!(links[2].contains("/api/v1/compare.csv?runs="), "{links:?}");
+    let path = &links[0][app.url("").len()..];
+    let (status, kind, png) = crate::export::fetch(app, path);
+    assert_eq!((status, kind.as_str()), (200, "image/png"), "{path}");
+    assert_eq!(crate::export::png_size(&png).0, 1200);
+    b.eval(
+        r#"document.querySelector('#x-axis [data-x="steps"]').click();"#,
+        json!([]),
+    );
+    over_steps();
 }
 
 /// Writes `docs/screenshots/compare.png`: three rungs of the ladder, 3,000 steps each.

@@ -4,6 +4,7 @@ mod browser;
 mod commands;
 mod compare;
 mod controls;
+mod export;
 mod helpers;
 mod ingest;
 mod launches;

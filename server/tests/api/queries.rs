@@ -31,6 +31,9 @@ fn openapi_describes_every_route() {
         "/api/v1/launches",
         "/api/v1/launches/{id}",
         "/api/v1/launches/{id}/cancel",
+        "/api/v1/compare.png",
+        "/api/v1/compare.svg",
+        "/api/v1/compare.csv",
     ] {
         assert!(
             paths.contains_key(path),
@@ -39,7 +42,7 @@ fn openapi_describes_every_route() {
     }
     assert_eq!(
         paths.len(),
-        23,
+        26,
         "a route is described that the test does not know"
     );
 }
