@@ -31,6 +31,15 @@ pub fn load_grid(path: &Path) -> Result<Vec<(String, TrainConfig)>> {
         Some(_) => bail!("`base` must be a path or a table"),
         None => (toml::Value::Table(toml::Table::new()), dir.to_path_buf()),
     };
+    // Any other top-level table applies to every variant, on top of the base.
+    let mut base = base;
+    for (key, value) in table {
+        if key != "base" && key != "variants" {
+            let mut shared = toml::Table::new();
+            shared.insert(key.clone(), value.clone());
+            deep_merge(&mut base, toml::Value::Table(shared));
+        }
+    }
     let variants = table
         .get("variants")
         .and_then(|v| v.as_table())

@@ -1,5 +1,5 @@
-//! Instability you can see: the two recipes of `configs/ablations/stability.toml`, shrunk to a
-//! tiny proxy, trained side by side at a fixed seed.
+//! Instability you can see: the two recipes of `configs/ablations/stability.toml`, trained side
+//! by side at a fixed seed.
 
 use std::path::Path;
 
@@ -7,34 +7,27 @@ use keel_trainer::load_grid;
 
 use crate::support;
 
-/// Last-layer `hidden_var` and last/first-layer ratio per step, for one variant of the grid.
-fn run(variant: &str, steps: usize) -> (Vec<f64>, Vec<f64>) {
+/// The last/first-layer `hidden_var` ratio at every step, for one variant of the grid: its
+/// deep, narrow proxy (24 blocks of width 32) with shorter sequences, a smaller batch and a
+/// shorter warmup, so that 120 steps take seconds.
+fn depth_ratio(variant: &str, steps: usize) -> Vec<f64> {
     let grid = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/ablations/stability.toml");
     let (_, mut cfg) = load_grid(&grid)
         .unwrap()
         .into_iter()
         .find(|(n, _)| n == variant)
         .unwrap();
-    cfg.model.n_layers = 6;
-    cfg.model.d_model = 32;
-    cfg.model.n_heads = 2;
-    cfg.model.d_ffn = 80;
     cfg.model.seq_len = 32;
     cfg.run.batch_size = 4;
-    cfg.schedule.warmup_steps = 10;
-    cfg.stability.mup_base_width = 32;
+    cfg.schedule.warmup_steps = 20;
     let dir = tempfile::tempdir().unwrap();
     let mut t = support::trainer(cfg, dir.path());
-    let (mut last, mut ratio) = (Vec::new(), Vec::new());
-    for _ in 0..steps {
-        let hv: Vec<f64> = t.step().unwrap().layers["hidden_var"]
-            .iter()
-            .map(|m| m.get())
-            .collect();
-        last.push(hv[hv.len() - 1]);
-        ratio.push(hv[hv.len() - 1] / hv[0]);
-    }
-    (last, ratio)
+    (0..steps)
+        .map(|_| {
+            let hv = &t.step().unwrap().layers["hidden_var"];
+            hv[hv.len() - 1].get() / hv[0].get()
+        })
+        .collect()
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -42,33 +35,31 @@ fn mean(v: &[f64]) -> f64 {
 }
 
 #[test]
-fn the_unstable_recipe_keeps_inflating_hidden_variance_while_the_stable_one_stays_flat() {
-    let steps = 150;
-    let (unstable, unstable_ratio) = run("unstable", steps);
-    let (stable, stable_ratio) = run("stable", steps);
-    // Windows: just after warmup (steps 20..40) and the last 30 steps.
-    let (early, late) = (20..40, steps - 30..steps);
-    let growth = |v: &[f64]| mean(&v[late.clone()]) / mean(&v[early.clone()]);
-    eprintln!(
-        "last-layer hidden_var growth: unstable {:.1}×, stable {:.2}×",
-        growth(&unstable),
-        growth(&stable)
+fn the_unstable_recipe_grows_hidden_variance_across_depth_while_the_stable_one_stays_flat() {
+    let steps = 120;
+    let unstable = depth_ratio("unstable", steps);
+    let stable = depth_ratio("stable", steps);
+    // Both start with every layer alike (ratio ≈ 1); the last 40 steps are long past warmup.
+    let (start, late) = (0..1, steps - 40..steps);
+    let (u0, u) = (
+        mean(&unstable[start.clone()]),
+        mean(&unstable[late.clone()]),
     );
-    eprintln!(
-        "late depth ratio: unstable {:.2}, stable {:.2}",
-        mean(&unstable_ratio[late.clone()]),
-        mean(&stable_ratio[late.clone()])
-    );
-    // Measured at seed 1 (6 layers, d 32): the unstable recipe's last-layer variance grows
-    // 3.8× after warmup and ends far above the stable one, whose variance drifts down (0.8×).
+    let (s0, s) = (mean(&stable[start]), mean(&stable[late.clone()]));
+    eprintln!("last/first-layer hidden_var: unstable {u0:.2} -> {u:.1}, stable {s0:.2} -> {s:.2}");
+    // Measured at seed 1: the unstable ratio climbs from 1 to several hundred and stays there;
+    // the stable one has a transient at the end of warmup (the blocks' W̃ growing out of
+    // WeSaR's tiny init) and then settles near 2–3.
+    assert!((0.8..1.5).contains(&u0) && (0.8..1.5).contains(&s0));
     assert!(
-        growth(&unstable) > 3.0,
-        "unstable grew only {:.2}×",
-        growth(&unstable)
+        u > 50.0 * u0,
+        "the unstable ratio only went {u0:.2} -> {u:.2}"
     );
-    assert!(growth(&stable) < 1.5, "stable grew {:.2}×", growth(&stable));
-    assert!(mean(&unstable[late.clone()]) > 100.0 * mean(&stable[late.clone()]));
-    assert!(stable_ratio[late].iter().all(|r| (0.5..4.0).contains(r)));
+    assert!(
+        stable[late].iter().all(|r| (0.5..8.0).contains(r)),
+        "the stable ratio left 0.5..8 late in the run: mean {s:.2}"
+    );
+    assert!(u > 20.0 * s, "unstable {u:.1} vs stable {s:.2}");
 }
 
 #[test]
@@ -81,7 +72,8 @@ fn the_stability_grid_gives_one_config_per_variant_with_its_switches() {
     assert!(stable.stability.depth_mup && stable.stability.wesar);
     assert!(!unstable.stability.depth_mup && !unstable.stability.wesar);
     assert!(unstable.optim.lr > stable.optim.lr);
-    // Everything else comes from the base, proxy-small.
-    assert_eq!((unstable.model.n_layers, unstable.model.d_model), (4, 128));
+    // The grid's shared tables reshape proxy-small; the rest comes from it.
+    assert_eq!((unstable.model.n_layers, unstable.model.d_model), (24, 32));
+    assert_eq!((stable.model.seq_len, stable.run.batch_size), (128, 8));
     assert_eq!(unstable.run.name, "proxy-small-unstable");
 }
