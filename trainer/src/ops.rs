@@ -14,6 +14,7 @@ use candle_core::{CpuStorage, Device, Layout, Result, Tensor, WithDType, bail};
 use rayon::prelude::*;
 
 pub mod composed;
+mod exp;
 mod norm;
 mod rope;
 mod softmax;
@@ -96,9 +97,24 @@ impl Kernels {
 }
 
 /// The float types the kernels are written for (f32 and f64).
-trait Float: WithDType + num_traits::Float {}
+trait Float: WithDType + num_traits::Float {
+    /// `e^x`, in straight-line arithmetic for f32 ([`exp::exp_f32`]) so that loops vectorise.
+    fn fast_exp(self) -> Self;
+}
 
-impl<T: WithDType + num_traits::Float> Float for T {}
+impl Float for f32 {
+    #[inline]
+    fn fast_exp(self) -> Self {
+        exp::exp_f32(self)
+    }
+}
+
+impl Float for f64 {
+    #[inline]
+    fn fast_exp(self) -> Self {
+        self.exp()
+    }
+}
 
 /// Runs `$run::<T>(args)` for the storage's float type, or refuses the others.
 macro_rules! by_dtype {
@@ -194,6 +210,30 @@ where
         .enumerate()
         .map(|(i, block)| f(i * rows, block))
         .collect()
+}
+
+/// Eight independent lanes folded with `f`, then together: a reduction the compiler can
+/// vectorise (a plain float fold is a serial dependency chain it may not reorder).
+fn fold8<T: Float>(x: &[T], init: T, f: impl Fn(T, T) -> T) -> T {
+    let mut acc = [init; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder().iter().fold(init, |a, &v| f(a, v));
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = f(*a, v);
+        }
+    }
+    acc.iter().fold(tail, |a, &v| f(a, v))
+}
+
+/// `Σ x`.
+fn sum<T: Float>(x: &[T]) -> T {
+    fold8(x, T::zero(), |a, b| a + b)
+}
+
+/// The largest element, skipping NaN (−∞ for an empty slice).
+fn max<T: Float>(x: &[T]) -> T {
+    fold8(x, T::neg_infinity(), num_traits::Float::max)
 }
 
 /// `Σ a·b` with eight independent partial sums, so the loop vectorises (a plain float sum is a

@@ -8,7 +8,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, bail};
 
-use super::{Float, blocks, blocks_mut, by_dtype, contiguous, dot};
+use super::{Float, blocks, blocks_mut, by_dtype, contiguous, dot, max, sum};
 
 pub struct CausalSoftmax {
     pub scale: f64,
@@ -46,16 +46,14 @@ fn forward<T: Float>(s: &CpuStorage, l: &Layout, scale: f64) -> Result<(CpuStora
             let row = row0 + r;
             let len = row % t + 1;
             let (xr, yr) = (&x[row * t..][..len], &mut yr[..len]);
-            // `max` skips NaN; a NaN logit still makes its whole row NaN through the sum.
-            let max = xr.iter().fold(T::neg_infinity(), |m, &v| {
-                num_traits::Float::max(m, v * scale)
-            });
-            let mut sum = T::zero();
+            // Separate passes, each of which vectorises. `max` skips NaN; a NaN logit still
+            // makes its whole row NaN through the sum. Scaling by a positive number keeps the
+            // order, so the max of the scaled row is the scaled max.
+            let max = max(xr) * scale;
             for (y, &x) in yr.iter_mut().zip(xr) {
-                *y = (x * scale - max).exp();
-                sum += *y;
+                *y = (x * scale - max).fast_exp();
             }
-            let inv = sum.recip();
+            let inv = sum(yr).recip();
             yr.iter_mut().for_each(|y| *y *= inv);
         }
     });

@@ -41,7 +41,7 @@ impl CustomOp2 for SwiGlu {
 
 /// `σ(g) = 1 / (1 + e^−g)`.
 fn sigmoid<T: Float>(g: T) -> T {
-    (T::one() + (-g).exp()).recip()
+    (T::one() + (-g).fast_exp()).recip()
 }
 
 /// The gate and up inputs, checked to have one shape.

@@ -61,7 +61,7 @@ fn the_unstable_recipe_keeps_inflating_hidden_variance_while_the_stable_one_stay
     );
     // Measured at seed 1 (6 layers, d 32): the unstable recipe's last-layer variance grows
     // 2.6–3.8× after warmup and ends far above the stable one, whose variance drifts down
-    // (0.80×). The unstable run is chaotic, so its exact growth is rounding luck: 2.59× with
+    // (0.80×). The unstable run is chaotic, so its exact growth is rounding luck: 2.7× with
     // the fused CPU kernels in f32, 3.80× with the composed ops in f32, 2.89× and 2.92× with
     // either in f64 (where their losses agree to 7 digits through step 50). The stable
     // recipe's 0.80× is the same in all four.
