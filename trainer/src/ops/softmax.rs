@@ -8,7 +8,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, bail};
 
-use super::{Float, blocks, blocks_mut, by_dtype, contiguous, dot, max, sum};
+use super::{Float, blocks, blocks_mut, by_dtype, contiguous, dot, fold8, max, sum};
 
 pub struct CausalSoftmax {
     pub scale: f64,
@@ -144,11 +144,9 @@ fn nan_max<T: Float>(a: T, b: T) -> T {
 fn logit_max<T: Float>(s: &CpuStorage, l: &Layout, scale: f64) -> Result<(CpuStorage, Shape)> {
     let (x, t) = (contiguous::<T>(s, l)?, square(l)?);
     let per_block = blocks(x, t, |row0, block| {
-        block
-            .chunks_exact(t)
-            .enumerate()
-            .flat_map(|(r, xr)| &xr[..(row0 + r) % t + 1])
-            .fold(T::neg_infinity(), |m, &v| nan_max(m, v))
+        let rows = block.chunks_exact(t).enumerate();
+        rows.map(|(r, xr)| fold8(&xr[..(row0 + r) % t + 1], T::neg_infinity(), nan_max))
+            .fold(T::neg_infinity(), nan_max)
     });
     let max = per_block.into_iter().fold(T::neg_infinity(), nan_max);
     let scaled = max * T::from_f64(scale);
