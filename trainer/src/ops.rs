@@ -4,11 +4,12 @@
 //! candle-nn's fused CPU ops have no backward and silently stop gradients; the kernels here are
 //! candle `CustomOp`s whose `bwd` is itself one fused kernel, so RMSNorm, the causal softmax,
 //! RoPE and SwiGLU each cost one pass forward and one backward instead of five to twelve (each
-//! of which also allocates). The kernels run on the CPU only, in f32 and f64, over contiguous
-//! inputs (the wrappers copy the others), splitting rows across rayon's pool. [`Kernels`] picks
-//! the form: fused on the CPU, composed on every other device, so CUDA keeps candle's own
-//! kernels. This module owns no parameters and records no statistics; the gradients of the
-//! fused backward kernels are not themselves differentiable (no second derivatives).
+//! of which also allocates). The kernels run on the CPU only, in f32 and f64 (f32's `exp` is a
+//! vectorisable polynomial within 1 ulp, in `ops/exp.rs`), over contiguous inputs (the wrappers
+//! copy the others), splitting rows across rayon's pool. [`Kernels`] picks the form: fused on
+//! the CPU, composed on every other device, so CUDA keeps candle's own kernels. This module owns
+//! no parameters and keeps no statistics; the gradients of the fused backward kernels are not
+//! themselves differentiable (no second derivatives).
 
 use candle_core::{CpuStorage, Device, Layout, Result, Tensor, WithDType, bail};
 use rayon::prelude::*;
