@@ -37,11 +37,12 @@ fn cuda(_ordinal: usize) -> Result<Device> {
 ///
 /// candle sizes its thread pools from `CANDLE_NUM_THREADS` and `RAYON_NUM_THREADS` the first
 /// time it runs an op, and its element-wise pool spins and waits on every worker. Measured on
-/// 2 cores with `proxy-small`: on an otherwise idle machine the default (2 candle threads) is
-/// fastest (≈4,400 tokens/s against ≈2,700 with one candle thread); with compilers running
-/// beside it, the default collapses (≈640 tokens/s) while one candle thread holds ≈2,600. So
-/// these are worth setting when the trainer shares the machine (e.g. `keel demo` beside a
-/// browser and a build). Setting the environment of a running process is `unsafe` in Rust 2024
+/// 2 cores with `proxy-small` and the fused CPU kernels of [`crate::ops`], which run on rayon's
+/// pool: one candle thread is faster even on an otherwise idle machine (≈9,700 tokens/s against
+/// ≈8,100 with the default 2, whose spinning worker takes a core from rayon's), and under load
+/// the default can collapse (≈1,340 tokens/s at load 5) while one candle thread holds
+/// 8,000–10,000. So these are worth setting whenever the trainer runs on the CPU (e.g. `keel
+/// demo` beside a browser and a build). Setting the environment of a running process is `unsafe` in Rust 2024
 /// and this workspace forbids unsafe code, so a launcher passes them to the process it spawns
 /// (see [`rerun_with_thread_env`]) or a user exports them.
 pub fn recommended_thread_env() -> Vec<(&'static str, String)> {

@@ -4,6 +4,7 @@
 //! - [`rng`]: the seeded generator behind initial weights and batch sampling.
 //! - [`params`]: named parameters, their groups and their initialisation schemes.
 //! - [`model`]: the decoder, its forward pass with taps, and the loss.
+//! - [`ops`]: RMSNorm, causal softmax, RoPE and SwiGLU as fused CPU kernels with a backward.
 //! - [`stats`]: per-layer statistics and per-step scalars under the contract's names.
 //! - [`optim`]: AdamW with parameter groups and saveable moments; global-norm clipping.
 //! - [`schedule`]: the warmup–stable–decay LR schedule as a pure function.
@@ -25,6 +26,7 @@ pub mod device;
 pub mod generators;
 pub mod link;
 pub mod model;
+pub mod ops;
 pub mod optim;
 pub mod params;
 pub mod rng;

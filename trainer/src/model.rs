@@ -1,8 +1,9 @@
 //! The Llama-style decoder: tied token embedding, pre-norm RMSNorm blocks with RoPE causal
 //! attention (optional grouped KV heads and QK-norm) and a SwiGLU MLP, plus the loss.
 //!
-//! Every op here is one of candle-core's differentiable tensor ops: candle-nn's fused CPU
-//! kernels (RMSNorm, softmax, RoPE) have no backward and would silently stop gradients. The
+//! RMSNorm, the causal softmax, RoPE and SwiGLU come from [`crate::ops`]: fused kernels with a
+//! backward on the CPU, candle's differentiable tensor ops elsewhere ([`Kernels`]); never
+//! candle-nn's fused CPU ops, which have no backward and would silently stop gradients. The
 //! forward can record the stability taps of each block (output variance, RMS, max |x|,
 //! attention-logit max) on detached tensors, so the taps never enter the backward pass.
 //! Parameters live in [`Params`]; this module only reads them.
@@ -11,6 +12,7 @@ use anyhow::Result;
 use candle_core::{D, DType, Device, Tensor};
 
 use crate::config::{ModelConfig, StabilityConfig};
+use crate::ops::Kernels;
 use crate::params::{Params, Role};
 
 /// A weight matrix, possibly WeSaR-reparameterised as α·W̃.
@@ -43,21 +45,6 @@ impl Linear {
     }
 }
 
-/// RMSNorm over the last dimension, composed from differentiable ops.
-fn rms_norm(x: &Tensor, gain: &Tensor, eps: f64) -> Result<Tensor> {
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    Ok(x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(gain)?)
-}
-
-/// Softmax over the last dimension, and the (detached) row maxima it subtracted. The max is
-/// detached: softmax does not depend on it, so its gradient is exactly zero, and the attention
-/// taps reuse it instead of reducing the logits a second time.
-fn softmax(x: &Tensor) -> Result<(Tensor, Tensor)> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    Ok((e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?, max))
-}
-
 /// The rotary tables for `t` positions: `cos`, `sin`, each `[1, 1, t, head_dim/2]`.
 pub struct Rope {
     cos: Tensor,
@@ -87,28 +74,9 @@ impl Rope {
     }
 
     /// Rotate pairs (i, i + half) of a `[b, h, t, head_dim]` tensor.
-    fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        let half = x.dim(D::Minus1)? / 2;
-        let x1 = x.narrow(D::Minus1, 0, half)?;
-        let x2 = x.narrow(D::Minus1, half, half)?;
-        let r1 = (x1.broadcast_mul(&self.cos)? - x2.broadcast_mul(&self.sin)?)?;
-        let r2 = (x1.broadcast_mul(&self.sin)? + x2.broadcast_mul(&self.cos)?)?;
-        Ok(Tensor::cat(&[r1, r2], D::Minus1)?)
+    fn apply(&self, kernels: Kernels, x: &Tensor) -> Result<Tensor> {
+        Ok(kernels.rope(x, &self.cos, &self.sin)?)
     }
-}
-
-/// `[t, t]`: 0 on and below the diagonal, −∞ above it.
-fn causal_mask(t: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
-    let v: Vec<f32> = (0..t * t)
-        .map(|i| {
-            if i % t > i / t {
-                f32::NEG_INFINITY
-            } else {
-                0.0
-            }
-        })
-        .collect();
-    Ok(Tensor::from_vec(v, (t, t), dev)?.to_dtype(dtype)?)
 }
 
 /// What one block's forward recorded, each a scalar tensor (not yet on the host).
@@ -164,32 +132,33 @@ impl Block {
     }
 }
 
-/// Per-forward context shared by every block: shapes, tables and the tap switch.
+/// Per-forward context shared by every block: shapes, tables and the ops' implementation.
 struct Ctx<'a> {
     cfg: &'a ModelConfig,
     rope: &'a Rope,
-    mask: &'a Tensor,
+    kernels: Kernels,
     residual_scale: f64,
 }
 
 impl Block {
     fn forward(&self, x: &Tensor, cx: &Ctx, taps: Option<&mut Vec<BlockTaps>>) -> Result<Tensor> {
-        let eps = cx.cfg.norm_eps;
-        let (attn, logit_max) = self.attention(&rms_norm(x, &self.attn_norm, eps)?, cx)?;
+        let (eps, k) = (cx.cfg.norm_eps, cx.kernels);
+        let h = k.rms_norm(x, &self.attn_norm, eps)?;
+        let (attn, logit_max) = self.attention(&h, cx, taps.is_some())?;
         let x = (x + (attn * cx.residual_scale)?)?;
-        let h = rms_norm(&x, &self.mlp_norm, eps)?;
+        let h = k.rms_norm(&x, &self.mlp_norm, eps)?;
         let mlp = self
             .down
-            .forward(&(self.gate.forward(&h)?.silu()? * self.up.forward(&h)?)?)?;
+            .forward(&k.swiglu(&self.gate.forward(&h)?, &self.up.forward(&h)?)?)?;
         let out = (x + (mlp * cx.residual_scale)?)?;
-        if let Some(taps) = taps {
+        if let (Some(taps), Some(logit_max)) = (taps, logit_max) {
             taps.push(residual_taps(&out.detach(), logit_max)?);
         }
         Ok(out)
     }
 
-    /// Causal self-attention; also returns the max pre-softmax logit (detached).
-    fn attention(&self, x: &Tensor, cx: &Ctx) -> Result<(Tensor, Tensor)> {
+    /// Causal self-attention; with `tap`, also the max pre-softmax logit (detached).
+    fn attention(&self, x: &Tensor, cx: &Ctx, tap: bool) -> Result<(Tensor, Option<Tensor>)> {
         let (b, t, d) = x.dims3()?;
         let (h, kvh, hd) = (cx.cfg.n_heads, cx.cfg.kv_heads(), cx.cfg.head_dim());
         let heads = |y: Tensor, n: usize| -> Result<Tensor> {
@@ -198,20 +167,24 @@ impl Block {
         let mut q = heads(self.q.forward(x)?, h)?;
         let mut k = heads(self.k.forward(x)?, kvh)?;
         let v = heads(self.v.forward(x)?, kvh)?;
+        let kern = cx.kernels;
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
-            q = rms_norm(&q, qn, cx.cfg.norm_eps)?;
-            k = rms_norm(&k, kn, cx.cfg.norm_eps)?;
+            q = kern.rms_norm(&q, qn, cx.cfg.norm_eps)?;
+            k = kern.rms_norm(&k, kn, cx.cfg.norm_eps)?;
         }
-        let q = cx.rope.apply(&q)?;
+        let q = cx.rope.apply(kern, &q)?;
         let (k, v) = (
-            repeat_kv(cx.rope.apply(&k)?, h / kvh)?,
+            repeat_kv(cx.rope.apply(kern, &k)?, h / kvh)?,
             repeat_kv(v, h / kvh)?,
         );
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-        let scores = scores.broadcast_add(cx.mask)?;
-        // Masked entries are −∞, so the row maxima are over the logits that count.
-        let (probs, row_max) = softmax(&scores)?;
-        let logit_max = row_max.flatten_all()?.max(0)?;
+        // The 1/√d scale and the causal mask are applied inside the softmax.
+        let scores = q.matmul(&k.t()?)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let probs = kern.causal_softmax(&scores, scale)?;
+        // A separate pass over the (detached) scores, only when the taps are recorded.
+        let logit_max = tap
+            .then(|| kern.causal_logit_max(&scores, scale))
+            .transpose()?;
         let y = probs.matmul(&v)?;
         let y = y.transpose(1, 2)?.reshape((b, t, d))?;
         Ok((self.o.forward(&y)?, logit_max))
@@ -255,6 +228,7 @@ pub struct Model {
     embed: Tensor,
     blocks: Vec<Block>,
     final_norm: Tensor,
+    kernels: Kernels,
 }
 
 /// The result of a forward pass: logits `[b·t, vocab]` and, when asked, one tap set per block.
@@ -284,12 +258,24 @@ impl Model {
             embed,
             blocks,
             final_norm,
+            kernels: Kernels::for_device(dev),
         };
         Ok((model, p))
     }
 
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+
+    /// Which implementation of the fused ops the forward runs (fused on the CPU).
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
+    /// Run the other implementation: the composed ops on the CPU, to compare the two (tests).
+    /// The fused kernels exist for the CPU only.
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.kernels = kernels;
     }
 
     /// Change RoPE θ (annealing's context extension); parameters are unaffected.
@@ -311,11 +297,10 @@ impl Model {
         let (b, t) = tokens.dims2()?;
         let (dtype, dev) = (self.embed.dtype(), self.embed.device());
         let rope = Rope::new(t, self.cfg.head_dim(), self.cfg.rope_theta, dtype, dev)?;
-        let mask = causal_mask(t, dtype, dev)?;
         let cx = Ctx {
             cfg: &self.cfg,
             rope: &rope,
-            mask: &mask,
+            kernels: self.kernels,
             residual_scale: self.residual_scale(),
         };
         let mut recorded = taps.then(|| Vec::with_capacity(self.blocks.len()));
@@ -324,7 +309,9 @@ impl Model {
         for block in &self.blocks {
             x = block.forward(&x, &cx, recorded.as_mut())?;
         }
-        let x = rms_norm(&x, &self.final_norm, self.cfg.norm_eps)?;
+        let x = self
+            .kernels
+            .rms_norm(&x, &self.final_norm, self.cfg.norm_eps)?;
         let logits = x
             .reshape((b * t, self.cfg.d_model))?
             .matmul(&self.embed.t()?)?;

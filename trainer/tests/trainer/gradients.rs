@@ -3,6 +3,7 @@
 use candle_core::{DType, Device, Tensor};
 use keel_trainer::config::{InitScheme, TrainConfig};
 use keel_trainer::model::{self, Model};
+use keel_trainer::ops::Kernels;
 use keel_trainer::params::Params;
 use keel_trainer::rng::Rng;
 
@@ -34,8 +35,24 @@ fn loss_of(m: &Model, x: &Tensor, y: &Tensor, z: f64) -> Tensor {
         .total
 }
 
+/// A model on the CPU, which runs the fused kernels (asserted: the checks below are meant to
+/// cover their backward passes, not only the composed reference's).
 fn build(cfg: &TrainConfig, dtype: DType) -> (Model, Params) {
-    Model::new(&cfg.model, &cfg.stability, 3, dtype, &Device::Cpu).unwrap()
+    let (m, p) = Model::new(&cfg.model, &cfg.stability, 3, dtype, &Device::Cpu).unwrap();
+    assert_eq!(m.kernels(), Kernels::Fused);
+    (m, p)
+}
+
+/// The gradient of every parameter, flattened, in parameter order.
+fn all_grads(m: &Model, p: &Params, x: &Tensor, y: &Tensor) -> Vec<Vec<f64>> {
+    let grads = loss_of(m, x, y, 0.1).backward().unwrap();
+    p.entries
+        .iter()
+        .map(|e| {
+            let g = grads.get(e.var.as_tensor()).unwrap();
+            g.flatten_all().unwrap().to_vec1().unwrap()
+        })
+        .collect()
 }
 
 #[test]
@@ -112,5 +129,26 @@ fn gradients_match_finite_differences_of_the_whole_model_in_f64() {
                 );
             }
         }
+    }
+}
+
+#[test]
+fn the_fused_and_composed_models_give_the_same_loss_and_gradients_in_f64() {
+    // Sequences longer than the tiny model's, so the attention rows span several kernel blocks
+    // of the softmax; every optional path on (QK-norm, grouped KV heads, WeSaR, z-loss).
+    let cfg = tiny_everything();
+    let (mut m, p) = build(&cfg, DType::F64);
+    let (x, y) = (tokens(3, 40, 16, 6), tokens(3, 40, 16, 7));
+    let fused_loss = loss_of(&m, &x, &y, 0.1).to_scalar::<f64>().unwrap();
+    let fused = all_grads(&m, &p, &x, &y);
+    m.set_kernels(Kernels::Composed);
+    let composed_loss = loss_of(&m, &x, &y, 0.1).to_scalar::<f64>().unwrap();
+    let composed = all_grads(&m, &p, &x, &y);
+    assert!((fused_loss - composed_loss).abs() < 1e-12 * composed_loss.abs());
+    for ((e, f), c) in p.entries.iter().zip(&fused).zip(&composed) {
+        let scale = c.iter().fold(0f64, |s, v| s.max(v.abs()));
+        let diff = f.iter().zip(c).fold(0f64, |s, (a, b)| s.max((a - b).abs()));
+        // Only the order of floating-point sums differs between the two.
+        assert!(diff <= 1e-10 * scale, "{}: {diff:e} of {scale:e}", e.name);
     }
 }

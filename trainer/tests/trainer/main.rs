@@ -3,6 +3,7 @@
 mod commands;
 mod gradients;
 mod link;
+mod ops;
 mod stability;
 mod stats;
 mod support;
