@@ -33,6 +33,11 @@ impl Launcher for KeelLauncher {
         if let Some(steps) = job.steps {
             cmd.arg("--steps").arg(steps.to_string());
         }
+        // candle's thread settings that train fastest beside other work (the server, other
+        // trainers); a user's own settings, inherited from the server, win.
+        if !keel_trainer::device::thread_env_is_set() {
+            cmd.envs(keel_trainer::device::recommended_thread_env());
+        }
         cmd
     }
 }
@@ -90,6 +95,13 @@ mod tests {
             ]
         );
         assert!(!args.iter().any(|a| a.contains("token")));
+        if !keel_trainer::device::thread_env_is_set() {
+            let threads = cmd
+                .get_envs()
+                .find(|(k, _)| *k == "CANDLE_NUM_THREADS")
+                .and_then(|(_, v)| v);
+            assert_eq!(threads.and_then(|v| v.to_str()), Some("1"));
+        }
         // The command line parses as `keel train`.
         let argv = std::iter::once("keel").chain(args.iter().copied());
         <crate::Cli as clap::Parser>::try_parse_from(argv).unwrap();

@@ -42,9 +42,10 @@ fn cuda(_ordinal: usize) -> Result<Device> {
 /// ≈8,100 with the default 2, whose spinning worker takes a core from rayon's), and under load
 /// the default can collapse (≈1,340 tokens/s at load 5) while one candle thread holds
 /// 8,000–10,000. So these are worth setting whenever the trainer runs on the CPU (e.g. `keel
-/// demo` beside a browser and a build). Setting the environment of a running process is `unsafe` in Rust 2024
-/// and this workspace forbids unsafe code, so a launcher passes them to the process it spawns
-/// (see [`rerun_with_thread_env`]) or a user exports them.
+/// demo` beside a browser and a build). Setting the environment of a running process is
+/// `unsafe` in Rust 2024 and this workspace forbids unsafe code, so a launcher passes them to
+/// the process it spawns (the server's grid launcher does; see also
+/// [`rerun_with_thread_env`]) or a user exports them.
 pub fn recommended_thread_env() -> Vec<(&'static str, String)> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     vec![
