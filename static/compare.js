@@ -10,7 +10,7 @@
 // run's fetched matrix. While a run is going the page refetches every few seconds. The
 // export links carry the page's options to the server's rendering of the same comparison.
 
-import { LineChart } from "./linechart.js";
+import { LineChart, tokensAt } from "./linechart.js";
 import { colorOf, fitScale, valueAt, colorAt } from "./colormap.js";
 import { connState, count, fit, getJSON, logTicks, metric, num, short, theme, ticks } from "./keel.js";
 
@@ -58,21 +58,6 @@ const lossCharts = [...document.querySelectorAll(".charts figure.chart")].map((f
   runs.forEach((r) => chart.ensure(r.name));
   return { key: fig.dataset.key, chart, raw: new Map() };
 });
-
-// Tokens seen at `step` by a run whose counts are `t` ({step, value}), interpolated between
-// the known counts and held at the ends.
-export function tokensAt(t, step) {
-  const { step: xs, value: ys } = t;
-  let lo = 0, hi = xs.length - 1;
-  if (step <= xs[0]) return ys[0];
-  if (step >= xs[hi]) return ys[hi];
-  while (hi - lo > 1) {
-    const mid = (lo + hi) >> 1;
-    if (xs[mid] <= step) lo = mid;
-    else hi = mid;
-  }
-  return ys[lo] + ((ys[hi] - ys[lo]) * (step - xs[lo])) / (xs[hi] - xs[lo]);
-}
 
 function smooth(c) {
   const a = Number(smoothing.value);

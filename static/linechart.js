@@ -375,3 +375,19 @@ export function nearest(xs, x) {
   }
   return lo;
 }
+
+// Tokens seen at `step` by a run whose token counts are `t` ({step, value}), interpolated
+// between the known counts and held at the ends (the step itself when none are known yet).
+export function tokensAt(t, step) {
+  const { step: xs, value: ys } = t;
+  if (!xs.length) return step;
+  let lo = 0, hi = xs.length - 1;
+  if (step <= xs[0]) return ys[0];
+  if (step >= xs[hi]) return ys[hi];
+  while (hi - lo > 1) {
+    const mid = (lo + hi) >> 1;
+    if (xs[mid] <= step) lo = mid;
+    else hi = mid;
+  }
+  return ys[lo] + ((ys[hi] - ys[lo]) * (step - xs[lo])) / (xs[hi] - xs[lo]);
+}

@@ -8,7 +8,7 @@
 
 import { Commands } from "./commands.js";
 import { Heatmap } from "./heatmap.js";
-import { LineChart } from "./linechart.js";
+import { LineChart, tokensAt } from "./linechart.js";
 import { Profile } from "./profile.js";
 import { age, connState, count, getJSON, metric, num, throttle, tokens } from "./keel.js";
 
@@ -204,28 +204,13 @@ function setStatus(status) {
   el.dataset.status = status;
 }
 
-// Tokens seen at a step, interpolated between the token counts known (for the x axis).
-function tokensAt(step) {
-  const { step: xs, value: ys } = state.tokens;
-  if (!xs.length) return step;
-  let lo = 0, hi = xs.length - 1;
-  if (step <= xs[0]) return ys[0];
-  if (step >= xs[hi]) return ys[hi];
-  while (hi - lo > 1) {
-    const mid = (lo + hi) >> 1;
-    if (xs[mid] <= step) lo = mid;
-    else hi = mid;
-  }
-  return ys[lo] + ((ys[hi] - ys[lo]) * (step - xs[lo])) / (xs[hi] - xs[lo]);
-}
-
 function setXAxis(mode) {
   state.xmode = mode;
   for (const b of document.querySelectorAll("#x-axis button")) {
     b.setAttribute("aria-pressed", String(b.dataset.x === mode));
   }
   for (const c of Object.values(charts)) {
-    c.toX = mode === "tokens" ? tokensAt : (s) => s;
+    c.toX = mode === "tokens" ? (s) => tokensAt(state.tokens, s) : (s) => s;
     c.xName = mode;
   }
   drawCharts();

@@ -13,17 +13,11 @@ use crate::webdriver::Browser;
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
-/// Status and body of a GET.
+/// Status and body of a GET of a page.
 fn page(app: &TestApp, path: &str) -> (u16, String) {
-    let mut resp = app.agent.get(&app.url(path)).call().unwrap();
-    let kind = resp
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
+    let (status, kind, body) = app.fetch(path);
     assert!(kind.starts_with("text/html"), "{path}: {kind}");
-    let body = resp.body_mut().read_to_string().unwrap();
-    (resp.status().as_u16(), body)
+    (status, String::from_utf8(body).unwrap())
 }
 
 /// A run of the proxy ladder: `qk_norm` and `lr` vary, the rest of the config is shared.
@@ -250,7 +244,7 @@ fn tokens_axis_and_export_links(app: &TestApp, b: &Browser) {
     );
     assert!(links[2].contains("/api/v1/compare.csv?runs="), "{links:?}");
     let path = &links[0][app.url("").len()..];
-    let (status, kind, png) = crate::export::fetch(app, path);
+    let (status, kind, png) = app.fetch(path);
     assert_eq!((status, kind.as_str()), (200, "image/png"), "{path}");
     assert_eq!(crate::export::png_size(&png).0, 1200);
     b.eval(

@@ -10,23 +10,6 @@ use crate::browser::diverging_step;
 use crate::compare::ladder;
 use crate::helpers::TestApp;
 
-/// Status, content type and body of a GET.
-pub fn fetch(app: &TestApp, path: &str) -> (u16, String, Vec<u8>) {
-    let mut resp = app.agent.get(&app.url(path)).call().unwrap();
-    let kind = resp
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    let body = resp
-        .body_mut()
-        .with_config()
-        .limit(200 << 20)
-        .read_to_vec()
-        .unwrap();
-    (resp.status().as_u16(), kind, body)
-}
-
 /// A fourth rung that diverges: NaN losses at steps 150–152, +Infinity at 160.
 fn diverged(app: &TestApp, steps: u64) -> i64 {
     let spec = json!({"name": "no-clip-diverged", "group": "ladder", "variant": "-grad-clip",
@@ -81,7 +64,7 @@ fn pixels(png: &[u8]) -> Vec<[u8; 3]> {
 fn the_comparison_exports_as_a_png_with_every_run_drawn_and_the_nan_marked() {
     let app = TestApp::spawn();
     let list = four_runs(&app);
-    let (status, kind, png) = fetch(&app, &format!("/api/v1/compare.png?runs={list}"));
+    let (status, kind, png) = app.fetch(&format!("/api/v1/compare.png?runs={list}"));
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&png));
     assert_eq!(kind, "image/png");
     let (w, h) = png_size(&png);
@@ -108,7 +91,7 @@ fn the_comparison_exports_as_a_png_with_every_run_drawn_and_the_nan_marked() {
     assert!(heat > 60_000, "{heat} pixels of the colour scale");
 
     let sized = format!("/api/v1/compare.png?runs={list}&width=900&height=1500&x=tokens&log=1");
-    let (status, _, png) = fetch(&app, &sized);
+    let (status, _, png) = app.fetch(&sized);
     assert_eq!(status, 200);
     assert_eq!(png_size(&png), (900, 1500));
 }
@@ -118,7 +101,7 @@ fn the_svg_names_every_run_and_has_its_axes_and_a_labelled_colour_bar() {
     let app = TestApp::spawn();
     let list = four_runs(&app);
     let path = format!("/api/v1/compare.svg?runs={list}&x=tokens&log=1&smooth=0.3&step=100");
-    let (status, kind, svg) = fetch(&app, &path);
+    let (status, kind, svg) = app.fetch(&path);
     assert_eq!(status, 200);
     assert_eq!(kind, "image/svg+xml");
     let svg = String::from_utf8(svg).unwrap();
@@ -164,7 +147,7 @@ fn the_compared_loss_exports_as_one_csv_with_a_column_per_run() {
     let app = TestApp::spawn();
     let list = four_runs(&app);
     let path = format!("/api/v1/compare.csv?runs={list}&points=300");
-    let (status, kind, csv) = fetch(&app, &path);
+    let (status, kind, csv) = app.fetch(&path);
     assert_eq!(status, 200);
     assert!(kind.starts_with("text/csv"), "{kind}");
     let csv = String::from_utf8(csv).unwrap();
@@ -182,7 +165,7 @@ fn the_compared_loss_exports_as_one_csv_with_a_column_per_run() {
     assert_eq!(lines[161].split(',').nth(4), Some("Infinity"));
     assert!(lines[1..].iter().all(|l| l.split(',').count() == 5));
     // By group, in fewer buckets.
-    let (status, _, csv) = fetch(&app, "/api/v1/compare.csv?group=ladder&points=10");
+    let (status, _, csv) = app.fetch("/api/v1/compare.csv?group=ladder&points=10");
     assert_eq!(status, 200);
     assert!(String::from_utf8(csv).unwrap().lines().count() <= 11);
 }
@@ -231,7 +214,7 @@ fn bad_export_requests_are_refused_in_json() {
     assert_eq!(r.status, 422, "{}", r.body);
     assert!(r.body["error"].as_str().unwrap().contains("at least"));
     // A run without any steps still draws: empty panels, no error.
-    let (status, kind, _) = fetch(&app, &format!("/api/v1/compare.png?runs={id}"));
+    let (status, kind, _) = app.fetch(&format!("/api/v1/compare.png?runs={id}"));
     assert_eq!((status, kind.as_str()), (200, "image/png"));
 }
 
@@ -244,7 +227,7 @@ fn screenshot_of_the_exported_comparison() {
     let [a, b, c] = ladder(&app, 3000);
     let d = diverged(&app, 3000);
     let path = format!("/api/v1/compare.png?runs={a},{b},{c},{d}&log=1");
-    let (status, _, png) = fetch(&app, &path);
+    let (status, _, png) = app.fetch(&path);
     assert_eq!(status, 200);
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
     std::fs::write(dir.join("compare-export.png"), png).unwrap();

@@ -26,6 +26,23 @@ pub struct Reply {
 }
 
 impl TestApp {
+    /// Status, content type and body of a GET (bodies up to 200 MB).
+    pub fn fetch(&self, path: &str) -> (u16, String, Vec<u8>) {
+        let mut resp = self.agent.get(&self.url(path)).call().unwrap();
+        let kind = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(200 << 20)
+            .read_to_vec()
+            .unwrap();
+        (resp.status().as_u16(), kind, body)
+    }
+
     pub fn spawn() -> TestApp {
         TestApp::on_temp(|_| {})
     }

@@ -10,18 +10,6 @@ use serde_json::{Value, json};
 use crate::browser::synthetic_step;
 use crate::helpers::TestApp;
 
-/// Status, content type and body bytes of a GET.
-fn fetch(app: &TestApp, path: &str) -> (u16, String, Vec<u8>) {
-    let mut resp = app.agent.get(&app.url(path)).call().unwrap();
-    let kind = resp
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    let body = resp.body_mut().read_to_vec().unwrap();
-    (resp.status().as_u16(), kind, body)
-}
-
 fn run_with_steps(app: &TestApp, steps: u64) -> i64 {
     let id = app.create_run("proxy-tiny", 8);
     let batch: Vec<Value> = (0..steps).map(|s| synthetic_step(s, 8, Some(5))).collect();
@@ -33,18 +21,18 @@ fn run_with_steps(app: &TestApp, steps: u64) -> i64 {
 fn the_pages_answer_html_without_series_data_and_a_missing_run_is_a_404_page() {
     let app = TestApp::spawn();
     let id = run_with_steps(&app, 20);
-    let (status, kind, body) = fetch(&app, "/");
+    let (status, kind, body) = app.fetch("/");
     let html = String::from_utf8(body).unwrap();
     assert_eq!((status, kind.starts_with("text/html")), (200, true));
     assert!(html.contains(&format!("href=\"/runs/{id}\"")), "{html}");
-    let (status, _, body) = fetch(&app, &format!("/runs/{id}"));
+    let (status, _, body) = app.fetch(&format!("/runs/{id}"));
     let html = String::from_utf8(body).unwrap();
     assert_eq!(status, 200);
     assert!(html.contains("data-boot=") && html.contains("proxy-tiny"));
     // The page carries names, not series: the browser fetches those at its resolution.
     assert!(!html.contains("1764300000"), "no step data in the page");
     for missing in ["/runs/99", "/runs/abc"] {
-        let (status, kind, body) = fetch(&app, missing);
+        let (status, kind, body) = app.fetch(missing);
         assert_eq!(
             (status, kind.starts_with("text/html")),
             (404, true),
@@ -52,7 +40,7 @@ fn the_pages_answer_html_without_series_data_and_a_missing_run_is_a_404_page() {
         );
         assert!(String::from_utf8(body).unwrap().contains("not found"));
     }
-    let (status, _, body) = fetch(&app, "/runs/table");
+    let (status, _, body) = app.fetch("/runs/table");
     assert_eq!(status, 200);
     assert!(
         String::from_utf8(body)
@@ -65,15 +53,14 @@ fn the_pages_answer_html_without_series_data_and_a_missing_run_is_a_404_page() {
 fn a_heatmap_renders_as_png_and_svg_with_the_json_query() {
     let app = TestApp::spawn();
     let id = run_with_steps(&app, 40);
-    let (status, kind, png) = fetch(
-        &app,
-        &format!("/api/v1/runs/{id}/layers/hidden_var.png?from=0&to=30&columns=20"),
-    );
+    let (status, kind, png) = app.fetch(&format!(
+        "/api/v1/runs/{id}/layers/hidden_var.png?from=0&to=30&columns=20"
+    ));
     assert_eq!((status, kind.as_str()), (200, "image/png"));
     let decoder = png::Decoder::new(std::io::Cursor::new(png));
     let info = decoder.read_info().unwrap().info().clone();
     assert_eq!(info.width, 1200);
-    let (status, kind, svg) = fetch(&app, &format!("/api/v1/runs/{id}/layers/hidden_var.svg"));
+    let (status, kind, svg) = app.fetch(&format!("/api/v1/runs/{id}/layers/hidden_var.svg"));
     let svg = String::from_utf8(svg).unwrap();
     assert_eq!((status, kind.as_str()), (200, "image/svg+xml"));
     assert!(svg.starts_with("<svg") && svg.contains("<rect"));
@@ -82,12 +69,11 @@ fn a_heatmap_renders_as_png_and_svg_with_the_json_query() {
         svg.to_uppercase().contains("#FF00C8"),
         "a NaN cell in the SVG"
     );
-    let (status, _, body) = fetch(&app, &format!("/api/v1/runs/{id}/layers/nope.png"));
+    let (status, _, body) = app.fetch(&format!("/api/v1/runs/{id}/layers/nope.png"));
     assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
-    let (status, _, _) = fetch(
-        &app,
-        &format!("/api/v1/runs/{id}/layers/hidden_var.png?columns=0"),
-    );
+    let (status, _, _) = app.fetch(&format!(
+        "/api/v1/runs/{id}/layers/hidden_var.png?columns=0"
+    ));
     assert_eq!(status, 400);
 }
 
@@ -95,13 +81,10 @@ fn a_heatmap_renders_as_png_and_svg_with_the_json_query() {
 fn a_scalar_chart_renders_for_a_key_with_a_slash() {
     let app = TestApp::spawn();
     let id = run_with_steps(&app, 40);
-    let (status, kind, png) = fetch(&app, &format!("/api/v1/runs/{id}/scalars/loss/code.png"));
+    let (status, kind, png) = app.fetch(&format!("/api/v1/runs/{id}/scalars/loss/code.png"));
     assert_eq!((status, kind.as_str()), (200, "image/png"));
     assert_eq!(&png[1..4], b"PNG");
-    let (status, _, svg) = fetch(
-        &app,
-        &format!("/api/v1/runs/{id}/scalars/loss.svg?points=10"),
-    );
+    let (status, _, svg) = app.fetch(&format!("/api/v1/runs/{id}/scalars/loss.svg?points=10"));
     assert_eq!(status, 200);
     assert!(
         String::from_utf8(svg).unwrap().contains("<polygon"),
