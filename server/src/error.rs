@@ -12,7 +12,6 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
-use crate::launches::LaunchError;
 use crate::storage::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -68,17 +67,6 @@ impl From<StoreError> for AppError {
             StoreError::Conflict(why) => AppError::Conflict(why),
             StoreError::Invalid(why) => AppError::Invalid(why),
             StoreError::Db(e) => AppError::Internal(e),
-        }
-    }
-}
-
-impl From<LaunchError> for AppError {
-    fn from(e: LaunchError) -> Self {
-        match e {
-            LaunchError::NotFound(what) => AppError::NotFound(format!("{what} not found")),
-            LaunchError::Conflict(why) => AppError::Conflict(why),
-            LaunchError::Invalid(why) => AppError::Invalid(why),
-            LaunchError::Internal(e) => AppError::Internal(e),
         }
     }
 }

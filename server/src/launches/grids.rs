@@ -7,7 +7,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::LaunchError;
+use crate::error::AppError;
 
 const MAX_NAME: usize = 100;
 
@@ -22,9 +22,9 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 /// The grid `name` in `dir`: 422 for a name that cannot be one, 404 when there is no such file.
-pub fn path(dir: &Path, name: &str) -> Result<PathBuf, LaunchError> {
+pub fn path(dir: &Path, name: &str) -> Result<PathBuf, AppError> {
     if !valid_name(name) {
-        return Err(LaunchError::Invalid(format!(
+        return Err(AppError::Invalid(format!(
             "a grid is named by its file stem under the grids folder, e.g. `stability`, not `{name}`"
         )));
     }
@@ -32,7 +32,7 @@ pub fn path(dir: &Path, name: &str) -> Result<PathBuf, LaunchError> {
     if path.is_file() {
         Ok(path)
     } else {
-        Err(LaunchError::NotFound(format!("grid `{name}`")))
+        Err(AppError::NotFound(format!("grid `{name}` not found")))
     }
 }
 
@@ -100,17 +100,14 @@ mod tests {
         assert_eq!(names(dir.path()).unwrap(), ["a", "b"]);
         assert!(names(&dir.path().join("missing")).unwrap().is_empty());
         assert!(matches!(path(dir.path(), "a"), Ok(p) if p.ends_with("a.toml")));
-        assert!(matches!(
-            path(dir.path(), "c"),
-            Err(LaunchError::NotFound(_))
-        ));
+        assert!(matches!(path(dir.path(), "c"), Err(AppError::NotFound(_))));
         assert!(matches!(
             path(dir.path(), "../a"),
-            Err(LaunchError::Invalid(_))
+            Err(AppError::Invalid(_))
         ));
         assert!(matches!(
             path(dir.path(), "folder"),
-            Err(LaunchError::NotFound(_))
+            Err(AppError::NotFound(_))
         ));
     }
 }

@@ -79,16 +79,3 @@ impl std::fmt::Debug for LaunchConfig {
             .finish_non_exhaustive()
     }
 }
-
-/// Why a launch request was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum LaunchError {
-    #[error("{0} not found")]
-    NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    Invalid(String),
-    #[error(transparent)]
-    Internal(#[from] anyhow::Error),
-}

@@ -12,7 +12,8 @@ use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use super::child::{self, Ended};
-use super::{Job, LaunchConfig, LaunchError, grids};
+use super::{Job, LaunchConfig, grids};
+use crate::error::AppError;
 use crate::storage::{Store, now, runs};
 
 /// The launches of this server: cheap to clone, shared by every handler.
@@ -94,7 +95,7 @@ impl Launches {
 
     /// The grids of the grids folder with their variants (read from disk each time, so a
     /// grid edited or added shows at once).
-    pub async fn grids(&self) -> Result<Vec<GridInfo>, LaunchError> {
+    pub async fn grids(&self) -> Result<Vec<GridInfo>, AppError> {
         let config = self.0.config.clone();
         let read = move || -> anyhow::Result<Vec<GridInfo>> {
             let names = grids::names(&config.grids)?;
@@ -126,14 +127,14 @@ impl Launches {
         &self,
         req: LaunchRequest,
         issued_by: String,
-    ) -> Result<LaunchRecord, LaunchError> {
-        req.validate().map_err(LaunchError::Invalid)?;
+    ) -> Result<LaunchRecord, AppError> {
+        req.validate().map_err(AppError::Invalid)?;
         let path = grids::path(&self.0.config.grids, &req.grid)?;
         let variants = self.variants(&req.grid, path.clone()).await?;
         let id = {
             let mut t = self.table();
             if t.closing {
-                return Err(LaunchError::Conflict("the server is shutting down".into()));
+                return Err(AppError::Conflict("the server is shutting down".into()));
             }
             t.next_id += 1;
             let id = t.next_id;
@@ -164,16 +165,14 @@ impl Launches {
         self.get(id)
     }
 
-    async fn variants(&self, name: &str, path: PathBuf) -> Result<Vec<String>, LaunchError> {
+    async fn variants(&self, name: &str, path: PathBuf) -> Result<Vec<String>, AppError> {
         let launcher = self.0.config.launcher.clone();
         let variants = tokio::task::spawn_blocking(move || launcher.variants(&path))
             .await
             .map_err(anyhow::Error::from)?
-            .map_err(|e| LaunchError::Invalid(format!("grid `{name}` does not load: {e:#}")))?;
+            .map_err(|e| AppError::Invalid(format!("grid `{name}` does not load: {e:#}")))?;
         if variants.is_empty() {
-            return Err(LaunchError::Invalid(format!(
-                "grid `{name}` has no variants"
-            )));
+            return Err(AppError::Invalid(format!("grid `{name}` has no variants")));
         }
         Ok(variants)
     }
@@ -184,7 +183,7 @@ impl Launches {
         t.launches.values().rev().map(Entry::snapshot).collect()
     }
 
-    pub fn get(&self, id: i64) -> Result<LaunchRecord, LaunchError> {
+    pub fn get(&self, id: i64) -> Result<LaunchRecord, AppError> {
         let t = self.table();
         let entry = t.launches.get(&id).ok_or_else(|| not_found(id))?;
         Ok(entry.snapshot())
@@ -192,14 +191,14 @@ impl Launches {
 
     /// Cancels the queued variants at once and asks the running ones to stop; they show as
     /// `cancelled` when their process has exited. 409 when nothing is left to cancel.
-    pub fn cancel(&self, id: i64) -> Result<LaunchRecord, LaunchError> {
+    pub fn cancel(&self, id: i64) -> Result<LaunchRecord, AppError> {
         let mut t = self.table();
         let Table {
             launches, queue, ..
         } = &mut *t;
         let entry = launches.get_mut(&id).ok_or_else(|| not_found(id))?;
         if !entry.snapshot().active {
-            return Err(LaunchError::Conflict(format!(
+            return Err(AppError::Conflict(format!(
                 "launch {id} has ended; nothing is left to cancel"
             )));
         }
@@ -417,6 +416,6 @@ fn unique_group(t: &Table, grid: &str, id: i64) -> String {
     }
 }
 
-fn not_found(id: i64) -> LaunchError {
-    LaunchError::NotFound(format!("launch {id}"))
+fn not_found(id: i64) -> AppError {
+    AppError::NotFound(format!("launch {id} not found"))
 }
