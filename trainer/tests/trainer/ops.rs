@@ -19,20 +19,15 @@ fn randn(shape: &[usize], seed: u64) -> Tensor {
 /// `max |a − b|` over `max |b|`, in f64.
 fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims());
-    let a: Vec<f64> = a
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let b: Vec<f64> = b
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let host = |t: &Tensor| -> Vec<f64> {
+        t.to_dtype(DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let (a, b) = (host(a), host(b));
     let scale = b.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-300);
     let diff = a
         .iter()
