@@ -27,6 +27,10 @@ RUN curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs \
     && rustc --version
 WORKDIR /src
 COPY . .
+# The image has no .git: `keel --version` shows the revision passed here
+# (`--build-arg KEEL_GIT_REV=$(git rev-parse --short=12 HEAD)`).
+ARG KEEL_GIT_REV=unknown
+ENV KEEL_GIT_REV=${KEEL_GIT_REV}
 
 # ---- the CPU build, for the server ----
 FROM builder AS build-cpu
@@ -48,17 +52,15 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 # ---- server: keel serve ----
 FROM debian:bookworm-slim AS server
-# curl for the healthcheck; DejaVu for the text of PNG charts.
+# curl for the healthcheck. The pages' assets, the configs, the grids and the charts' font are
+# inside the binary.
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        curl ca-certificates fonts-dejavu-core \
+        curl ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --create-home --uid 10001 keel \
     && mkdir -p /data && chown keel:keel /data
 COPY --from=build-cpu /usr/local/bin/keel /usr/local/bin/keel
-COPY configs /app/configs
-COPY static /app/static
-ENV KEEL_STATIC_DIR=/app/static
 WORKDIR /app
 USER keel
 VOLUME ["/data"]
@@ -71,8 +73,6 @@ FROM nvidia/cuda:${CUDA_VERSION}-runtime-ubuntu${UBUNTU_VERSION} AS trainer
 RUN useradd --system --create-home --uid 10001 keel \
     && mkdir -p /checkpoints && chown keel:keel /checkpoints
 COPY --from=build-cuda /usr/local/bin/keel /usr/local/bin/keel
-COPY configs /app/configs
-COPY static /app/static
 WORKDIR /app
 USER keel
 VOLUME ["/checkpoints"]

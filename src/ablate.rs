@@ -9,7 +9,8 @@ use anyhow::Context;
 
 #[derive(clap::Args)]
 pub struct AblateArgs {
-    /// The grid, e.g. configs/ablations/stability.toml.
+    /// The grid: a built-in one's name (`keel configs` lists them), e.g. stability, or a TOML
+    /// file.
     grid: PathBuf,
     /// Base URL of the keel server the runs stream to.
     #[arg(long, env = "KEEL_SERVER")]

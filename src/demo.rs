@@ -1,5 +1,10 @@
 //! `keel demo`: a server on a local SQLite file and a real proxy-model training run streaming
 //! into it, so a fresh machine has something real to watch. Ctrl-C stops both.
+//!
+//! The demo is only worth something with its run, so a trainer that cannot start or dies is
+//! reported at once — on stderr and at the top of the runs page — and the demo exits
+//! non-zero, unless `--keep-serving` keeps the server up for a look around. A trainer that
+//! finishes its steps leaves the server serving until Ctrl-C.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,10 +14,11 @@ use anyhow::Context;
 use crate::{DemoArgs, shutdown_on_signal};
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let token = keel_server::auth::new_token()?;
+    let (token, made) = crate::token_or_new(args.token)?;
     let mut config = keel_server::Config::new(args.db, token.clone());
     config.addr = args.addr;
     config.launch = crate::launch::config(args.grids, args.max_trainers)?;
+    let notices = config.notices.clone();
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| {
@@ -26,7 +32,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let server_stop = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn(keel_server::serve(config, listener, server_stop.clone()));
     println!("keel demo: open {url}");
-    println!("operator token (KEEL_TOKEN): {token}");
+    if made {
+        println!("operator token (KEEL_TOKEN): {token}");
+    } else {
+        println!("operator token: the one you gave (KEEL_TOKEN or --token)");
+    }
     println!("to steer the run, sign in at {url}/login with that token");
     let stop = Arc::new(AtomicBool::new(false));
     let opts = keel_trainer::TrainOptions {
@@ -40,18 +50,48 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let flag = stop.clone();
-    let trainer = std::thread::spawn(move || keel_trainer::train(opts, flag));
-    // On Ctrl-C the trainer stops first, at its next step boundary, and reports to a server
-    // that is still there; then the server stops.
-    signal.cancelled().await;
-    stop.store(true, Ordering::SeqCst);
-    let trained = tokio::task::spawn_blocking(move || trainer.join())
-        .await?
-        .map_err(|_| anyhow::anyhow!("the trainer panicked"))?;
-    match trained {
-        Ok(summary) => eprintln!("the demo run trained {} steps", summary.steps),
-        Err(e) => eprintln!("the demo run stopped: {e:#}"),
+    let mut trainer = tokio::task::spawn_blocking(move || keel_trainer::train(opts, flag));
+    let failure = tokio::select! {
+        // On Ctrl-C the trainer stops first, at its next step boundary, and reports to a
+        // server that is still there; then the server stops.
+        () = signal.cancelled() => {
+            stop.store(true, Ordering::SeqCst);
+            match trained(trainer.await) {
+                Ok(steps) => eprintln!("the demo run trained {steps} steps"),
+                Err(e) => eprintln!("the demo run stopped: {e:#}"),
+            }
+            None
+        }
+        joined = &mut trainer => match trained(joined) {
+            Ok(steps) => {
+                eprintln!("the demo run trained its {steps} steps; serving until Ctrl-C");
+                signal.cancelled().await;
+                None
+            }
+            Err(e) => Some(e),
+        },
+    };
+    let Some(e) = failure else {
+        server_stop.cancel();
+        return server.await.context("the server task")?;
+    };
+    let why = format!("the demo's trainer failed: {e:#}");
+    eprintln!("keel demo: {why}");
+    notices.push(why);
+    if args.keep_serving {
+        eprintln!("keel demo: --keep-serving: the server stays up until Ctrl-C");
+        signal.cancelled().await;
     }
     server_stop.cancel();
-    server.await.context("the server task")?
+    server.await.context("the server task")??;
+    // The reason is on stderr already.
+    anyhow::bail!("the demo's trainer failed")
+}
+
+/// The steps a trainer thread trained, or why it did not.
+fn trained(
+    joined: Result<anyhow::Result<keel_trainer::TrainSummary>, tokio::task::JoinError>,
+) -> anyhow::Result<u64> {
+    let summary = joined.map_err(|_| anyhow::anyhow!("the trainer panicked"))??;
+    Ok(summary.steps)
 }

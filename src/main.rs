@@ -3,6 +3,7 @@
 
 mod ablate;
 mod bench;
+mod configs;
 mod demo;
 mod launch;
 mod train;
@@ -19,10 +20,13 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static ALLOCATOR: keel_trainer::Allocator = keel_trainer::Allocator;
 
+/// `0.1.0 (a1b2c3d4e5f6)`: the version and the git revision it was built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("KEEL_GIT_REV"), ")");
+
 #[derive(Parser)]
 #[command(
     name = "keel",
-    version,
+    version = VERSION,
     about = "A control room for language-model pre-training"
 )]
 struct Cli {
@@ -40,6 +44,8 @@ enum Cmd {
     Train(train::TrainArgs),
     /// Train every variant of an ablation grid, one run each, all in one group.
     Ablate(ablate::AblateArgs),
+    /// List the configs and ablation grids built into keel, or print one.
+    Configs(configs::ConfigsArgs),
     /// Measure ingest, query and memory figures (see docs/performance.md).
     Bench(bench::BenchArgs),
 }
@@ -65,12 +71,14 @@ struct ServeArgs {
     /// TLS proxy).
     #[arg(long, env = "KEEL_SECURE_COOKIE")]
     secure_cookie: bool,
-    /// The folder of the pages' scripts and styles (default: the source tree's `static/`).
+    /// Serve the pages' scripts and styles from this folder instead of the copies built into
+    /// keel (for working on them without rebuilding).
     #[arg(long, env = "KEEL_STATIC_DIR")]
     static_dir: Option<PathBuf>,
-    /// The ablation grids the runs page can launch (`<name>.toml` files).
-    #[arg(long, env = "KEEL_GRIDS", default_value = "configs/ablations")]
-    grids: PathBuf,
+    /// A folder of ablation grids (`<name>.toml` files) the runs page can launch, beside the
+    /// built-in ones.
+    #[arg(long, env = "KEEL_GRIDS")]
+    grids: Option<PathBuf>,
     /// Trainer processes the server runs at once for launched grids, over all launches (the
     /// rest wait in a queue); 0 turns launching from the browser off.
     #[arg(long, env = "KEEL_MAX_TRAINERS", default_value_t = 1)]
@@ -84,15 +92,22 @@ pub struct DemoArgs {
     /// SQLite database file for the demo (kept, so a second demo shows both runs).
     #[arg(long, default_value = "keel-demo.db")]
     pub db: PathBuf,
-    /// The model and data of the demo run.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/proxy-small.toml"))]
+    /// Operator and ingest token, as for `keel serve`; a random one is made and printed when
+    /// unset.
+    #[arg(long, env = "KEEL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The model and data of the demo run: a built-in config's name or a TOML file.
+    #[arg(long, default_value = "proxy-small")]
     pub config: PathBuf,
     /// Steps to train (the config's own count when unset).
     #[arg(long)]
     pub steps: Option<u64>,
-    /// The ablation grids the runs page can launch.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/ablations"))]
-    pub grids: PathBuf,
+    /// Keep serving when the demo's trainer fails (by default keel demo then exits non-zero).
+    #[arg(long)]
+    pub keep_serving: bool,
+    /// A folder of ablation grids the runs page can launch, beside the built-in ones.
+    #[arg(long)]
+    pub grids: Option<PathBuf>,
     /// Trainer processes run at once for launched grids, beside the demo's own run; 0 turns
     /// launching off.
     #[arg(long, default_value_t = 1)]
@@ -113,6 +128,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Demo(args) => runtime()?.block_on(demo::run(args)),
         Cmd::Train(args) => train::run(args),
         Cmd::Ablate(args) => ablate::run(args),
+        Cmd::Configs(args) => configs::run(args),
         Cmd::Bench(args) => bench::run(args),
     }
 }
@@ -147,23 +163,26 @@ fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
+/// The operator token: the one given (`--token` or `KEEL_TOKEN`), or a new one — then `true`,
+/// and the caller prints it, since nobody else knows it.
+fn token_or_new(given: Option<String>) -> anyhow::Result<(String, bool)> {
+    match given.filter(|t| !t.trim().is_empty()) {
+        Some(t) => Ok((t, false)),
+        None => Ok((keel_server::auth::new_token()?, true)),
+    }
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let token = match args.token.filter(|t| !t.trim().is_empty()) {
-        Some(t) => t,
-        None => {
-            let t = keel_server::auth::new_token()?;
-            eprintln!("KEEL_TOKEN was not set; this server's token is: {t}");
-            t
-        }
-    };
+    let (token, made) = token_or_new(args.token)?;
+    if made {
+        eprintln!("KEEL_TOKEN was not set; this server's token is: {token}");
+    }
     let mut config = keel_server::Config::new(args.db, token);
     config.addr = args.addr;
     config.lost_after = std::time::Duration::from_secs(args.lost_after.max(1));
     config.session_ttl = std::time::Duration::from_secs(args.session_hours.max(1) * 3600);
     config.secure_cookie = args.secure_cookie;
-    if let Some(dir) = args.static_dir {
-        config.static_dir = dir;
-    }
+    config.static_dir = args.static_dir;
     config.launch = launch::config(args.grids, args.max_trainers)?;
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
@@ -356,21 +375,13 @@ mod tests {
         for (name, s) in services.iter().filter(|(_, s)| !s["build"].is_badvalue()) {
             parse(&command(s, text(name, "a service name")));
         }
-        // The trainer's config is a file of this repository, copied into its image.
+        // The trainer's config is built into the binary: the image holds nothing else.
         let (_, m) = parse(&command(service(&compose, "trainer"), "trainer"));
         let config = m
             .get_one::<PathBuf>("config")
             .expect("the trainer names a config");
-        assert!(
-            config.is_relative(),
-            "{config:?} resolves inside the image's /app"
-        );
-        assert!(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join(config).is_file(),
-            "{config:?} exists"
-        );
-        let (_, trainer) = stage("trainer");
-        assert!(trainer.iter().any(|l| l.starts_with("COPY configs ")));
+        let cfg = keel_trainer::load_config(config);
+        assert!(cfg.is_ok(), "{config:?} is a built-in config: {cfg:?}");
     }
 
     #[test]
@@ -522,17 +533,20 @@ mod tests {
     }
 
     #[test]
-    fn the_server_image_serves_its_own_copy_of_the_static_files() {
-        let (_, body) = stage("server");
-        let dir = body
-            .iter()
-            .find_map(|l| l.strip_prefix("ENV KEEL_STATIC_DIR="))
-            .expect("the server image sets KEEL_STATIC_DIR");
-        assert!(body.iter().any(|l| *l == format!("COPY static {dir}")));
-        let (_, m) = parse(&["serve".into(), "--static-dir".into(), dir.into()]);
-        assert_eq!(
-            m.get_one::<PathBuf>("static_dir"),
-            Some(&PathBuf::from(dir))
-        );
+    fn the_images_hold_the_binary_and_nothing_it_would_read_beside_it() {
+        for name in ["server", "trainer"] {
+            let (_, body) = stage(name);
+            for line in &body {
+                assert!(
+                    !line.starts_with("COPY configs") && !line.starts_with("COPY static"),
+                    "stage `{name}`: {line}"
+                );
+            }
+            assert!(!body.iter().any(|l| l.contains("KEEL_STATIC_DIR")));
+            assert!(
+                !body.iter().any(|l| l.contains("fonts-")),
+                "the font is built in"
+            );
+        }
     }
 }

@@ -12,10 +12,11 @@ use crate::ablate;
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
-    /// The training config (TOML), e.g. configs/proxy-tiny.toml.
+    /// The training config: a built-in one's name (`keel configs` lists them), e.g.
+    /// proxy-tiny, or a TOML file, e.g. ./mine.toml.
     #[arg(long, required_unless_present_any = ["resume", "grid"])]
     config: Option<PathBuf>,
-    /// An ablation grid, e.g. configs/ablations/stability.toml: train its `--variant`.
+    /// An ablation grid, built in (e.g. stability) or a TOML file: train its `--variant`.
     #[arg(long, requires = "variant", conflicts_with_all = ["config", "resume"])]
     grid: Option<PathBuf>,
     /// The variant of `--grid` to train; its run is `<group>/<variant>`.

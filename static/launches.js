@@ -73,8 +73,7 @@ export class LaunchPanel {
         return el("option", { value: g.name, text: label });
       });
       if (!options.length) {
-        const dir = this.hint.dataset.gridsDir;
-        options.push(el("option", { value: "", text: `no grids in ${dir}` }));
+        options.push(el("option", { value: "", text: `no grids (${this.hint.dataset.grids})` }));
       }
       this.select.replaceChildren(...options);
       const first = grids.find((g) => !g.error);

@@ -1,10 +1,12 @@
 //! The keel server: HTTP API, SQLite storage, live hub.
 //!
 //! - [`alerts`]: derived alerts (NaN, spikes, depth growth, runaway logits), pure logic.
+//! - [`assets`]: the pages' scripts and styles, built in.
 //! - [`routes`]: every URL, each area's handlers (extract → call → respond).
 //! - [`storage`]: all SQL — the store, its single writer, the series queries.
 //! - [`hub`]: live fan-out of committed changes to SSE subscribers.
 //! - [`launches`]: ablation grids launched from the browser: the trainer queue and processes.
+//! - [`notices`]: what the operator must know that belongs to no run, for the runs page.
 //! - [`auth`]: who may write: the operator token, or a signed-in session with its CSRF token.
 //! - [`sessions`]: the signed-in browser sessions (in memory, with an expiry).
 //! - [`error`]: the error type and the extractors that answer in its shape.
@@ -15,11 +17,13 @@
 //! [`serve`] is the whole server given a bound listener, so tests run it on port 0.
 
 pub mod alerts;
+pub mod assets;
 pub mod auth;
 pub mod charts;
 pub mod error;
 pub mod hub;
 pub mod launches;
+pub mod notices;
 pub mod routes;
 pub mod sessions;
 pub mod storage;
@@ -37,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hub::Hub;
 use crate::launches::{LaunchConfig, Launches};
+use crate::notices::Notices;
 use crate::sessions::Sessions;
 use crate::storage::Store;
 
@@ -49,8 +54,8 @@ pub struct Config {
     pub token: String,
     /// Largest accepted request body, in bytes.
     pub body_limit: usize,
-    /// Where the CSS and JS of the pages are.
-    pub static_dir: PathBuf,
+    /// A folder to serve the pages' CSS and JS from; `None` serves the copies built in.
+    pub static_dir: Option<PathBuf>,
     /// A running run not heard from for this long shows as `lost`.
     pub lost_after: Duration,
     /// How long shutdown waits for open requests before it stops anyway.
@@ -62,6 +67,8 @@ pub struct Config {
     /// Launching ablation grids from the browser; `None` turns it off (the launch endpoints
     /// answer 404 and the runs page has no launch panel).
     pub launch: Option<LaunchConfig>,
+    /// Shown on the runs page; whoever starts the server may keep a clone and add to it.
+    pub notices: Notices,
 }
 
 impl Config {
@@ -71,12 +78,13 @@ impl Config {
             db,
             token,
             body_limit: 32 * 1024 * 1024,
-            static_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../static")),
+            static_dir: None,
             lost_after: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(5),
             session_ttl: Duration::from_secs(12 * 3600),
             secure_cookie: false,
             launch: None,
+            notices: Notices::default(),
         }
     }
 }

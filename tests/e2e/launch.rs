@@ -277,11 +277,15 @@ fn an_operator_launches_and_cancels_a_grid_from_the_runs_page() {
         patience,
         "const b = document.getElementById('launch-submit'); return b && !b.disabled",
     );
+    // The folder's grid is listed beside the built-in ones; pick it.
     let hint = b.eval(
-        "return document.getElementById('launch-variants').textContent",
+        "const s = document.getElementById('launch-grid'); \
+         const names = [...s.options].map((o) => o.value); \
+         s.value = 'tiny'; s.dispatchEvent(new Event('change')); \
+         return names.join(' ') + ' | ' + document.getElementById('launch-variants').textContent",
         json!([]),
     );
-    assert_eq!(hint, "Variants: a, b, c");
+    assert_eq!(hint, "stability tiny yulan-ladder | Variants: a, b, c");
 
     b.eval(
         "document.getElementById('launch-steps').value = '5'; \

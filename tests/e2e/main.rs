@@ -2,6 +2,7 @@
 //! into it over HTTP.
 
 mod ablation;
+mod anywhere;
 mod browser;
 mod harness;
 mod launch;

@@ -6,10 +6,11 @@
 //! anything themselves. Heatmaps colour each bucket by its `max`, so a one-step spike shows at
 //! every zoom, with the scale of [`colormap`] that the browser shares.
 //!
-//! Text needs a font. Rather than link the system's fontconfig and freetype, the first chart
-//! reads DejaVu Sans (Debian's `fonts-dejavu-core`) or the file named by `KEEL_FONT`, and
-//! hands it to plotters' `ab_glyph` renderer. Without a font a PNG is drawn without text;
-//! an SVG keeps its text, which the viewer's own fonts render.
+//! Text needs a font. Rather than link the system's fontconfig and freetype, the charts draw
+//! with DejaVu Sans built into the binary (the `dejavu` crate; the DejaVu fonts' licence lets
+//! them be embedded and shipped) through plotters' `ab_glyph` renderer, so a `keel` copied to
+//! a machine without fonts still labels its charts. `KEEL_FONT` names another TrueType file to
+//! use instead. An SVG names the family and the viewer's own fonts render it.
 
 pub mod colormap;
 pub mod compare;
@@ -115,33 +116,39 @@ fn encode_png(rgb: &[u8], w: u32, h: u32) -> anyhow::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Where a font is looked for when `KEEL_FONT` does not name one.
-const FONT_PATHS: [&str; 3] = [
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/TTF/DejaVuSans.ttf",
-];
-
-/// Loads the font once; true when PNG text can be drawn.
+/// Registers the font once: the file `KEEL_FONT` names when it loads, else the built-in one.
+/// True when PNG text can be drawn (always, unless the built-in font were unreadable).
 pub fn font_ready() -> bool {
     static READY: OnceLock<bool> = OnceLock::new();
     *READY.get_or_init(|| {
-        let named = std::env::var_os("KEEL_FONT").map(std::path::PathBuf::from);
-        let candidates = named
-            .into_iter()
-            .chain(FONT_PATHS.iter().map(std::path::PathBuf::from));
-        for path in candidates {
-            let Ok(bytes) = std::fs::read(&path) else {
-                continue;
-            };
-            // plotters keeps fonts for the life of the process: one leak, once.
-            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-            if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
-                return true;
+        if let Some(path) = std::env::var_os("KEEL_FONT") {
+            match std::fs::read(&path) {
+                Ok(bytes) => {
+                    // plotters keeps fonts for the life of the process: one leak, once.
+                    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                    if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+                        .is_ok()
+                    {
+                        return true;
+                    }
+                    tracing::warn!(
+                        ?path,
+                        "KEEL_FONT is not a usable font; using the built-in one"
+                    );
+                }
+                Err(e) => tracing::warn!(?path, "reading KEEL_FONT: {e}; using the built-in one"),
             }
         }
-        tracing::warn!("no font found (set KEEL_FONT): PNG charts are drawn without text");
-        false
+        let ok = plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            dejavu::sans::regular(),
+        )
+        .is_ok();
+        if !ok {
+            tracing::error!("the built-in font does not load: PNG charts are drawn without text");
+        }
+        ok
     })
 }
 

@@ -1,8 +1,8 @@
-//! The grids folder: which of its files are grids, and which names may be asked for.
+//! Grid names: which names may be asked for, and which files of a grids folder are grids.
 //!
-//! A grid is named by its file stem and only ever looked up as `<folder>/<name>.toml`. A name
-//! is letters, digits, `-`, `_` and dots that do not lead, so no name can reach a file outside
-//! the folder (no `/`, no `..` at the start, no hidden files).
+//! A grid in a folder is named by its file stem and only ever looked up as
+//! `<folder>/<name>.toml`. A name is letters, digits, `-`, `_` and dots that do not lead, so
+//! no name can reach a file outside the folder (no `/`, no `..` at the start, no hidden files).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -21,19 +21,26 @@ pub fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-/// The grid `name` in `dir`: 422 for a name that cannot be one, 404 when there is no such file.
-pub fn path(dir: &Path, name: &str) -> Result<PathBuf, AppError> {
+/// `name` as a grid asked for: 422 for a name that cannot be one, 404 when it is not among
+/// `known`.
+pub fn check(name: &str, known: &[String]) -> Result<(), AppError> {
     if !valid_name(name) {
         return Err(AppError::Invalid(format!(
-            "a grid is named by its file stem under the grids folder, e.g. `stability`, not `{name}`"
+            "`{name}` cannot name a grid: a grid is named as GET /api/v1/grids lists it \
+             (letters, digits, `-`, `_` and `.`; e.g. `stability`)"
         )));
     }
-    let path = dir.join(format!("{name}.toml"));
-    if path.is_file() {
-        Ok(path)
+    if known.iter().any(|k| k == name) {
+        Ok(())
     } else {
         Err(AppError::NotFound(format!("grid `{name}` not found")))
     }
+}
+
+/// The grid `name` in the folder `dir`, if there is one.
+pub fn path(dir: &Path, name: &str) -> Option<PathBuf> {
+    let path = dir.join(format!("{name}.toml"));
+    (valid_name(name) && path.is_file()).then_some(path)
 }
 
 /// The names of the grids in `dir`, sorted; none when the folder does not exist.
@@ -97,17 +104,15 @@ mod tests {
             std::fs::write(dir.path().join(f), "").unwrap();
         }
         std::fs::create_dir(dir.path().join("folder.toml")).unwrap();
-        assert_eq!(names(dir.path()).unwrap(), ["a", "b"]);
+        let known = names(dir.path()).unwrap();
+        assert_eq!(known, ["a", "b"]);
         assert!(names(&dir.path().join("missing")).unwrap().is_empty());
-        assert!(matches!(path(dir.path(), "a"), Ok(p) if p.ends_with("a.toml")));
-        assert!(matches!(path(dir.path(), "c"), Err(AppError::NotFound(_))));
-        assert!(matches!(
-            path(dir.path(), "../a"),
-            Err(AppError::Invalid(_))
-        ));
-        assert!(matches!(
-            path(dir.path(), "folder"),
-            Err(AppError::NotFound(_))
-        ));
+        assert!(path(dir.path(), "a").is_some_and(|p| p.ends_with("a.toml")));
+        for missing in ["c", "../a", "folder", ".hidden"] {
+            assert_eq!(path(dir.path(), missing), None, "{missing}");
+        }
+        assert!(check("a", &known).is_ok());
+        assert!(matches!(check("c", &known), Err(AppError::NotFound(_))));
+        assert!(matches!(check("../a", &known), Err(AppError::Invalid(_))));
     }
 }

@@ -1,9 +1,10 @@
 //! Ablation grids launched from the browser: one trainer process per variant, at most
 //! `max_trainers` processes at a time over all launches, first come first served.
 //!
-//! The server does not know how to train, nor how to read a grid: the root CLI hands it a
-//! [`Launcher`] that lists a grid's variants and builds the command of one variant (the same
-//! `keel` binary running `keel train --grid … --variant …`). This module owns the queue, the
+//! The server does not know how to train, nor where grids come from or how to read one: the
+//! root CLI hands it a [`Launcher`] that names the grids (built into the binary, or files of a
+//! folder), lists a grid's variants and builds the command of one variant (the same `keel`
+//! binary running `keel train --grid … --variant …`). This module owns the queue, the
 //! child processes ([`child`]) and the states of the launches; storage is only read, to find
 //! the run a trainer created (by its group and variant). Launch states live in memory: a
 //! restarted server has forgotten its launches, while the runs they made stay stored.
@@ -11,13 +12,12 @@
 //! - [`queue`]: the launches, their queue and the trainers they run; every change is
 //!   published as the whole launch record, for the runs page's live stream.
 //! - [`child`]: one trainer process, from start to exit.
-//! - [`grids`]: which files of the grids folder are grids, and which names may be asked for.
+//! - [`grids`]: which names may be asked for, and which files of a folder are grids.
 
 mod child;
 pub mod grids;
 mod queue;
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,9 +25,16 @@ pub use queue::Launches;
 
 /// What the root CLI knows and the server does not: how grids are read and trainers started.
 pub trait Launcher: Send + Sync + 'static {
-    /// The variant names of the grid file `grid`, in the order they are launched; an error
-    /// says why the grid does not load.
-    fn variants(&self, grid: &Path) -> anyhow::Result<Vec<String>>;
+    /// The names of the grids that can be launched, sorted; each one a
+    /// [`grids::valid_name`].
+    fn grids(&self) -> anyhow::Result<Vec<String>>;
+
+    /// The variant names of grid `grid` (one of [`Launcher::grids`]), in the order they are
+    /// launched; an error says why the grid does not load.
+    fn variants(&self, grid: &str) -> anyhow::Result<Vec<String>>;
+
+    /// Where the grids come from, for the runs page ("the built-in grids").
+    fn source(&self) -> String;
 
     /// The process that trains one variant. The server adds the token to its environment
     /// (`KEEL_TOKEN`) and takes care of its stdio.
@@ -37,8 +44,8 @@ pub trait Launcher: Send + Sync + 'static {
 /// One variant to train, as the [`Launcher`] is asked to start it.
 #[derive(Clone, Debug)]
 pub struct Job {
-    /// The grid file.
-    pub grid: PathBuf,
+    /// The grid's name.
+    pub grid: String,
     pub variant: String,
     pub group: String,
     pub steps: Option<u64>,
@@ -51,8 +58,6 @@ pub struct Job {
 #[derive(Clone)]
 pub struct LaunchConfig {
     pub launcher: Arc<dyn Launcher>,
-    /// The folder of the grid files, `<name>.toml`.
-    pub grids: PathBuf,
     /// Trainer processes running at once, over all launches (at least 1).
     pub max_trainers: usize,
     /// How long a trainer asked to stop (SIGTERM) has before it is killed.
@@ -60,10 +65,9 @@ pub struct LaunchConfig {
 }
 
 impl LaunchConfig {
-    pub fn new(launcher: Arc<dyn Launcher>, grids: PathBuf) -> LaunchConfig {
+    pub fn new(launcher: Arc<dyn Launcher>) -> LaunchConfig {
         LaunchConfig {
             launcher,
-            grids,
             max_trainers: 1,
             stop_grace: Duration::from_secs(10),
         }
@@ -73,7 +77,7 @@ impl LaunchConfig {
 impl std::fmt::Debug for LaunchConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LaunchConfig")
-            .field("grids", &self.grids)
+            .field("grids", &self.launcher.source())
             .field("max_trainers", &self.max_trainers)
             .field("stop_grace", &self.stop_grace)
             .finish_non_exhaustive()

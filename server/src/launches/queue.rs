@@ -3,11 +3,12 @@
 //! process start; each running trainer has a task that follows it to its end.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use keel_protocol::{GridInfo, LaunchRecord, LaunchRequest, LaunchVariant, VariantState};
+use keel_protocol::{
+    GridInfo, LaunchRecord, LaunchRequest, LaunchVariant, RunStatus, VariantState,
+};
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
@@ -44,7 +45,6 @@ struct Table {
 
 struct Entry {
     record: LaunchRecord,
-    grid: PathBuf,
     /// The stop switch of each running variant, by index.
     stops: HashMap<usize, CancellationToken>,
 }
@@ -93,15 +93,15 @@ impl Launches {
         let _ = self.0.changes.send(Arc::new(entry.snapshot()));
     }
 
-    /// The grids of the grids folder with their variants (read from disk each time, so a
-    /// grid edited or added shows at once).
+    /// The grids with their variants (asked for each time, so a grid file edited or added
+    /// shows at once).
     pub async fn grids(&self) -> Result<Vec<GridInfo>, AppError> {
-        let config = self.0.config.clone();
+        let launcher = self.0.config.launcher.clone();
         let read = move || -> anyhow::Result<Vec<GridInfo>> {
-            let names = grids::names(&config.grids)?;
-            let infos = names.into_iter().map(|name| {
-                let path = config.grids.join(format!("{name}.toml"));
-                match config.launcher.variants(&path) {
+            let names = launcher.grids()?;
+            let infos = names
+                .into_iter()
+                .map(|name| match launcher.variants(&name) {
                     Ok(variants) => GridInfo {
                         name,
                         variants,
@@ -112,8 +112,7 @@ impl Launches {
                         variants: Vec::new(),
                         error: Some(format!("{e:#}")),
                     },
-                }
-            });
+                });
             Ok(infos.collect())
         };
         let infos = tokio::task::spawn_blocking(read)
@@ -129,8 +128,7 @@ impl Launches {
         issued_by: String,
     ) -> Result<LaunchRecord, AppError> {
         req.validate().map_err(AppError::Invalid)?;
-        let path = grids::path(&self.0.config.grids, &req.grid)?;
-        let variants = self.variants(&req.grid, path.clone()).await?;
+        let variants = self.variants(&req.grid).await?;
         let id = {
             let mut t = self.table();
             if t.closing {
@@ -151,7 +149,6 @@ impl Launches {
                     active: true,
                     variants: variants.into_iter().map(queued).collect(),
                 },
-                grid: path,
                 stops: HashMap::new(),
             };
             t.queue
@@ -165,12 +162,19 @@ impl Launches {
         self.get(id)
     }
 
-    async fn variants(&self, name: &str, path: PathBuf) -> Result<Vec<String>, AppError> {
+    /// The variants of the grid asked for: 422 for a name that cannot be a grid's or a grid
+    /// that does not load, 404 for one that is not there.
+    async fn variants(&self, name: &str) -> Result<Vec<String>, AppError> {
         let launcher = self.0.config.launcher.clone();
-        let variants = tokio::task::spawn_blocking(move || launcher.variants(&path))
-            .await
-            .map_err(anyhow::Error::from)?
-            .map_err(|e| AppError::Invalid(format!("grid `{name}` does not load: {e:#}")))?;
+        let grid = name.to_owned();
+        let variants = tokio::task::spawn_blocking(move || {
+            grids::check(&grid, &launcher.grids()?)?;
+            launcher
+                .variants(&grid)
+                .map_err(|e| AppError::Invalid(format!("grid `{grid}` does not load: {e:#}")))
+        })
+        .await
+        .map_err(anyhow::Error::from)??;
         if variants.is_empty() {
             return Err(AppError::Invalid(format!("grid `{name}` has no variants")));
         }
@@ -281,7 +285,7 @@ impl Launches {
         variant.state = VariantState::Running;
         variant.started_at = Some(now());
         let job = Job {
-            grid: entry.grid.clone(),
+            grid: entry.record.grid.clone(),
             variant: variant.name.clone(),
             group: entry.record.group.clone(),
             steps: entry.record.steps,
@@ -311,8 +315,26 @@ impl Launches {
         };
         // A run created just before the trainer exited is still found.
         self.note_run(id, index, &job).await;
-        self.finish(id, index, ended);
+        let why = (!ended.success).then(|| failure(&ended));
+        let run = self.finish(id, index, ended);
+        if let (Some(run), Some(why)) = (run, why) {
+            self.mark_failed(run, why).await;
+        }
         self.pump();
+    }
+
+    /// A trainer that died without saying so (killed, crashed, refused at start) leaves its
+    /// run `running` until it shows as lost: the run is marked failed with the reason, so its
+    /// page says why. A run that already ended keeps its own word.
+    async fn mark_failed(&self, run: i64, why: String) {
+        let store = &self.0.store;
+        let status = runs::run_row(store.reader(), run).await.map(|r| r.status);
+        if matches!(status, Ok(RunStatus::Finished | RunStatus::Failed)) {
+            return;
+        }
+        if let Err(e) = store.set_status(run, RunStatus::Failed, Some(why)).await {
+            tracing::warn!(run, "marking a launched run failed: {e:#}");
+        }
     }
 
     async fn find_run(&self, id: i64, index: usize, job: &Job) {
@@ -347,8 +369,9 @@ impl Launches {
         }
     }
 
-    /// Records how a variant's process ended and frees its slot.
-    fn finish(&self, id: i64, index: usize, ended: Ended) {
+    /// Records how a variant's process ended and frees its slot; the variant's run when it
+    /// failed (not when it was cancelled) and its run is known.
+    fn finish(&self, id: i64, index: usize, ended: Ended) -> Option<i64> {
         let mut t = self.table();
         t.running -= 1;
         let entry = t
@@ -373,9 +396,30 @@ impl Launches {
             v.stderr = ended.stderr;
         }
         v.exit = Some(ended.exit);
+        let failed_run = v.run_id.filter(|_| v.state == VariantState::Failed);
         self.publish(entry);
         drop(t);
         self.0.exited.notify_waiters();
+        failed_run
+    }
+}
+
+/// Why a trainer failed, for its run's page: how it exited and what it said last (its error
+/// with the causes under it, or its last three lines).
+fn failure(ended: &Ended) -> String {
+    let err = &ended.stderr;
+    let from = err
+        .iter()
+        .rposition(|l| l.starts_with("Error:"))
+        .unwrap_or(err.len().saturating_sub(3));
+    let said: Vec<&str> = err[from..]
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| !l.is_empty() && *l != "Caused by:")
+        .collect();
+    match said.is_empty() {
+        true => format!("the trainer exited ({})", ended.exit),
+        false => format!("the trainer exited ({}): {}", ended.exit, said.join(" — ")),
     }
 }
 

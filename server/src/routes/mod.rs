@@ -1,6 +1,6 @@
 //! Every URL of the server, in one place. Each area exposes `router()`; this merges them and
 //! adds the layers every request goes through: tracing, the body limit, compression (SSE is
-//! never compressed), and the static files of the pages.
+//! never compressed), and the static files of the pages (built in, or a folder's).
 
 mod commands;
 mod compare;
@@ -16,6 +16,7 @@ mod runs;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
 use tower_http::compression::CompressionLayer;
 use tower_http::services::ServeDir;
 use tower_http::trace::TraceLayer;
@@ -27,7 +28,10 @@ pub use meta::openapi;
 
 pub fn router(state: AppState) -> Router {
     let limit = state.config.body_limit;
-    let statics = ServeDir::new(&state.config.static_dir);
+    let statics = match &state.config.static_dir {
+        Some(dir) => Router::new().nest_service("/static", ServeDir::new(dir)),
+        None => Router::new().route("/static/{name}", get(crate::assets::serve)),
+    };
     Router::new()
         .merge(meta::router())
         .merge(runs::router())
@@ -39,7 +43,7 @@ pub fn router(state: AppState) -> Router {
         .merge(overview::router())
         .merge(pages::router())
         .merge(login::router())
-        .nest_service("/static", statics)
+        .merge(statics)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

@@ -76,9 +76,14 @@ async fn runs_page(State(state): State<AppState>, headers: axum::http::HeaderMap
     let launch = state.launches.as_ref().map(|l| LaunchPanel {
         csrf: crate::auth::signed_in(&headers, &state),
         max_trainers: l.config().max_trainers.max(1),
-        grids_dir: l.config().grids.display().to_string(),
+        grids: l.config().launcher.source(),
     });
-    html(&RunsPage { table, launch })
+    let notices = state.config.notices.list();
+    html(&RunsPage {
+        table,
+        launch,
+        notices,
+    })
 }
 
 async fn runs_table(State(state): State<AppState>) -> PageResult {

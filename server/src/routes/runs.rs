@@ -89,10 +89,9 @@ async fn report_status(
             "`lost` is decided by the server, not reported".into(),
         ));
     }
-    let message = report.message.map(|m| m.chars().take(1000).collect());
     state
         .store
-        .write(|r| WriteOp::SetStatus(id, report.status, message, r))
+        .set_status(id, report.status, report.message)
         .await?;
     Ok(Json(
         runs::run_row(state.store.reader(), id).await?.summary(),

@@ -24,7 +24,7 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use keel_protocol::{CommandRecord, EventRecord, LiveMessage};
+use keel_protocol::{CommandRecord, EventRecord, LiveMessage, RunStatus};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
@@ -144,6 +144,19 @@ impl Store {
             .map_err(|_| anyhow::anyhow!("the writer dropped a write"))?
     }
 
+    /// Sets a run's status (with an event saying why); a status it already has changes
+    /// nothing but the time it was last heard of.
+    pub async fn set_status(
+        &self,
+        run_id: i64,
+        status: RunStatus,
+        message: Option<String>,
+    ) -> StoreResult<()> {
+        let message = message.map(|m| m.chars().take(MAX_STATUS_MESSAGE).collect());
+        self.write(|r| WriteOp::SetStatus(run_id, status, message, r))
+            .await
+    }
+
     pub fn reader(&self) -> &SqlitePool {
         &self.read
     }
@@ -153,6 +166,9 @@ impl Store {
         sqlx::query("SELECT 1").execute(&self.read).await.is_ok()
     }
 }
+
+/// Characters of a status message kept.
+const MAX_STATUS_MESSAGE: usize = 1000;
 
 /// Seconds since the Unix epoch.
 pub fn now() -> f64 {

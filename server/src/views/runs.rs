@@ -13,6 +13,8 @@ pub struct RunsPage {
     pub table: RunsTablePartial,
     /// The launch panel; `None` when the server does not launch grids.
     pub launch: Option<LaunchPanel>,
+    /// The server's [`crate::notices`], oldest first.
+    pub notices: Vec<String>,
 }
 
 /// What the launch panel needs from the server; the grids and launches themselves the page
@@ -22,8 +24,8 @@ pub struct LaunchPanel {
     /// the form and the cancel buttons.
     pub csrf: Option<String>,
     pub max_trainers: usize,
-    /// The grids folder, as the server was given it.
-    pub grids_dir: String,
+    /// Where the grids come from ("the built-in grids"), as a sentence's object.
+    pub grids: String,
 }
 
 impl RunsPage {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use keel_server::launches::{Job, LaunchConfig, Launcher};
+use keel_server::launches::{Job, LaunchConfig, Launcher, grids};
 use serde_json::{Value, json};
 
 use crate::helpers::{Reply, TOKEN, TestApp};
@@ -16,7 +16,9 @@ use crate::sessions::{csrf_of, get_with_cookie, post_login, session_cookie};
 
 /// Grids for the tests: each line of `<name>.toml` is `variant: shell script`, run by `sh -c`
 /// with the job in `GROUP`, `VARIANT`, `STEPS` and `SERVER`.
-struct ShellLauncher;
+struct ShellLauncher {
+    dir: PathBuf,
+}
 
 fn lines(grid: &Path) -> anyhow::Result<Vec<(String, String)>> {
     let text = std::fs::read_to_string(grid)?;
@@ -29,13 +31,30 @@ fn lines(grid: &Path) -> anyhow::Result<Vec<(String, String)>> {
         .collect()
 }
 
+impl ShellLauncher {
+    fn file(&self, grid: &str) -> PathBuf {
+        self.dir.join(format!("{grid}.toml"))
+    }
+}
+
 impl Launcher for ShellLauncher {
-    fn variants(&self, grid: &Path) -> anyhow::Result<Vec<String>> {
-        Ok(lines(grid)?.into_iter().map(|(n, _)| n).collect())
+    fn grids(&self) -> anyhow::Result<Vec<String>> {
+        Ok(grids::names(&self.dir)?)
+    }
+
+    fn variants(&self, grid: &str) -> anyhow::Result<Vec<String>> {
+        Ok(lines(&self.file(grid))?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect())
+    }
+
+    fn source(&self) -> String {
+        format!("the files of {}", self.dir.display())
     }
 
     fn command(&self, job: &Job) -> Command {
-        let script = lines(&job.grid)
+        let script = lines(&self.file(&job.grid))
             .unwrap()
             .into_iter()
             .find(|(n, _)| *n == job.variant)
@@ -71,7 +90,7 @@ impl Launching {
         }
         let grids = dir.path().to_owned();
         let app = TestApp::on_temp(|c| {
-            let mut launch = LaunchConfig::new(Arc::new(ShellLauncher), grids);
+            let mut launch = LaunchConfig::new(Arc::new(ShellLauncher { dir: grids }));
             launch.max_trainers = max;
             launch.stop_grace = Duration::from_secs(1);
             c.launch = Some(launch);
@@ -210,7 +229,7 @@ fn refused_launches_and_cancels_change_nothing() {
     assert_refused(&launch(r#"{"steps": 3}"#), 422, "grid");
     for name in ["../g", "g/../g", "/etc/passwd", ".hidden", ""] {
         let body = json!({"grid": name}).to_string();
-        assert_refused(&launch(&body), 422, "file stem");
+        assert_refused(&launch(&body), 422, "cannot name a grid");
     }
     assert_refused(
         &launch(r#"{"grid": "missing"}"#),
@@ -297,6 +316,32 @@ fn a_variant_finds_its_run_and_has_the_token_in_its_environment() {
     let l = s.wait(&l["id"], "the launch to end", |l| l["active"] == false);
     assert_eq!(l["variants"][0]["state"], "finished", "{l}");
     assert_eq!(l["variants"][0]["run_id"], run);
+}
+
+#[test]
+fn a_trainer_that_dies_after_creating_its_run_leaves_the_reason_on_the_run() {
+    let grid = format!("a: {WAIT_FOR_GO}; echo 'Error: out of memory' >&2; exit 137");
+    let s = Launching::new(&[("g", &grid)], 1);
+    let l = s.launched("g");
+    let r = s.app.post(
+        "/api/v1/runs",
+        &json!({"name": "x", "group": l["group"], "variant": "a", "layers": 1, "config": {}}),
+    );
+    let run = r.body["id"].clone();
+    s.wait(&l["id"], "the run to be found", |l| {
+        l["variants"][0]["run_id"] == run
+    });
+    s.go();
+    s.wait(&l["id"], "the launch to end", |l| l["active"] == false);
+    // The run says it failed, and why, where its page reads it: its status and its events.
+    let detail = s.app.get(&format!("/api/v1/runs/{run}"));
+    assert_eq!(detail.body["status"], "failed", "{}", detail.body);
+    let events = s.app.get(&format!("/api/v1/runs/{run}/events"));
+    let said = events.body.as_array().unwrap().iter().any(|e| {
+        e["name"] == "failed"
+            && e["message"] == "the trainer exited (exit code 137): Error: out of memory"
+    });
+    assert!(said, "{}", events.body);
 }
 
 #[test]

@@ -1,12 +1,13 @@
-//! Reading config files: TOML parsing, dotted-key overrides, deep merges (for ablation
-//! grids), relative-path resolution and validation. No defaults live here: they are the
-//! `Default` impls of [`super`].
+//! Reading configs: built-in or from a file, TOML parsing, dotted-key overrides, deep merges
+//! (for ablation grids), relative-path resolution and validation. No defaults live here: they
+//! are the `Default` impls of [`super`].
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
 use super::TrainConfig;
+use super::builtin;
 
 /// Read a config file, apply dotted-key overrides (`("optim.lr", 0.003)`), and validate.
 pub fn load_config(path: &Path) -> Result<TrainConfig> {
@@ -17,20 +18,58 @@ pub fn load_with_overrides(
     path: &Path,
     overrides: &[(String, toml::Value)],
 ) -> Result<TrainConfig> {
-    let mut value = read_toml(path)?;
+    let (mut value, dir) = read_toml(path, Kind::Config)?;
     for (key, v) in overrides {
         set_dotted(&mut value, key, v.clone())?;
     }
-    from_value(value, path.parent().unwrap_or(Path::new(".")))
-        .with_context(|| format!("in config {}", path.display()))
+    from_value(value, &dir).with_context(|| format!("in config {}", path.display()))
 }
 
-pub(crate) fn read_toml(path: &Path) -> Result<toml::Value> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading config {}", path.display()))?;
-    let table: toml::Table =
-        toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
-    Ok(toml::Value::Table(table))
+/// What a spec names: built-in configs and grids have names of their own.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Kind {
+    Config,
+    Grid,
+}
+
+/// The TOML that `spec` names (a built-in name or a file, see [`builtin`]) and the folder its
+/// relative paths resolve against: the file's own, or the working directory for a built-in.
+pub(crate) fn read_toml(spec: &Path, kind: Kind) -> Result<(toml::Value, PathBuf)> {
+    let what = match kind {
+        Kind::Config => "config",
+        Kind::Grid => "grid",
+    };
+    let (text, origin, dir) = match builtin::name_of(spec) {
+        Some(name) => {
+            let found = match kind {
+                Kind::Config => builtin::config(name),
+                Kind::Grid => builtin::grid(name),
+            };
+            let Some(b) = found else {
+                let known = match kind {
+                    Kind::Config => builtin::listed(builtin::configs()),
+                    Kind::Grid => builtin::listed(builtin::grids()),
+                };
+                anyhow::bail!(
+                    "there is no built-in {what} `{name}`: the built-in {what}s are {known} \
+                     (`keel configs` lists them); a file is named by its path, e.g. `./{name}.toml`"
+                );
+            };
+            (
+                b.text.to_owned(),
+                format!("built-in {what} {name}"),
+                PathBuf::from("."),
+            )
+        }
+        None => {
+            let text = std::fs::read_to_string(spec)
+                .with_context(|| format!("reading {what} {}", spec.display()))?;
+            let dir = spec.parent().unwrap_or(Path::new(".")).to_path_buf();
+            (text, format!("{what} {}", spec.display()), dir)
+        }
+    };
+    let table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {origin}"))?;
+    Ok((toml::Value::Table(table), dir))
 }
 
 /// Deserialise a merged TOML value, resolve relative paths against `base_dir`, validate.
@@ -115,6 +154,28 @@ mod tests {
         let cfg = from_value(v, Path::new(".")).unwrap();
         assert_eq!((cfg.optim.lr, cfg.optim.beta1), (0.5, 0.8));
         assert_eq!(cfg.stability.init, InitScheme::Scaled);
+    }
+
+    #[test]
+    fn a_config_is_a_built_in_name_or_a_file() {
+        let built_in = load_config(Path::new("proxy-tiny")).unwrap();
+        assert_eq!(built_in.run.name, "proxy-tiny");
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/proxy-tiny.toml");
+        assert_eq!(load_config(&file).unwrap(), built_in);
+        let e = format!("{:#}", load_config(Path::new("proxy-huge")).unwrap_err());
+        assert!(e.contains("no built-in config `proxy-huge`"), "{e}");
+        assert!(
+            e.contains("`proxy-tiny`, `proxy-small` or `yulan-proxy-0.05b`"),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            load_config(Path::new("./missing.toml")).unwrap_err()
+        );
+        assert!(e.contains("reading config ./missing.toml"), "{e}");
+        // A grid's name is not a config's.
+        assert!(read_toml(Path::new("stability"), Kind::Config).is_err());
+        assert!(read_toml(Path::new("stability"), Kind::Grid).is_ok());
     }
 
     #[test]

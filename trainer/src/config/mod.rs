@@ -4,13 +4,14 @@
 //! scaling 1.4/√L, embedding multiplier 10, WeSaR, no QK-norm, z-loss 1e-4, weight decay 0.1,
 //! AdamW β = (0.9, 0.95), ε = 1e-15, clip 1.0, peak LR 0.01), so an ablation file only names
 //! what it changes. This module parses, merges overrides and validates; it never touches a
-//! tensor. Relative data paths are resolved against the directory of the file that names them
-//! (see [`load`]).
+//! tensor. A config is a file or one of the [`builtin`] ones; relative data paths are resolved
+//! against the directory of the file that names them (see [`load`]).
 
+pub mod builtin;
 mod load;
 
+pub(crate) use load::{Kind, from_value, read_toml};
 pub use load::{deep_merge, load_config, load_with_overrides, set_dotted};
-pub(crate) use load::{from_value, read_toml};
 
 use anyhow::{Result, bail, ensure};
 use keel_protocol::DecayShape;
