@@ -46,6 +46,8 @@ enum Cmd {
     Ablate(ablate::AblateArgs),
     /// List the configs and ablation grids built into keel, or print one.
     Configs(configs::ConfigsArgs),
+    /// Verify a database's summaries against its stored steps, offline (and repair them).
+    Check(CheckArgs),
     /// Measure ingest, query and memory figures (see docs/performance.md).
     Bench(bench::BenchArgs),
 }
@@ -83,6 +85,17 @@ struct ServeArgs {
     /// rest wait in a queue); 0 turns launching from the browser off.
     #[arg(long, env = "KEEL_MAX_TRAINERS", default_value_t = 1)]
     max_trainers: usize,
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// The SQLite database file to check; it is only read, unless --repair.
+    #[arg(long)]
+    db: PathBuf,
+    /// Rewrite every summary that disagrees with its steps (not while a server serves the
+    /// file).
+    #[arg(long)]
+    repair: bool,
 }
 
 #[derive(clap::Args)]
@@ -129,6 +142,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Train(args) => train::run(args),
         Cmd::Ablate(args) => ablate::run(args),
         Cmd::Configs(args) => configs::run(args),
+        Cmd::Check(args) => runtime()?.block_on(check(args)),
         Cmd::Bench(args) => bench::run(args),
     }
 }
@@ -170,6 +184,32 @@ fn token_or_new(given: Option<String>) -> anyhow::Result<(String, bool)> {
         Some(t) => Ok((t, false)),
         None => Ok((keel_server::auth::new_token()?, true)),
     }
+}
+
+/// `keel check`: exit 0 when every summary agrees with its steps (or was repaired).
+async fn check(args: CheckArgs) -> anyhow::Result<()> {
+    let r = keel_server::storage::check::check(&args.db, args.repair).await?;
+    println!(
+        "{}: {} branches, {} steps, {} buckets; {} wrong, {} missing, {} extra",
+        args.db.display(),
+        r.branches,
+        r.steps,
+        r.buckets,
+        r.wrong,
+        r.missing,
+        r.extra
+    );
+    for example in &r.examples {
+        println!("  {example}");
+    }
+    match (r.is_clean(), r.repaired) {
+        (true, _) => println!("every summary agrees with its steps"),
+        (false, true) => println!("repaired: those summaries were rebuilt from their steps"),
+        (false, false) => {
+            anyhow::bail!("summaries disagree with their steps: run keel check --repair")
+        }
+    }
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -4,6 +4,7 @@
 mod ablation;
 mod anywhere;
 mod browser;
+mod database;
 mod harness;
 mod launch;
 mod training;

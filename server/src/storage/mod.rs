@@ -12,8 +12,12 @@
 //! - [`codec`]: byte layouts of BLOB columns. - [`summary`]: bucket summaries.
 //! - [`writer`]: the writer task. - [`runs`]: reading runs, events and commands.
 //! - [`series`]: scalar series and layer matrices at a requested resolution.
+//! - [`check`]: summaries verified against their steps, offline (`keel check`).
+//! - [`lock`]: one server per database file.
 
+pub mod check;
 pub mod codec;
+pub mod lock;
 pub mod runs;
 pub mod series;
 pub mod summary;
@@ -95,6 +99,7 @@ impl Store {
     /// Opens (creating if missing) the database at `path`, applies migrations and starts the
     /// writer. Committed changes arrive on the returned receiver, in commit order.
     pub async fn open(path: &Path) -> anyhow::Result<(Store, mpsc::UnboundedReceiver<Change>)> {
+        let lock = lock::acquire(path)?;
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(path)
             .create_if_missing(true)
@@ -126,7 +131,7 @@ impl Store {
             .await
             .context("opening read connections")?;
         let (changes_tx, changes_rx) = mpsc::unbounded_channel();
-        let writer = writer::spawn(conn, changes_tx).await?;
+        let writer = writer::spawn(conn, changes_tx, lock).await?;
         Ok((Store { read, writer }, changes_rx))
     }
 

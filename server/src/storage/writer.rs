@@ -9,7 +9,7 @@
 //! Summaries are maintained here as steps arrive: every bucket a new step falls in, at every
 //! level, is merged and rewritten in the same transaction as the step, so a reader never sees
 //! a step without its summaries. The newest bucket per series and level is kept in memory
-//! (`tails`) so that steady streaming reads nothing back.
+//! (`tails`) so that steady streaming reads each bucket back once, when it opens.
 
 use std::collections::{HashMap, HashSet};
 
@@ -94,9 +94,11 @@ struct Writer {
     detectors: HashMap<(i64, u32), Detector>,
 }
 
+/// Starts the writer task on `conn`; it holds the database's `lock` until it stops.
 pub async fn spawn(
     mut conn: SqliteConnection,
     changes: mpsc::UnboundedSender<Change>,
+    lock: super::lock::DbLock,
 ) -> anyhow::Result<mpsc::Sender<WriteOp>> {
     let (seq, event): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT COALESCE(MAX(seq), 0) FROM runs), (SELECT COALESCE(MAX(id), 0) FROM events)",
@@ -124,6 +126,7 @@ pub async fn spawn(
             writer.apply(&mut conn, ops).await;
         }
         tracing::debug!("writer stopped: every store handle is gone");
+        drop(lock);
     });
     Ok(tx)
 }
@@ -387,11 +390,12 @@ impl Writer {
         branch: u32,
         (series, level, bucket): (u32, u64, u64),
     ) -> StoreResult<Option<Summary>> {
-        match self.tails.get(&(run_id, branch, series, level)) {
-            Some((b, s)) if *b == bucket => return Ok(Some(s.clone())),
-            // Every bucket ever written moved the tail up to it: a later one has no row.
-            Some((b, _)) if *b < bucket => return Ok(None),
-            _ => {}
+        // Only a hit is trusted: the cache cannot know that a later bucket has no row (one
+        // written before a restart or an eviction, or by a re-sent spill, is not in it).
+        if let Some((b, s)) = self.tails.get(&(run_id, branch, series, level)) {
+            if *b == bucket {
+                return Ok(Some(s.clone()));
+            }
         }
         let row: Option<(Vec<u8>,)> = sqlx::query_as(
             "SELECT data FROM summaries

@@ -13,4 +13,5 @@ mod pages;
 mod queries;
 mod refusals;
 mod sessions;
+mod summaries;
 mod webdriver;
