@@ -32,6 +32,9 @@ pub enum AppError {
     TooLarge(String),
     #[error("{0}")]
     Invalid(String),
+    /// Too much is in flight right now: 503 with `Retry-After` (seconds).
+    #[error("{0}")]
+    Busy(String, u32),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -47,6 +50,7 @@ impl AppError {
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::Busy(..) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -77,7 +81,12 @@ impl IntoResponse for AppError {
             tracing::error!(error = ?e, "request failed");
         }
         let body = serde_json::json!({ "error": self.public_message() });
-        (self.status(), axum::Json(body)).into_response()
+        let mut resp = (self.status(), axum::Json(body)).into_response();
+        if let AppError::Busy(_, secs) = &self {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, (*secs).into());
+        }
+        resp
     }
 }
 

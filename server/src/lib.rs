@@ -54,6 +54,9 @@ pub struct Config {
     pub token: String,
     /// Largest accepted request body, in bytes.
     pub body_limit: usize,
+    /// Bytes of request bodies being received at once, over all requests; past it a request
+    /// is answered 503 with `Retry-After` before its body is read.
+    pub bodies_in_flight: usize,
     /// A folder to serve the pages' CSS and JS from; `None` serves the copies built in.
     pub static_dir: Option<PathBuf>,
     /// A running run not heard from for this long shows as `lost`.
@@ -78,6 +81,7 @@ impl Config {
             db,
             token,
             body_limit: 32 * 1024 * 1024,
+            bodies_in_flight: 64 * 1024 * 1024,
             static_dir: None,
             lost_after: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(5),
@@ -100,6 +104,8 @@ pub struct AppState {
     pub launches: Option<Launches>,
     /// Cancelled at shutdown: long-lived responses (SSE, long polls) end on it.
     pub shutdown: CancellationToken,
+    /// One permit per byte of request body being received (see `Config::bodies_in_flight`).
+    pub bodies: Arc<tokio::sync::Semaphore>,
 }
 
 /// Opens the store and serves on `listener` until `shutdown` is cancelled. Then it stops the
@@ -121,10 +127,12 @@ pub async fn serve(
         }
         None => None,
     };
+    let bodies = tokio::sync::Semaphore::new(config.bodies_in_flight.min(u32::MAX as usize));
     let state = AppState {
         store,
         hub,
         sessions: Sessions::new(config.session_ttl),
+        bodies: Arc::new(bodies),
         config: Arc::new(config),
         launches: launches.clone(),
         shutdown: shutdown.clone(),

@@ -202,11 +202,11 @@ impl<'a> Loop<'a> {
 
     fn after_step(&mut self, rec: &StepRecord) -> Result<()> {
         let every = self.t.cfg.run.log_every.max(1);
-        if rec.step % every == 0 {
+        if rec.step.is_multiple_of(every) {
             log_step(rec);
         }
         let ck = self.t.cfg.checkpoint.every;
-        if ck > 0 && self.t.state.step % ck == 0 {
+        if ck > 0 && self.t.state.step.is_multiple_of(ck) {
             self.last_checkpoint = Some(self.t.checkpoint()?);
         }
         if let Some(link) = self.link.as_deref_mut() {

@@ -154,7 +154,7 @@ impl Trainer {
 
     /// Whether the per-layer statistics are collected at `step`.
     fn collects(&self, step: u64) -> bool {
-        step % self.cfg.stats.every == 0
+        step.is_multiple_of(self.cfg.stats.every)
     }
 
     /// Run one training step and return its record.

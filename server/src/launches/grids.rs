@@ -56,10 +56,10 @@ pub fn names(dir: &Path) -> io::Result<Vec<String>> {
         if path.extension().is_none_or(|x| x != "toml") || !path.is_file() {
             continue;
         }
-        if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
-            if valid_name(stem) {
-                out.push(stem.to_owned());
-            }
+        if let Some(stem) = path.file_stem().and_then(|s| s.to_str())
+            && valid_name(stem)
+        {
+            out.push(stem.to_owned());
         }
     }
     out.sort();

@@ -315,12 +315,23 @@ impl Launches {
         };
         // A run created just before the trainer exited is still found.
         self.note_run(id, index, &job).await;
-        let why = (!ended.success).then(|| failure(&ended));
-        let run = self.finish(id, index, ended);
-        if let (Some(run), Some(why)) = (run, why) {
-            self.mark_failed(run, why).await;
+        // The run says why before the launch shows the variant ended.
+        let failed_run = (!ended.success)
+            .then(|| self.uncancelled_run(id, index))
+            .flatten();
+        if let Some(run) = failed_run {
+            self.mark_failed(run, failure(&ended)).await;
         }
+        self.finish(id, index, ended);
         self.pump();
+    }
+
+    /// The run of a variant that was not asked to stop, once it is known.
+    fn uncancelled_run(&self, id: i64, index: usize) -> Option<i64> {
+        let t = self.table();
+        let entry = t.launches.get(&id)?;
+        let cancelled = entry.stops.get(&index).is_some_and(|s| s.is_cancelled());
+        entry.record.variants[index].run_id.filter(|_| !cancelled)
     }
 
     /// A trainer that died without saying so (killed, crashed, refused at start) leaves its
@@ -369,9 +380,8 @@ impl Launches {
         }
     }
 
-    /// Records how a variant's process ended and frees its slot; the variant's run when it
-    /// failed (not when it was cancelled) and its run is known.
-    fn finish(&self, id: i64, index: usize, ended: Ended) -> Option<i64> {
+    /// Records how a variant's process ended and frees its slot.
+    fn finish(&self, id: i64, index: usize, ended: Ended) {
         let mut t = self.table();
         t.running -= 1;
         let entry = t
@@ -396,11 +406,9 @@ impl Launches {
             v.stderr = ended.stderr;
         }
         v.exit = Some(ended.exit);
-        let failed_run = v.run_id.filter(|_| v.state == VariantState::Failed);
         self.publish(entry);
         drop(t);
         self.0.exited.notify_waiters();
-        failed_run
     }
 }
 

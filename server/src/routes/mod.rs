@@ -1,6 +1,6 @@
 //! Every URL of the server, in one place. Each area exposes `router()`; this merges them and
-//! adds the layers every request goes through: tracing, the body limit, compression (SSE is
-//! never compressed), and the static files of the pages (built in, or a folder's).
+//! adds the layers every request goes through: tracing, the body guard (bodies judged from
+//! their headers before they are read), compression (SSE is never compressed), and the static files of the pages (built in, or a folder's).
 
 mod commands;
 mod compare;
@@ -15,7 +15,7 @@ mod pages;
 mod runs;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::routing::get;
 use tower_http::compression::CompressionLayer;
 use tower_http::services::ServeDir;
@@ -47,29 +47,83 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
-        .layer(axum::middleware::from_fn_with_state(limit, read_body))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard_body,
+        ))
         .layer(CompressionLayer::new())
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 
-/// Reads every request body to its end (up to the limit) before any handler runs. A request
-/// refused early — no token, unknown run — has then still been read whole, so the connection
-/// stays usable instead of being closed under a client that is still sending.
-async fn read_body(
-    axum::extract::State(limit): axum::extract::State<usize>,
+/// Largest body of the sign-in and sign-out forms, the only writes judged by their bodies.
+const FORM_LIMIT: u64 = 16 * 1024;
+
+/// Judges a request's body from its headers before anything reads it: too long for the
+/// limit (413), no valid token or session for an API write (401/403), or more body bytes in
+/// flight server-wide than allowed (503 with `Retry-After`). A refused body is never read:
+/// the answer closes the connection instead. An accepted body holds its share of the in-flight
+/// bytes until its request is answered; a body without a length (chunked) holds the whole
+/// limit, and its reader still stops at the limit.
+async fn guard_body(
+    axum::extract::State(state): axum::extract::State<AppState>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    use axum::http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
     use axum::response::IntoResponse;
-    let (parts, body) = req.into_parts();
-    match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => {
-            let req = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
-            next.run(req).await
+    let (mut parts, body) = req.into_parts();
+    let length: Option<u64> = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok());
+    let chunked = parts.headers.contains_key(TRANSFER_ENCODING);
+    if length.unwrap_or(0) == 0 && !chunked {
+        return next
+            .run(axum::extract::Request::from_parts(parts, body))
+            .await;
+    }
+    let api = parts.uri.path().starts_with("/api/");
+    let limit = if api {
+        state.config.body_limit as u64
+    } else {
+        FORM_LIMIT
+    };
+    let verdict = async {
+        if length.is_some_and(|l| l > limit) {
+            return Err(AppError::TooLarge(format!(
+                "the request body is over the size limit ({limit} bytes)"
+            )));
         }
-        Err(_) => {
-            AppError::TooLarge("the request body is over the size limit".into()).into_response()
+        if api {
+            crate::auth::Operator::from_request_parts(&mut parts, &state).await?;
+        }
+        let want = length.unwrap_or(limit).min(u64::from(u32::MAX)) as u32;
+        state
+            .bodies
+            .clone()
+            .try_acquire_many_owned(want)
+            .map_err(|_| {
+                AppError::Busy(
+                    "the server is receiving too much at once; send again shortly".into(),
+                    1,
+                )
+            })
+    };
+    match verdict.await {
+        Ok(permit) => {
+            let resp = next
+                .run(axum::extract::Request::from_parts(parts, body))
+                .await;
+            drop(permit);
+            resp
+        }
+        Err(refused) => {
+            let mut resp = refused.into_response();
+            resp.headers_mut()
+                .insert(CONNECTION, axum::http::HeaderValue::from_static("close"));
+            resp
         }
     }
 }

@@ -55,7 +55,7 @@ impl Grid {
         loop {
             let level = LEVELS
                 .iter()
-                .rposition(|&l| width % l == 0)
+                .rposition(|&l| width.is_multiple_of(l))
                 .expect("base divides");
             let origin = from - from % LEVELS[level];
             let count = (to - origin) / width + 1;

@@ -392,10 +392,10 @@ impl Writer {
     ) -> StoreResult<Option<Summary>> {
         // Only a hit is trusted: the cache cannot know that a later bucket has no row (one
         // written before a restart or an eviction, or by a re-sent spill, is not in it).
-        if let Some((b, s)) = self.tails.get(&(run_id, branch, series, level)) {
-            if *b == bucket {
-                return Ok(Some(s.clone()));
-            }
+        if let Some((b, s)) = self.tails.get(&(run_id, branch, series, level))
+            && *b == bucket
+        {
+            return Ok(Some(s.clone()));
         }
         let row: Option<(Vec<u8>,)> = sqlx::query_as(
             "SELECT data FROM summaries

@@ -1,6 +1,6 @@
 //! Bad input gets a clear JSON error with the right status and changes nothing.
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::helpers::{Reply, TOKEN, TestApp, step};
 
@@ -164,14 +164,94 @@ fn a_write_with_a_wrong_token_is_a_401() {
     });
 }
 
+/// Sends the head of a POST with `content_length` and only `sent` bytes of body, then
+/// (with `finish`) half-closes; the raw answer the server gave.
+fn raw_post(
+    app: &TestApp,
+    path: &str,
+    token: Option<&str>,
+    content_length: usize,
+    sent: usize,
+    finish: bool,
+) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(app.addr).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth}Content-Length: {content_length}\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).unwrap();
+    conn.write_all(&vec![b' '; sent]).unwrap();
+    if finish {
+        conn.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The answer arrives without the rest of the body: read until the server closes.
+    while let Ok(n) = conn.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+        if answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"}") {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 #[test]
-fn a_body_over_the_limit_is_a_413() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = TestApp::on(dir.path().join("k.db"), |c| c.body_limit = 4096);
+fn a_body_over_the_limit_is_refused_from_its_length_before_it_is_sent() {
+    with_run(|app, id| {
+        // The real limit (32 MiB): 40 MiB announced, none of it sent.
+        let path = format!("/api/v1/runs/{id}/steps");
+        let answer = raw_post(app, &path, Some(TOKEN), 40 << 20, 0, false);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(answer.contains("size limit"), "{answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "{answer}"
+        );
+        assert_eq!(app.get(&format!("/api/v1/runs/{id}")).body["steps"], 1);
+    });
+}
+
+#[test]
+fn a_write_without_a_token_is_refused_before_its_body_is_read() {
+    with_run(|app, id| {
+        // 30 MiB announced, a few bytes sent: the 401 comes without waiting for the rest.
+        let path = format!("/api/v1/runs/{id}/steps");
+        for token in [None, Some("nope")] {
+            let answer = raw_post(app, &path, token, 30 << 20, 100, false);
+            assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+            assert!(!answer.contains(TOKEN));
+        }
+    });
+}
+
+#[test]
+fn past_the_bytes_in_flight_a_write_is_told_to_retry_and_an_aborted_body_is_no_413() {
+    let app = TestApp::on_temp(|c| c.bodies_in_flight = 1000);
     let id = app.create_run("r", 2);
-    let steps: Vec<Value> = (0..100).map(|s| step(s, json!(1.0), 2)).collect();
-    assert_refused(&app.ingest(id, json!(steps)), 413, "size limit");
-    assert_eq!(app.get(&format!("/api/v1/runs/{id}")).body["steps"], 0);
+    let path = format!("/api/v1/runs/{id}/steps");
+    let answer = raw_post(&app, &path, Some(TOKEN), 2000, 0, false);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    // Within the budget a write goes through, and its bytes are given back afterwards.
+    for _ in 0..3 {
+        assert_eq!(app.ingest(id, json!([step(0, json!(1.0), 2)])).status, 200);
+    }
+    // A client that stops sending half-way gets no "too large".
+    let answer = raw_post(&app, &path, Some(TOKEN), 900, 10, true);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(app.ingest(id, json!([step(1, json!(1.0), 2)])).status, 200);
 }
 
 #[test]

@@ -60,6 +60,9 @@ fn read(v: &Value) -> f64 {
     }
 }
 
+/// A step as sent: (step, loss, hidden_var of 3 layers).
+type Step = (u64, f64, [f64; 3]);
+
 /// A server that can be restarted on its database.
 struct Restartable {
     app: Option<TestApp>,
@@ -88,7 +91,7 @@ impl Restartable {
         self.app = Some(TestApp::on(self.db.clone(), |_| {}));
     }
 
-    fn send(&self, run: i64, branch: u32, steps: &[(u64, f64, [f64; 3])]) {
+    fn send(&self, run: i64, branch: u32, steps: &[Step]) {
         let records: Vec<Value> = steps
             .iter()
             .map(|(s, loss, var)| {
@@ -182,7 +185,7 @@ fn a_restart_between_backfills_keeps_every_bucket_whole() {
     // 250–259; the bucket from 192 lost steps 200–249 (its min read 250).
     let mut s = Restartable::new();
     let run = s.app().create_run("backfill", 3);
-    let steps = |r: std::ops::Range<u64>| -> Vec<(u64, f64, [f64; 3])> {
+    let steps = |r: std::ops::Range<u64>| -> Vec<Step> {
         r.map(|i| (i, i as f64, [i as f64; 3])).collect()
     };
     s.send(run, 0, &steps(0..100));
@@ -206,7 +209,7 @@ fn summaries_equal_their_steps_after_any_order_of_batches_duplicates_rewinds_and
         let mut s = Restartable::new();
         let run = s.app().create_run(&format!("seed-{seed}"), 3);
         let total = 200 + rng.below(1300);
-        let mut trunk: Vec<(u64, f64, [f64; 3])> = (0..total)
+        let mut trunk: Vec<Step> = (0..total)
             .map(|i| (i, rng.value(), [rng.value(), rng.value(), rng.value()]))
             .collect();
         // Some runs have gaps: stretches the trainer never logged.
@@ -214,7 +217,7 @@ fn summaries_equal_their_steps_after_any_order_of_batches_duplicates_rewinds_and
             let gap = rng.below(total / 2);
             trunk.retain(|(i, _, _)| !(gap..gap + 40).contains(i));
         }
-        let mut batches: Vec<(u32, Vec<(u64, f64, [f64; 3])>)> = Vec::new();
+        let mut batches: Vec<(u32, Vec<Step>)> = Vec::new();
         let mut rest = trunk.as_slice();
         while !rest.is_empty() {
             let n = (1 + rng.below(90) as usize).min(rest.len());
@@ -244,7 +247,7 @@ fn summaries_equal_their_steps_after_any_order_of_batches_duplicates_rewinds_and
         let mut lineage: BTreeMap<u64, f64> = trunk.iter().map(|(i, l, _)| (*i, *l)).collect();
         if rng.below(2) == 0 {
             let fork = rng.below(total);
-            let branch: Vec<(u64, f64, [f64; 3])> = (fork + 1..fork + 1 + rng.below(400) + 1)
+            let branch: Vec<Step> = (fork + 1..fork + 1 + rng.below(400) + 1)
                 .map(|i| (i, rng.value(), [rng.value(); 3]))
                 .collect();
             let (head, tail) = branch.split_at(1.min(branch.len()));

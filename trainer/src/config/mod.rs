@@ -314,16 +314,16 @@ impl TrainConfig {
             "model sizes must be positive"
         );
         ensure!(
-            m.n_heads > 0 && m.d_model % m.n_heads == 0,
+            m.n_heads > 0 && m.d_model.is_multiple_of(m.n_heads),
             "n_heads must divide d_model"
         );
         ensure!(
-            m.head_dim() % 2 == 0,
+            m.head_dim().is_multiple_of(2),
             "the head dimension must be even for RoPE"
         );
         let kv = m.kv_heads();
         ensure!(
-            kv > 0 && m.n_heads % kv == 0,
+            kv > 0 && m.n_heads.is_multiple_of(kv),
             "n_kv_heads must divide n_heads"
         );
         ensure!(

@@ -13,8 +13,9 @@ use serde::Serialize;
 #[derive(Debug)]
 pub enum Sent {
     Ok(ureq::Body),
-    /// The server is unreachable or failing: try again later.
-    Retry(String),
+    /// The server is unreachable, failing or busy: try again later — after the wait it asked
+    /// for (`503` with `Retry-After`), when it asked for one.
+    Retry(String, Option<Duration>),
     /// The server refused this request: retrying cannot help.
     Refused(u16, String),
 }
@@ -73,10 +74,12 @@ impl Client {
             match self.post("/api/v1/runs", spec) {
                 Sent::Ok(mut body) => return Ok(body.read_json::<CreatedRun>()?.id),
                 Sent::Refused(code, why) => bail!("the server refused the run ({code}): {why}"),
-                Sent::Retry(why) if std::time::Instant::now() >= give_up => {
+                Sent::Retry(why, _) if std::time::Instant::now() >= give_up => {
                     bail!("cannot reach the keel server at {}: {why}", self.base)
                 }
-                Sent::Retry(_) => std::thread::sleep(Duration::from_millis(500)),
+                Sent::Retry(_, after) => {
+                    std::thread::sleep(after.unwrap_or(Duration::from_millis(500)))
+                }
             }
         }
     }
@@ -92,7 +95,7 @@ impl Client {
             format!("/api/v1/runs/{run_id}/commands/pending?after={after}&wait_ms={wait_ms}");
         match self.get(&path) {
             Sent::Ok(mut body) => body.read_json().map_err(|e| e.to_string()),
-            Sent::Retry(why) => Err(why),
+            Sent::Retry(why, _) => Err(why),
             Sent::Refused(code, why) => Err(format!("{code}: {why}")),
         }
     }
@@ -102,13 +105,26 @@ fn classify(res: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Sent 
     match res {
         Ok(resp) => {
             let code = resp.status().as_u16();
+            let after = retry_after(resp.headers());
             let mut body = resp.into_body();
             match code {
                 200..=299 => Sent::Ok(body),
                 400..=499 => Sent::Refused(code, body.read_to_string().unwrap_or_default()),
-                _ => Sent::Retry(format!("HTTP {code}")),
+                _ => Sent::Retry(format!("HTTP {code}"), after),
             }
         }
-        Err(e) => Sent::Retry(e.to_string()),
+        Err(e) => Sent::Retry(e.to_string(), None),
     }
+}
+
+/// The wait a busy server asks for in `Retry-After` (whole seconds; at most a minute).
+fn retry_after(headers: &ureq::http::HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers
+        .get("retry-after")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs.min(60)))
 }

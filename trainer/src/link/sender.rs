@@ -127,10 +127,15 @@ impl Sender {
         self.retry_at.is_some_and(|t| Instant::now() < t)
     }
 
-    fn mark_away(&mut self, why: &str) {
-        tracing::warn!(%why, backoff_ms = self.backoff.as_millis() as u64, "keel server unreachable; spilling");
-        self.retry_at = Some(Instant::now() + self.backoff);
-        self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
+    /// Holds sending back: for the wait the server asked for (it is busy, not gone), else
+    /// for a backoff that doubles up to 5 s.
+    fn mark_away(&mut self, why: &str, asked: Option<Duration>) {
+        let wait = asked.unwrap_or(self.backoff);
+        tracing::warn!(%why, wait_ms = wait.as_millis() as u64, "keel server unavailable; spilling");
+        self.retry_at = Some(Instant::now() + wait);
+        if asked.is_none() {
+            self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
+        }
     }
 
     fn mark_back(&mut self) {
@@ -155,8 +160,8 @@ impl Sender {
                 self.report.steps_refused += n;
                 true
             }
-            Sent::Retry(why) => {
-                self.mark_away(&why);
+            Sent::Retry(why, after) => {
+                self.mark_away(&why, after);
                 self.spill_batch(&batch);
                 false
             }
@@ -190,8 +195,8 @@ impl Sender {
                     tracing::error!(code, %why, "the server refused a spilled batch; dropped");
                     self.report.steps_refused += n;
                 }
-                Sent::Retry(why) => {
-                    self.mark_away(&why);
+                Sent::Retry(why, after) => {
+                    self.mark_away(&why, after);
                     let left: Vec<IngestBatch> = std::iter::once(batch).chain(rest).collect();
                     return self.rewrite_spill(&left);
                 }
@@ -225,8 +230,8 @@ impl Sender {
                 Sent::Refused(code, why) => {
                     tracing::warn!(code, %why, "the server refused {msg:?}")
                 }
-                Sent::Retry(why) => {
-                    self.mark_away(&why);
+                Sent::Retry(why, after) => {
+                    self.mark_away(&why, after);
                     self.control.push_front(msg);
                     return;
                 }
