@@ -128,3 +128,23 @@ fn retry_after(headers: &ureq::http::HeaderMap) -> Option<Duration> {
         .ok()?;
     Some(Duration::from_secs(secs.min(60)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_server_says_how_long_to_wait_in_whole_seconds_capped_at_a_minute() {
+        let mut h = ureq::http::HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        for (value, want) in [
+            ("1", Some(1)),
+            (" 3 ", Some(3)),
+            ("600", Some(60)),
+            ("soon", None),
+        ] {
+            h.insert("retry-after", value.parse().unwrap());
+            assert_eq!(retry_after(&h), want.map(Duration::from_secs), "{value}");
+        }
+    }
+}
