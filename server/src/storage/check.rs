@@ -47,6 +47,13 @@ impl Report {
     pub fn is_clean(&self) -> bool {
         self.wrong == 0 && self.missing == 0 && self.extra == 0
     }
+
+    /// Keeps one more disagreement to show, while there are fewer than [`EXAMPLES`].
+    fn example(&mut self, text: impl FnOnce() -> String) {
+        if self.examples.len() < EXAMPLES {
+            self.examples.push(text());
+        }
+    }
 }
 
 const EXAMPLES: usize = 10;
@@ -227,14 +234,14 @@ impl Walk {
             "missing" => report.missing += 1,
             _ => report.wrong += 1,
         }
-        if report.examples.len() < EXAMPLES {
-            report.examples.push(format!(
+        report.example(|| {
+            format!(
                 "run {} branch {}: series {series}, the {level}-step bucket from step {} is {verdict}",
                 self.run,
                 self.branch,
                 bucket * level
-            ));
-        }
+            )
+        });
         if let Some(conn) = repair {
             sqlx::query(
                 "INSERT OR REPLACE INTO summaries (run_id, branch, series_id, level, bucket, data)
@@ -271,14 +278,14 @@ impl Walk {
                 continue;
             }
             report.extra += 1;
-            if report.examples.len() < EXAMPLES {
-                report.examples.push(format!(
+            report.example(|| {
+                format!(
                     "run {} branch {}: series {series}, the {level}-step bucket from step {} has no steps",
                     self.run,
                     self.branch,
                     bucket * level
-                ));
-            }
+                )
+            });
             if let Some(conn) = repair.as_deref_mut() {
                 sqlx::query(
                     "DELETE FROM summaries WHERE run_id = ? AND branch = ? AND series_id = ?
