@@ -34,7 +34,8 @@ compareButton.addEventListener("click", () => {
 });
 
 async function refresh() {
-  const r = await fetch("/runs/table");
+  // A page of older runs (`/?before=ID`) refetches that same page.
+  const r = await fetch(`/runs/table${window.location.search}`);
   if (r.ok) {
     body.innerHTML = await r.text();
     syncPicks();
@@ -44,7 +45,11 @@ async function refresh() {
 function onRuns(runs) {
   for (const run of runs) {
     const tr = row(run.id);
-    if (!tr) return refresh(); // a run this page has not seen yet
+    if (!tr) {
+      // A run this page has not seen yet: new ones belong on the newest page only.
+      if (!new URLSearchParams(window.location.search).has("before")) return refresh();
+      continue;
+    }
     cell(tr, "step").textContent = count(run.last_step);
     if (run.loss != null) {
       const loss = num(run.loss);

@@ -63,16 +63,10 @@ pub async fn compare_ids(
     let ids = match (runs, group) {
         (Some(list), None) => parse_ids(list)?,
         (None, Some(group)) => {
-            let rows = runs::list_runs(state.store.reader()).await?;
-            let mut ids: Vec<i64> = rows
-                .iter()
-                .filter(|r| r.group.as_deref() == Some(group))
-                .map(|r| r.id)
-                .collect();
+            let ids = runs::group_ids(state.store.reader(), group).await?;
             if ids.is_empty() {
                 return Err(AppError::NotFound(format!("group {group} not found")));
             }
-            ids.sort();
             ids
         }
         _ => {

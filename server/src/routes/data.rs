@@ -2,7 +2,7 @@
 //! name ending in `.png` or `.svg`, as a chart (see `images`).
 
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use keel_protocol::{IngestBatch, IngestReply, StepRecord};
@@ -12,8 +12,9 @@ use crate::AppState;
 use crate::auth::Operator;
 use crate::charts::Format;
 use crate::error::{ApiJson, ApiPath, ApiQuery, AppError, AppResult};
+use crate::routes::answer::{self, Series, Shape};
 use crate::routes::images::{self, Source};
-use crate::storage::series::{self, Window};
+use crate::storage::series::{Plan, Window};
 use crate::storage::{WriteOp, runs};
 use crate::views::csv;
 
@@ -162,11 +163,13 @@ async fn scalars(
     let db = state.store.reader();
     let run = runs::run_row(db, id).await?;
     // `loss.csv` is the same buckets as a table.
-    if let Some(key) = csv::split(&key) {
-        let s = series::scalar_series(db, &run, key, window).await?;
-        return Ok(csv_response(csv::scalars(&s)));
-    }
-    Ok(Json(series::scalar_series(db, &run, &key, window).await?).into_response())
+    let (key, shape) = match csv::split(&key) {
+        Some(key) => (key, Shape::Csv),
+        None => (key.as_str(), Shape::Json),
+    };
+    let plan = Plan::new(db, &run, false, key, window).await?;
+    let series = Series::Scalar(key.to_owned());
+    Ok(answer::respond(db.clone(), plan, series, shape))
 }
 
 async fn layers(
@@ -186,14 +189,11 @@ async fn layers(
     }
     let db = state.store.reader();
     let run = runs::run_row(db, id).await?;
-    if let Some(stat) = csv::split(&stat) {
-        let m = series::layer_matrix(db, &run, stat, window).await?;
-        return Ok(csv_response(csv::layers(&m)));
-    }
-    Ok(Json(series::layer_matrix(db, &run, &stat, window).await?).into_response())
-}
-
-fn csv_response(body: String) -> Response {
-    let headers = [(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")];
-    (headers, body).into_response()
+    let (stat, shape) = match csv::split(&stat) {
+        Some(stat) => (stat, Shape::Csv),
+        None => (stat.as_str(), Shape::Json),
+    };
+    let plan = Plan::new(db, &run, true, stat, window).await?;
+    let series = Series::Layers(stat.to_owned(), run.layers);
+    Ok(answer::respond(db.clone(), plan, series, shape))
 }

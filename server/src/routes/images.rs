@@ -18,6 +18,10 @@ pub enum Source {
     Scalar,
 }
 
+/// A chart is at most 1,200 px wide: more buckets than pixel columns would draw nothing more,
+/// so an image reads at most this many, whatever `points`/`columns` asked for.
+pub const MAX_BUCKETS: u64 = 1200;
+
 pub async fn image(
     state: &AppState,
     id: i64,
@@ -26,6 +30,10 @@ pub async fn image(
     window: Window,
     format: Format,
 ) -> AppResult<Response> {
+    let window = Window {
+        buckets: window.buckets.min(MAX_BUCKETS),
+        ..window
+    };
     let db = state.store.reader();
     let run = runs::run_row(db, id).await?;
     let title = format!("{name} · {} (run {id})", run.name);

@@ -2,6 +2,7 @@
 //! adds the layers every request goes through: tracing, the body guard (bodies judged from
 //! their headers before they are read), compression (SSE is never compressed), and the static files of the pages (built in, or a folder's).
 
+mod answer;
 mod commands;
 mod compare;
 mod data;
@@ -113,6 +114,7 @@ async fn guard_body(
     };
     match verdict.await {
         Ok(permit) => {
+            parts.extensions.insert(crate::error::BodyLimit(limit));
             let resp = next
                 .run(axum::extract::Request::from_parts(parts, body))
                 .await;

@@ -65,14 +65,38 @@ fn html(page: &impl Template) -> PageResult {
     Ok(Html(body))
 }
 
-async fn table(state: &AppState) -> AppResult<RunsTablePartial> {
-    let rows = runs::list_runs(state.store.reader()).await?;
-    let summaries: Vec<_> = rows.iter().map(|r| r.summary()).collect();
-    Ok(RunsTablePartial::new(&summaries, now()))
+/// Runs one page of the runs table shows; older ones are a link away.
+pub const RUNS_PER_PAGE: u32 = 500;
+
+/// `/?before=ID`: the page of runs older than run `ID`.
+#[derive(serde::Deserialize)]
+struct RunsQuery {
+    before: Option<i64>,
 }
 
-async fn runs_page(State(state): State<AppState>, headers: axum::http::HeaderMap) -> PageResult {
-    let table = table(&state).await?;
+fn runs_query(
+    query: Result<axum::extract::Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Option<i64>, PageError> {
+    let axum::extract::Query(q) = query.map_err(|r| AppError::BadRequest(r.body_text()))?;
+    Ok(q.before)
+}
+
+async fn table(state: &AppState, before: Option<i64>) -> AppResult<RunsTablePartial> {
+    let db = state.store.reader();
+    let mut rows = runs::list_runs(db, before, RUNS_PER_PAGE + 1).await?;
+    let older = (rows.len() > RUNS_PER_PAGE as usize).then(|| rows[RUNS_PER_PAGE as usize - 1].id);
+    rows.truncate(RUNS_PER_PAGE as usize);
+    let summaries: Vec<_> = rows.iter().map(|r| r.summary()).collect();
+    let total = runs::count_runs(db).await?;
+    Ok(RunsTablePartial::new(&summaries, now()).paged(before, older, total))
+}
+
+async fn runs_page(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    query: Result<axum::extract::Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
+) -> PageResult {
+    let table = table(&state, runs_query(query)?).await?;
     let launch = state.launches.as_ref().map(|l| LaunchPanel {
         csrf: crate::auth::signed_in(&headers, &state),
         max_trainers: l.config().max_trainers.max(1),
@@ -86,8 +110,11 @@ async fn runs_page(State(state): State<AppState>, headers: axum::http::HeaderMap
     })
 }
 
-async fn runs_table(State(state): State<AppState>) -> PageResult {
-    html(&table(&state).await?)
+async fn runs_table(
+    State(state): State<AppState>,
+    query: Result<axum::extract::Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
+) -> PageResult {
+    html(&table(&state, runs_query(query)?).await?)
 }
 
 async fn run_page(

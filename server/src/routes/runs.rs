@@ -1,14 +1,15 @@
 //! Creating, listing and showing runs, and the trainer's status reports.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use keel_protocol::{CreatedRun, RunDetail, RunSpec, RunStatus, RunSummary, StatusReport};
 
 use crate::AppState;
 use crate::auth::Operator;
-use crate::error::{ApiJson, ApiPath, AppError, AppResult};
+use crate::error::{ApiJson, ApiPath, ApiQuery, AppError, AppResult};
 use crate::storage::{WriteOp, runs};
 
 pub fn router() -> Router<AppState> {
@@ -66,9 +67,45 @@ async fn create(
     Ok((StatusCode::CREATED, Json(CreatedRun { id })))
 }
 
-async fn list(State(state): State<AppState>) -> AppResult<Json<Vec<RunSummary>>> {
-    let rows = runs::list_runs(state.store.reader()).await?;
-    Ok(Json(rows.iter().map(|r| r.summary()).collect()))
+/// Runs one list answer holds by default, and at most.
+pub const LIST_DEFAULT: u32 = 1000;
+pub const LIST_MAX: u32 = 10_000;
+
+/// `?limit&before`: a page of the runs list, newest first.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    limit: Option<u32>,
+    before: Option<i64>,
+}
+
+/// A page of runs, newest first. When older runs remain, a `Link: <…>; rel="next"` header
+/// gives the URL of the next page (`before` = the last id of this one).
+async fn list(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> AppResult<Response> {
+    let limit = q.limit.unwrap_or(LIST_DEFAULT);
+    if !(1..=LIST_MAX).contains(&limit) {
+        return Err(AppError::BadRequest(format!(
+            "`limit` must be between 1 and {LIST_MAX}"
+        )));
+    }
+    let mut rows = runs::list_runs(state.store.reader(), q.before, limit + 1).await?;
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let summaries: Vec<RunSummary> = rows.iter().map(|r| r.summary()).collect();
+    let mut response = Json(summaries).into_response();
+    if let (true, Some(last)) = (more, rows.last()) {
+        let link = format!(
+            "</api/v1/runs?limit={limit}&before={}>; rel=\"next\"",
+            last.id
+        );
+        if let Ok(value) = HeaderValue::from_str(&link) {
+            response.headers_mut().insert(header::LINK, value);
+        }
+    }
+    Ok(response)
 }
 
 async fn show(

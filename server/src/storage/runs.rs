@@ -59,6 +59,14 @@ macro_rules! run_columns {
     };
 }
 
+/// The columns of [`run_columns`] with the config left out.
+macro_rules! list_columns {
+    () => {
+        "id, name, grp, variant, tags, '' AS config, layers, status, branch, last_step, \
+         last_loss, tokens, steps, alerts, created_at, updated_at, seen_at"
+    };
+}
+
 fn run_from(row: &SqliteRow) -> RunRow {
     let opt_u64 = |name: &str| row.get::<Option<i64>, _>(name).map(|v| v as u64);
     RunRow {
@@ -91,11 +99,41 @@ pub async fn run_row(db: impl SqliteExecutor<'_>, id: i64) -> StoreResult<RunRow
         .ok_or_else(|| StoreError::NotFound(format!("run {id}")))
 }
 
-/// Every run, newest first.
-pub async fn list_runs(db: impl SqliteExecutor<'_>) -> StoreResult<Vec<RunRow>> {
-    let sql = concat!("SELECT ", run_columns!(), " FROM runs ORDER BY id DESC");
-    let rows = sqlx::query(sql).fetch_all(db).await?;
+/// Up to `limit` runs with ids below `before` (all, without it), newest first. Their
+/// configs are left out (`config` is empty): a list never needs them, and they can be large.
+pub async fn list_runs(
+    db: impl SqliteExecutor<'_>,
+    before: Option<i64>,
+    limit: u32,
+) -> StoreResult<Vec<RunRow>> {
+    let sql = concat!(
+        "SELECT ",
+        list_columns!(),
+        " FROM runs WHERE id < ? ORDER BY id DESC LIMIT ?"
+    );
+    let rows = sqlx::query(sql)
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(db)
+        .await?;
     Ok(rows.iter().map(run_from).collect())
+}
+
+/// How many runs there are.
+pub async fn count_runs(db: impl SqliteExecutor<'_>) -> StoreResult<u64> {
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM runs")
+        .fetch_one(db)
+        .await?;
+    Ok(n as u64)
+}
+
+/// The ids of a group's runs, oldest first.
+pub async fn group_ids(db: impl SqliteExecutor<'_>, group: &str) -> StoreResult<Vec<i64>> {
+    let rows: Vec<(i64,)> = sqlx::query_as("SELECT id FROM runs WHERE grp = ? ORDER BY id")
+        .bind(group)
+        .fetch_all(db)
+        .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
 }
 
 /// Runs whose trainer has not been heard from since `before` while they should be stepping.

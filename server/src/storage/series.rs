@@ -7,8 +7,9 @@
 //! in the bucket, and a one-step spike is never averaged away. A run's live history may run
 //! through several branches (after a rewind); each branch contributes its own segment.
 
+use futures_util::TryStreamExt;
 use keel_protocol::{LayerMatrix, Metric, ScalarSeries};
-use sqlx::SqlitePool;
+use sqlx::{SqliteConnection, SqlitePool};
 
 use super::runs::{self, RunRow};
 use super::summary::{LEVELS, Summary};
@@ -24,7 +25,8 @@ pub struct Window {
 }
 
 /// The bucket grid of one query: bucket k covers `[origin + k·width, origin + (k+1)·width)`
-/// clipped to `[from, to]`. `level` is the coarsest pyramid level that tiles it (None: raw).
+/// clipped to `[from, to]`. `level` is the coarsest pyramid level that tiles it (None: raw,
+/// only for windows of at most [`RAW_SPAN`] steps).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Grid {
     pub origin: u64,
@@ -37,7 +39,10 @@ impl Grid {
     pub fn new(from: u64, to: u64, buckets: u64) -> Grid {
         let buckets = buckets.max(1);
         let n = to - from + 1;
-        let w = n.div_ceil(buckets);
+        let mut w = n.div_ceil(buckets);
+        if w < LEVELS[0] && n > RAW_SPAN {
+            w = LEVELS[0];
+        }
         if w < LEVELS[0] {
             let count = n.div_ceil(w);
             return Grid {
@@ -76,24 +81,152 @@ impl Grid {
     }
 }
 
-/// One series of one run, read into grid buckets.
-struct Reader<'a> {
-    db: &'a SqlitePool,
-    run_id: i64,
-    series_id: u32,
-    grid: Grid,
-    columns: Vec<Option<Summary>>,
+/// The widest window read from raw steps. A raw step row holds every series of its step, so
+/// reading raw costs the whole run's width per step: past this many steps a query is answered
+/// in buckets of at least the finest summary level, whatever `points`/`columns` asked for.
+pub const RAW_SPAN: u64 = 16_384;
+
+/// Values of one field held per chunk of columns: a read of any size holds about this many
+/// summaries' worth of values at a time.
+const CHUNK_VALUES: u64 = 1 << 16;
+
+/// One series of one run planned for reading: its history's segments and the bucket grid.
+/// Reading it chunk by chunk ([`Plan::chunks`], [`Plan::read`]) holds one chunk at a time,
+/// so an answer of 100,000 buckets of 1,000 layers costs no more memory than one of 100.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub run_id: i64,
+    pub series_id: u32,
+    /// The branch whose history is read.
+    pub branch: u32,
+    /// Values per step: 1 for a scalar, the layer count for a layer statistic.
+    pub width: u64,
+    pub layer: bool,
+    from: u64,
+    to: u64,
+    /// None when there is nothing to read.
+    grid: Option<Grid>,
+    segments: Vec<(u32, u64, u64)>,
 }
 
-impl Reader<'_> {
+impl Plan {
+    pub async fn new(
+        db: &SqlitePool,
+        run: &RunRow,
+        layer: bool,
+        name: &str,
+        window: Window,
+    ) -> StoreResult<Plan> {
+        let series_id = find_series(db, run, layer, name).await?;
+        let branch = window.branch.unwrap_or(run.branch);
+        let segments = lineage(db, run, branch).await?;
+        let mut plan = Plan {
+            run_id: run.id,
+            series_id,
+            branch,
+            width: if layer { run.layers.max(1) as u64 } else { 1 },
+            layer,
+            from: 0,
+            to: 0,
+            grid: None,
+            segments,
+        };
+        // An open end of the window is the first or last stored step, so that `points` equal
+        // to the number of steps gives one step per bucket whatever step the run started at.
+        let (from, to) = match (window.from, window.to) {
+            (Some(from), Some(to)) => (from, to),
+            (from, to) => match bounds(db, run.id, &plan.segments).await? {
+                Some((first, last)) => (from.unwrap_or(first), to.unwrap_or(last)),
+                None => return Ok(plan),
+            },
+        };
+        if from <= to {
+            (plan.from, plan.to) = (from, to);
+            plan.grid = Some(Grid::new(from, to, window.buckets));
+        }
+        Ok(plan)
+    }
+
+    /// The column ranges to read in turn, each small enough to hold at once.
+    pub fn chunks(&self) -> impl Iterator<Item = std::ops::Range<u64>> + use<> {
+        let count = self.grid.map_or(0, |g| g.count);
+        let size = (CHUNK_VALUES / self.width).max(1);
+        (0..count.div_ceil(size)).map(move |i| i * size..((i + 1) * size).min(count))
+    }
+
+    /// Numbers in the whole answer, at most: per bucket its step and min, max, mean and last
+    /// (a scalar) or min, max and mean per layer (a layer statistic).
+    pub fn answer_values(&self) -> u64 {
+        let per_bucket = if self.layer { 1 + 3 * self.width } else { 5 };
+        self.grid.map_or(0, |g| g.count) * per_bucket
+    }
+
+    /// The buckets with data among grid columns `cols`, in step order. Reads of several
+    /// chunks agree with each other when they share one transaction's snapshot.
+    pub async fn read(
+        &self,
+        conn: &mut SqliteConnection,
+        cols: std::ops::Range<u64>,
+    ) -> StoreResult<Vec<Summary>> {
+        let Some(grid) = self.grid else {
+            return Ok(Vec::new());
+        };
+        let lo = self.from.max(grid.origin + cols.start * grid.width);
+        let hi = self.to.min(grid.origin + cols.end * grid.width - 1);
+        let mut reader = Reader {
+            conn,
+            plan: self,
+            columns: Columns {
+                grid,
+                first: cols.start,
+                slots: vec![None; (cols.end - cols.start) as usize],
+            },
+        };
+        for &(b, s0, s1) in &self.segments {
+            let (s0, s1) = (s0.max(lo), s1.min(hi));
+            if s0 <= s1 {
+                reader.cover(b, s0, s1, grid.level).await?;
+            }
+        }
+        Ok(reader.columns.slots.into_iter().flatten().collect())
+    }
+
+    /// Every bucket at once: for callers whose bucket counts are small (charts, pages).
+    pub async fn read_all(&self, db: &SqlitePool) -> StoreResult<Vec<Summary>> {
+        let mut tx = db.begin().await?;
+        let mut out = Vec::new();
+        for cols in self.chunks() {
+            out.extend(self.read(&mut tx, cols).await?);
+        }
+        Ok(out)
+    }
+}
+
+/// The chunk of grid columns being filled, from summaries and raw steps.
+struct Reader<'a> {
+    conn: &'a mut SqliteConnection,
+    plan: &'a Plan,
+    columns: Columns,
+}
+
+struct Columns {
+    grid: Grid,
+    /// The grid column of `slots[0]`.
+    first: u64,
+    slots: Vec<Option<Summary>>,
+}
+
+impl Columns {
     fn put(&mut self, step: u64, summary: Summary) {
-        let col = self.grid.column(step);
-        match &mut self.columns[col] {
+        let col = self.grid.column(step) - self.first as usize;
+        match &mut self.slots[col] {
             Some(s) => s.merge(&summary),
             slot => *slot = Some(summary),
         }
     }
+}
 
+impl Reader<'_> {
     /// Covers `[lo, hi]` of `branch`: whole buckets of `level` inside it, finer at the edges.
     async fn cover(
         &mut self,
@@ -126,40 +259,42 @@ impl Reader<'_> {
         Ok(())
     }
 
+    /// Rows are merged one at a time as SQLite yields them, never collected.
     async fn summaries(&mut self, branch: u32, li: usize, k0: u64, k1: u64) -> StoreResult<()> {
-        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+        let run_id = self.plan.run_id;
+        let mut rows = sqlx::query_as::<_, (i64, Vec<u8>)>(
             "SELECT bucket, data FROM summaries WHERE run_id = ? AND branch = ? AND series_id = ?
              AND level = ? AND bucket BETWEEN ? AND ?",
         )
-        .bind(self.run_id)
+        .bind(run_id)
         .bind(branch)
-        .bind(self.series_id)
+        .bind(self.plan.series_id)
         .bind(LEVELS[li] as i64)
         .bind(k0 as i64)
         .bind(k1 as i64)
-        .fetch_all(self.db)
-        .await?;
-        for (bucket, data) in rows {
+        .fetch(&mut *self.conn);
+        while let Some((bucket, data)) = rows.try_next().await? {
             let summary = Summary::decode(&data)
-                .ok_or_else(|| anyhow::anyhow!("a damaged summary row in run {}", self.run_id))?;
-            self.put(bucket as u64 * LEVELS[li], summary);
+                .ok_or_else(|| anyhow::anyhow!("a damaged summary row in run {run_id}"))?;
+            self.columns.put(bucket as u64 * LEVELS[li], summary);
         }
         Ok(())
     }
 
     async fn raw(&mut self, branch: u32, lo: u64, hi: u64) -> StoreResult<()> {
-        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+        let series_id = self.plan.series_id;
+        let mut rows = sqlx::query_as::<_, (i64, Vec<u8>)>(
             "SELECT step, data FROM steps WHERE run_id = ? AND branch = ? AND step BETWEEN ? AND ?",
         )
-        .bind(self.run_id)
+        .bind(self.plan.run_id)
         .bind(branch)
         .bind(lo as i64)
         .bind(hi as i64)
-        .fetch_all(self.db)
-        .await?;
-        for (step, data) in rows {
-            if let Some(values) = codec::find_entry(&data, self.series_id) {
-                self.put(step as u64, Summary::of(step as u64, &values));
+        .fetch(&mut *self.conn);
+        while let Some((step, data)) = rows.try_next().await? {
+            if let Some(values) = codec::find_entry(&data, series_id) {
+                self.columns
+                    .put(step as u64, Summary::of(step as u64, &values));
             }
         }
         Ok(())
@@ -217,44 +352,6 @@ async fn bounds(
     Ok(out)
 }
 
-/// The buckets of one series with data in them, in step order, and the branch read.
-async fn read(
-    db: &SqlitePool,
-    run: &RunRow,
-    series_id: u32,
-    window: Window,
-) -> StoreResult<(u32, Vec<Summary>)> {
-    let branch = window.branch.unwrap_or(run.branch);
-    let segments = lineage(db, run, branch).await?;
-    // An open end of the window is the first or last stored step, so that `points` equal
-    // to the number of steps gives one step per bucket whatever step the run started at.
-    let (from, to) = match (window.from, window.to) {
-        (Some(from), Some(to)) => (from, to),
-        (from, to) => match bounds(db, run.id, &segments).await? {
-            Some((first, last)) => (from.unwrap_or(first), to.unwrap_or(last)),
-            None => return Ok((branch, Vec::new())),
-        },
-    };
-    if to < from {
-        return Ok((branch, Vec::new()));
-    }
-    let grid = Grid::new(from, to, window.buckets);
-    let mut reader = Reader {
-        db,
-        run_id: run.id,
-        series_id,
-        grid,
-        columns: vec![None; grid.count as usize],
-    };
-    for (b, lo, hi) in segments {
-        let (lo, hi) = (lo.max(from), hi.min(to));
-        if lo <= hi {
-            reader.cover(b, lo, hi, grid.level).await?;
-        }
-    }
-    Ok((branch, reader.columns.into_iter().flatten().collect()))
-}
-
 async fn find_series(db: &SqlitePool, run: &RunRow, layer: bool, name: &str) -> StoreResult<u32> {
     let series = runs::series_of(db, run.id).await?;
     series
@@ -271,17 +368,11 @@ fn metrics(values: impl Iterator<Item = f64>) -> Vec<Metric> {
     values.map(Metric::new).collect()
 }
 
-pub async fn scalar_series(
-    db: &SqlitePool,
-    run: &RunRow,
-    key: &str,
-    window: Window,
-) -> StoreResult<ScalarSeries> {
-    let id = find_series(db, run, false, key).await?;
-    let (branch, buckets) = read(db, run, id, window).await?;
+/// Buckets as the columns of a scalar series.
+pub fn scalar_columns(plan: &Plan, key: &str, buckets: &[Summary]) -> ScalarSeries {
     let mut out = ScalarSeries {
         key: key.to_owned(),
-        branch,
+        branch: plan.branch,
         ..Default::default()
     };
     for b in buckets {
@@ -291,21 +382,15 @@ pub async fn scalar_series(
         out.mean.push(Metric::new(b.sum[0] / b.count as f64));
         out.last.push(Metric::new(b.last[0]));
     }
-    Ok(out)
+    out
 }
 
-pub async fn layer_matrix(
-    db: &SqlitePool,
-    run: &RunRow,
-    stat: &str,
-    window: Window,
-) -> StoreResult<LayerMatrix> {
-    let id = find_series(db, run, true, stat).await?;
-    let (branch, buckets) = read(db, run, id, window).await?;
+/// Buckets as the columns of a layer matrix.
+pub fn layer_columns(plan: &Plan, stat: &str, layers: u32, buckets: &[Summary]) -> LayerMatrix {
     let mut out = LayerMatrix {
         stat: stat.to_owned(),
-        branch,
-        layers: run.layers,
+        branch: plan.branch,
+        layers,
         ..Default::default()
     };
     for b in buckets {
@@ -314,7 +399,31 @@ pub async fn layer_matrix(
         out.max.push(metrics(b.max.iter().copied()));
         out.mean.push(metrics(b.mean()));
     }
-    Ok(out)
+    out
+}
+
+/// A scalar series read whole: for bucket counts a page or chart asks for.
+pub async fn scalar_series(
+    db: &SqlitePool,
+    run: &RunRow,
+    key: &str,
+    window: Window,
+) -> StoreResult<ScalarSeries> {
+    let plan = Plan::new(db, run, false, key, window).await?;
+    let buckets = plan.read_all(db).await?;
+    Ok(scalar_columns(&plan, key, &buckets))
+}
+
+/// A layer matrix read whole: for bucket counts a page or chart asks for.
+pub async fn layer_matrix(
+    db: &SqlitePool,
+    run: &RunRow,
+    stat: &str,
+    window: Window,
+) -> StoreResult<LayerMatrix> {
+    let plan = Plan::new(db, run, true, stat, window).await?;
+    let buckets = plan.read_all(db).await?;
+    Ok(layer_columns(&plan, stat, run.layers, &buckets))
 }
 
 #[cfg(test)]
@@ -333,6 +442,16 @@ mod tests {
                 count: 100
             }
         );
+    }
+
+    #[test]
+    fn a_window_wider_than_the_raw_span_is_never_read_raw() {
+        let g = Grid::new(0, 999_999, 100_000);
+        assert_eq!((g.width, g.level, g.count), (16, Some(0), 62_500));
+        let g = Grid::new(5, 5 + RAW_SPAN - 1, 100_000);
+        assert_eq!((g.width, g.level), (1, None));
+        let g = Grid::new(5, 5 + RAW_SPAN, 100_000);
+        assert_eq!(g.level, Some(0));
     }
 
     #[test]

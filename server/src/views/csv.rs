@@ -26,32 +26,45 @@ fn cell(out: &mut String, m: Metric) {
     }
 }
 
+pub const SCALARS_HEADER: &str = "step,min,max,mean,last\n";
+pub const LAYERS_HEADER: &str = "step,layer,min,max,mean\n";
+
 pub fn scalars(s: &ScalarSeries) -> String {
-    let mut out = String::from("step,min,max,mean,last\n");
+    let mut out = String::from(SCALARS_HEADER);
+    scalar_rows(&mut out, s);
+    out
+}
+
+/// The rows of `s`, without the header: an answer read in chunks writes them chunk by chunk.
+pub fn scalar_rows(out: &mut String, s: &ScalarSeries) {
     for i in 0..s.step.len() {
         let _ = write!(out, "{}", s.step[i]);
         for m in [s.min[i], s.max[i], s.mean[i], s.last[i]] {
             out.push(',');
-            cell(&mut out, m);
+            cell(out, m);
         }
         out.push('\n');
     }
-    out
 }
 
 pub fn layers(m: &LayerMatrix) -> String {
-    let mut out = String::from("step,layer,min,max,mean\n");
+    let mut out = String::from(LAYERS_HEADER);
+    layer_rows(&mut out, m);
+    out
+}
+
+/// The rows of `m`, without the header.
+pub fn layer_rows(out: &mut String, m: &LayerMatrix) {
     for i in 0..m.step.len() {
         for layer in 0..m.min[i].len() {
             let _ = write!(out, "{},{layer}", m.step[i]);
             for v in [m.min[i][layer], m.max[i][layer], m.mean[i][layer]] {
                 out.push(',');
-                cell(&mut out, v);
+                cell(out, v);
             }
             out.push('\n');
         }
     }
-    out
 }
 
 /// A header cell: quoted when it holds a comma, a quote or a line break.

@@ -39,6 +39,18 @@ impl RunsPage {
 #[template(path = "partials/runs_table.html")]
 pub struct RunsTablePartial {
     pub rows: Vec<RunRow>,
+    /// The page's place in the list, when the runs fill more than one page.
+    pub pages: Option<Pages>,
+}
+
+/// Where one page of the runs table stands in the whole list.
+pub struct Pages {
+    /// The `before` of this page (None: the newest runs).
+    pub before: Option<i64>,
+    /// The `before` of the next, older page, if there is one.
+    pub older: Option<i64>,
+    pub total: String,
+    pub shown: String,
 }
 
 /// One run, display-ready.
@@ -62,7 +74,20 @@ pub struct RunRow {
 impl RunsTablePartial {
     pub fn new(runs: &[RunSummary], now: f64) -> RunsTablePartial {
         let rows = runs.iter().map(|r| RunRow::new(r, now)).collect();
-        RunsTablePartial { rows }
+        RunsTablePartial { rows, pages: None }
+    }
+
+    /// Says which page of `total` runs this is; one page of them all says nothing.
+    pub fn paged(mut self, before: Option<i64>, older: Option<i64>, total: u64) -> Self {
+        if before.is_some() || older.is_some() {
+            self.pages = Some(Pages {
+                before,
+                older,
+                total: format::count(Some(total)),
+                shown: format::count(Some(self.rows.len() as u64)),
+            });
+        }
+        self
     }
 }
 

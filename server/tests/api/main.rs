@@ -11,6 +11,7 @@ mod launches;
 mod live;
 mod pages;
 mod queries;
+mod reads;
 mod refusals;
 mod sessions;
 mod summaries;
