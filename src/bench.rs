@@ -9,9 +9,14 @@
 //! - `compare`: the compare page of 20 runs × 100,000 steps and its data, and the comparison
 //!   exported as PNG, SVG and CSV (see [`compare`]).
 //!
+//! - `reads`, `bodies`: the peak memory of a `keel serve` process under the largest reads and
+//!   request bodies a client may send (see [`limits`]). Not part of `all`: `reads` fills a
+//!   1,000,000-step run first (minutes; `--dir` keeps it for the next time).
+//!
 //! `--quick` shrinks every size tenfold for a smoke run. Sizes print with the results.
 
 mod compare;
+mod limits;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,7 +29,8 @@ use keel_server::storage::{Store, WriteOp, runs};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Which benchmark: ingest, query, memory, commands, compare or all.
+    /// Which benchmark: ingest, query, memory, commands, compare, all (those five), reads or
+    /// bodies.
     #[arg(default_value = "all")]
     which: String,
     /// Ten times smaller sizes, for a quick check.
@@ -35,7 +41,17 @@ pub struct BenchArgs {
     dir: Option<PathBuf>,
 }
 
+const BENCHES: [&str; 8] = [
+    "all", "ingest", "query", "memory", "commands", "compare", "reads", "bodies",
+];
+
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        BENCHES.contains(&args.which.as_str()),
+        "no benchmark `{}`: choose one of {}",
+        args.which,
+        BENCHES.join(", ")
+    );
     let tmp = tempfile::tempdir()?;
     let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_owned());
     std::fs::create_dir_all(&dir)?;
@@ -59,6 +75,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if all || args.which == "compare" {
         rt.block_on(compare::compare(&dir, scale))?;
+    }
+    if args.which == "reads" {
+        rt.block_on(limits::reads(&dir, scale))?;
+    }
+    if args.which == "bodies" {
+        rt.block_on(limits::bodies(&dir))?;
     }
     println!("| load average after | {} |", load_average());
     Ok(())
@@ -360,7 +382,7 @@ fn serve(path: &Path) -> anyhow::Result<(std::process::Child, String)> {
             let _ = child.kill();
             anyhow::bail!("the server exited");
         };
-        if let Some(rest) = line?.split("serving ").nth(1) {
+        if let Some(rest) = line?.split("keel is serving ").nth(1) {
             break rest
                 .split_whitespace()
                 .next()

@@ -137,13 +137,33 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Serve(args) => runtime()?.block_on(serve(args)),
+        Cmd::Serve(args) => {
+            with_server_allocator();
+            runtime()?.block_on(serve(args))
+        }
         Cmd::Demo(args) => runtime()?.block_on(demo::run(args)),
         Cmd::Train(args) => train::run(args),
         Cmd::Ablate(args) => ablate::run(args),
         Cmd::Configs(args) => configs::run(args),
         Cmd::Check(args) => runtime()?.block_on(check(args)),
         Cmd::Bench(args) => bench::run(args),
+    }
+}
+
+/// Runs this process again, in place (same pid), with the allocator settings of a server
+/// ([`keel_trainer::SERVER_ALLOCATOR_ENV`]) unless they are set already. Should that fail,
+/// the server carries on with the training settings, and only its memory is the worse for it.
+fn with_server_allocator() {
+    #[cfg(unix)]
+    if std::env::var_os(keel_trainer::SERVER_ALLOCATOR_ENV[0].0).is_none() {
+        use std::os::unix::process::CommandExt;
+        let error = std::env::current_exe().map(|exe| {
+            std::process::Command::new(exe)
+                .args(std::env::args_os().skip(1))
+                .envs(keel_trainer::SERVER_ALLOCATOR_ENV)
+                .exec()
+        });
+        tracing::warn!("serving with the trainer's allocator settings: {error:?}");
     }
 }
 

@@ -100,11 +100,66 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
+        let req = gather(req).await?;
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(ApiJson(v)),
             Err(rejection) => Err(json_rejection(rejection)),
         }
     }
+}
+
+/// The largest body a request may have, put on it by the body guard (`routes::guard_body`).
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimit(pub u64);
+
+/// Reads a JSON request's body into one buffer of its announced size, refusing a body of
+/// another type before reading it and one over the limit as soon as it is. The body then
+/// goes on as a single piece, which the `Json` extractor takes without copying: a body costs
+/// its size once, not twice (pieces gathered, then joined).
+async fn gather(req: Request) -> Result<Request, AppError> {
+    use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+    use futures_util::StreamExt;
+    let (parts, body) = req.into_parts();
+    let json = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|m| m.trim().to_ascii_lowercase())
+        .is_some_and(|m| {
+            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+        });
+    if !json {
+        return Err(AppError::BadRequest(
+            "send the body as JSON with `Content-Type: application/json`".into(),
+        ));
+    }
+    let limit = parts.extensions.get::<BodyLimit>().map_or(2 << 20, |l| l.0);
+    let announced: u64 = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.trim().parse().ok())
+        .unwrap_or(0);
+    let too_large = || {
+        AppError::TooLarge(format!(
+            "the request body is over the size limit ({limit} bytes)"
+        ))
+    };
+    if announced > limit {
+        return Err(too_large());
+    }
+    let mut buf = Vec::with_capacity(announced as usize);
+    let mut stream = body.into_data_stream();
+    while let Some(piece) = stream.next().await {
+        let piece = piece.map_err(|e| {
+            AppError::BadRequest(format!("the request body could not be read: {e}"))
+        })?;
+        if (buf.len() + piece.len()) as u64 > limit {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&piece);
+    }
+    Ok(Request::from_parts(parts, axum::body::Body::from(buf)))
 }
 
 fn json_rejection(r: JsonRejection) -> AppError {

@@ -43,3 +43,14 @@ pub use run::{TrainOptions, TrainSummary, train};
 /// candle allocates and frees large buffers every op). A binary opts in with
 /// `#[global_allocator] static GLOBAL: keel_trainer::Allocator = keel_trainer::Allocator;`.
 pub use mimalloc::MiMalloc as Allocator;
+
+/// The [`Allocator`]'s settings for a process that serves rather than trains. By default it
+/// keeps freed memory for 100 ms or more and commits whole arenas up front, which is what
+/// makes training fast and what makes a server's resident memory the high-water mark of every
+/// request it ever served (measured: 110 MB after twelve 100,000-bucket reads that hold 18 MB
+/// at most, against 50 MB with these). The allocator reads them when the process starts, so a
+/// binary re-executes itself with them (see `keel serve`).
+pub const SERVER_ALLOCATOR_ENV: [(&str, &str); 2] = [
+    ("MIMALLOC_PURGE_DELAY", "0"),
+    ("MIMALLOC_ARENA_EAGER_COMMIT", "0"),
+];
