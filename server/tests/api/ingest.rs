@@ -113,12 +113,34 @@ fn a_one_step_spike_survives_every_zoom_level() {
         let loss = app
             .get(&format!("/api/v1/runs/{id}/scalars/loss?points={points}"))
             .body;
-        let maxes = loss["max"].as_array().unwrap();
-        assert!(maxes.len() as u64 <= points);
-        let top = maxes.iter().filter_map(|v| v.as_f64()).fold(0.0, f64::max);
-        assert_eq!(top, 1000.0, "points={points}");
-        let count: f64 = loss["mean"].as_array().unwrap().len() as f64;
-        assert!(count >= 1.0);
+        let maxes: Vec<f64> = loss["max"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let starts: Vec<u64> = loss["step"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert!(maxes.len() as u64 <= points, "points={points}");
+        assert_eq!(starts[0], 0, "points={points}");
+        // Exactly the bucket that holds step 12,345 reports the spike; every other one the
+        // flat 2.0 of its steps, and its mean is no spike averaged in.
+        let holder = starts.partition_point(|&s| s <= 12_345) - 1;
+        for (i, max) in maxes.iter().enumerate() {
+            let want = if i == holder { 1000.0 } else { 2.0 };
+            assert_eq!(
+                *max, want,
+                "points={points}, bucket {i} from step {}",
+                starts[i]
+            );
+            if i != holder {
+                assert_eq!(loss["mean"][i], 2.0, "points={points}, bucket {i}");
+            }
+        }
     }
     // A zoomed window that starts and ends off the bucket grid is still exact.
     let w = app

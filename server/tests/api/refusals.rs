@@ -136,7 +136,8 @@ fn an_unknown_run_is_a_404() {
 #[test]
 fn a_run_id_that_is_not_a_number_is_a_400() {
     let app = TestApp::spawn();
-    assert_refused(&app.get("/api/v1/runs/abc"), 400, "");
+    let r = app.get("/api/v1/runs/abc");
+    assert_refused(&r, 400, "abc");
 }
 
 #[test]
