@@ -222,6 +222,38 @@ fn a_body_over_the_limit_is_refused_from_its_length_before_it_is_sent() {
 }
 
 #[test]
+fn a_chunked_body_over_the_limit_is_refused_once_it_passes_the_limit() {
+    use std::io::{Read, Write};
+    with_run(|app, id| {
+        // No Content-Length to judge from: the real limit (32 MiB) is enforced while reading.
+        let mut conn = std::net::TcpStream::connect(app.addr).unwrap();
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        let head = format!(
+            "POST /api/v1/runs/{id}/steps HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        conn.write_all(head.as_bytes()).unwrap();
+        let piece = vec![b' '; 1 << 20];
+        let mut sent = 0;
+        for _ in 0..40 {
+            let frame = [format!("{:x}\r\n", piece.len()).as_bytes(), &piece, b"\r\n"].concat();
+            if conn.write_all(&frame).is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        let mut answer = String::new();
+        let _ = conn.read_to_string(&mut answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 413"),
+            "after {sent} MiB: {answer}"
+        );
+        assert!(answer.contains("size limit"), "{answer}");
+        assert_eq!(app.get(&format!("/api/v1/runs/{id}")).body["steps"], 1);
+    });
+}
+
+#[test]
 fn a_write_without_a_token_is_refused_before_its_body_is_read() {
     with_run(|app, id| {
         // 30 MiB announced, a few bytes sent: the 401 comes without waiting for the rest.

@@ -98,7 +98,7 @@ fn text_and_jsonl_sources_are_read_from_files_and_globs() {
     std::fs::write(dir.path().join("b.txt"), "delta epsilon ".repeat(10)).unwrap();
     std::fs::write(
         dir.path().join("c.jsonl"),
-        "{\"text\": \"zeta\"}\n\n{\"text\": \"eta\"}\n",
+        "{\"text\": \"omicron\"}\n\n{\"text\": \"upsilon\"}\n",
     )
     .unwrap();
     let cfg_text = format!(
@@ -110,13 +110,32 @@ fn text_and_jsonl_sources_are_read_from_files_and_globs() {
     std::fs::write(&path, cfg_text).unwrap();
     let cfg = keel_trainer::load_config(&path).unwrap();
     let mix = DataMix::new(&cfg.data, 1).unwrap();
-    let b = mix.batch(0, 8, 12).unwrap();
-    let text = String::from_utf8(b.inputs.iter().map(|t| *t as u8).collect()).unwrap();
+    let js = mix.names().iter().position(|n| n == "js").unwrap();
+    // 26 bytes: long enough that a row of the JSONL corpus ("omicron\n\nupsilon\n\n", 18
+    // bytes, cycled) holds both of its words whole, wherever it starts.
+    let seq = 26;
+    let (mut from_js, mut from_txt) = (0, 0);
+    for index in 0..4 {
+        let b = mix.batch(index, 8, seq).unwrap();
+        for (row, source) in b.sources.iter().enumerate() {
+            let tokens = &b.inputs[row * seq..(row + 1) * seq];
+            let text = String::from_utf8(tokens.iter().map(|t| *t as u8).collect()).unwrap();
+            let jsonl = text.contains("omicron") && text.contains("upsilon");
+            let files = ["alpha", "beta", "gamma", "delta", "epsilon"]
+                .iter()
+                .any(|w| text.contains(w));
+            if *source == js {
+                assert!(jsonl && !files, "a JSONL row: {text:?}");
+                from_js += 1;
+            } else {
+                assert!(files && !text.contains("omicron"), "a text row: {text:?}");
+                from_txt += 1;
+            }
+        }
+    }
     assert!(
-        ["alpha", "delta", "zeta", "eta", "gamma", "beta"]
-            .iter()
-            .any(|w| text.contains(w)),
-        "{text}"
+        from_js > 0 && from_txt > 0,
+        "{from_js} JSONL rows, {from_txt} text rows"
     );
 }
 
