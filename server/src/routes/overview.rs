@@ -24,7 +24,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::{Interval, MissedTickBehavior};
 
 use crate::AppState;
-use crate::hub::Published;
+use crate::hub::{Published, Subscription};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/v1/live", get(live_all))
@@ -62,7 +62,7 @@ async fn live_all(
 
 /// Hub messages in, throttled summaries out.
 struct Feed {
-    rx: broadcast::Receiver<Arc<Published>>,
+    rx: Subscription,
     /// Launch changes, when the server launches trainers.
     launches: Option<broadcast::Receiver<Arc<LaunchRecord>>>,
     pending: BTreeMap<i64, RunStep>,
@@ -72,10 +72,7 @@ struct Feed {
 }
 
 impl Feed {
-    fn new(
-        rx: broadcast::Receiver<Arc<Published>>,
-        launches: Option<broadcast::Receiver<Arc<LaunchRecord>>>,
-    ) -> Feed {
+    fn new(rx: Subscription, launches: Option<broadcast::Receiver<Arc<LaunchRecord>>>) -> Feed {
         let mut tick = tokio::time::interval(FLUSH);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Feed {

@@ -178,3 +178,69 @@ fn a_lost_run_that_sends_steps_again_is_running_and_its_steps_arrive() {
     assert_eq!(next(&rx, "status").data["status"], "running");
     assert_eq!(steps_of(&next(&rx, "steps")), vec![0]);
 }
+
+#[test]
+fn a_reconnect_that_missed_more_than_the_backlog_is_told_to_resync() {
+    let app = TestApp::spawn();
+    let id = app.create_run("r", 2);
+    let rx = subscribe(&app, id, None);
+    let hello = next(&rx, "hello");
+    // 2,500 steps in 25 batches, more than the 2,000 a reconnect is sent again.
+    for b in 0..25u64 {
+        let batch: Vec<Value> = (b * 100..(b + 1) * 100)
+            .map(|s| step(s, json!(1.0), 2))
+            .collect();
+        assert_eq!(app.ingest(id, json!(batch)).status, 200);
+    }
+    let late = subscribe(&app, id, Some(&hello.id));
+    let first = late.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert_eq!(first.event, "resync", "{first:?}");
+    // Its id is the present: resuming from it misses nothing and repeats nothing.
+    let again = subscribe(&app, id, Some(&first.id));
+    assert_eq!(
+        app.ingest(id, json!([step(2500, json!(2.0), 2)])).status,
+        200
+    );
+    assert_eq!(steps_of(&next(&again, "steps")), vec![2500]);
+}
+
+#[test]
+fn a_client_that_stops_reading_is_told_to_resync_instead_of_being_buffered_for() {
+    use std::io::{Read, Write};
+    let app = TestApp::spawn();
+    let layers = 1000;
+    let id = app.create_run("wide", layers);
+    // A raw connection that reads the answer's head and then nothing.
+    let mut conn = std::net::TcpStream::connect(app.addr).unwrap();
+    write!(
+        conn,
+        "GET /api/v1/runs/{id}/live HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 256];
+    let _ = conn.read(&mut head).unwrap();
+    // ~20 KB per step message: 3,000 of them are far more than the socket buffers hold and
+    // more than the hub keeps (1,024 messages) for a subscriber that does not keep up.
+    let row: Vec<f64> = (0..layers).map(|l| 1.0 + l as f64 / 7.0).collect();
+    for s in 0..3000u64 {
+        let batch = json!([{"step": s, "layers": {"hidden_var": row}}]);
+        assert_eq!(app.ingest(id, batch).status, 200);
+    }
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let found = loop {
+        let n = conn.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream ended without a resync");
+        seen.extend_from_slice(&buf[..n]);
+        if seen.windows(13).any(|w| w == b"event: resync") {
+            break true;
+        }
+        // Keep only a tail to search, not the whole stream.
+        if seen.len() > 1 << 20 {
+            seen.drain(..seen.len() - 64);
+        }
+    };
+    assert!(found);
+}
