@@ -12,11 +12,14 @@
 //! - `reads`, `bodies`: the peak memory of a `keel serve` process under the largest reads and
 //!   request bodies a client may send (see [`limits`]). Not part of `all`: `reads` fills a
 //!   1,000,000-step run first (minutes; `--dir` keeps it for the next time).
+//! - `load`: 16 writers, 50 live and 50 stalled readers for 60 s: errors, ingest latency,
+//!   step → SSE lag and peak memory, each against its budget (see [`load`]). Not in `all`.
 //!
 //! `--quick` shrinks every size tenfold for a smoke run. Sizes print with the results.
 
 mod compare;
 mod limits;
+mod load;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,8 +32,8 @@ use keel_server::storage::{Store, WriteOp, runs};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Which benchmark: ingest, query, memory, commands, compare, all (those five), reads or
-    /// bodies.
+    /// Which benchmark: ingest, query, memory, commands, compare, all (those five), reads,
+    /// bodies or load.
     #[arg(default_value = "all")]
     which: String,
     /// Ten times smaller sizes, for a quick check.
@@ -41,8 +44,8 @@ pub struct BenchArgs {
     dir: Option<PathBuf>,
 }
 
-const BENCHES: [&str; 8] = [
-    "all", "ingest", "query", "memory", "commands", "compare", "reads", "bodies",
+const BENCHES: [&str; 9] = [
+    "all", "ingest", "query", "memory", "commands", "compare", "reads", "bodies", "load",
 ];
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -81,6 +84,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.which == "bodies" {
         rt.block_on(limits::bodies(&dir))?;
+    }
+    if args.which == "load" {
+        rt.block_on(load::load(&dir, scale))?;
     }
     println!("| load average after | {} |", load_average());
     Ok(())

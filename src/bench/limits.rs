@@ -21,7 +21,7 @@ use super::{create, fill, open, serve, trainer_step};
 const BUDGET_MB: f64 = 150.0;
 
 /// Resident and peak resident memory of process `pid`, in MB.
-fn memory(pid: u32) -> (f64, f64) {
+pub(super) fn memory(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| -> f64 {
         status

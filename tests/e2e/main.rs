@@ -5,6 +5,7 @@ mod ablation;
 mod anywhere;
 mod browser;
 mod database;
+mod faults;
 mod harness;
 mod launch;
 mod training;
