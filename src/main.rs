@@ -6,6 +6,7 @@ mod bench;
 mod configs;
 mod demo;
 mod launch;
+mod sync;
 mod train;
 
 use std::net::SocketAddr;
@@ -48,6 +49,9 @@ enum Cmd {
     Configs(configs::ConfigsArgs),
     /// Verify a database's summaries against its stored steps, offline (and repair them).
     Check(CheckArgs),
+    /// Re-send what trainers left undelivered in a checkpoint folder (spilled steps, final
+    /// statuses) to a keel server.
+    Sync(sync::SyncArgs),
     /// Measure ingest, query and memory figures (see docs/performance.md).
     Bench(bench::BenchArgs),
 }
@@ -146,6 +150,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Ablate(args) => ablate::run(args),
         Cmd::Configs(args) => configs::run(args),
         Cmd::Check(args) => runtime()?.block_on(check(args)),
+        Cmd::Sync(args) => sync::run(args),
         Cmd::Bench(args) => bench::run(args),
     }
 }

@@ -53,6 +53,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         anyhow::bail!("--server needs the server's token: set KEEL_TOKEN or pass --token");
     }
     let opts = options(args)?;
+    let dir = opts.checkpoint_dir.clone();
     let summary = keel_trainer::train(opts, stop_on_ctrl_c()?)?;
     eprintln!(
         "trained {} steps; last loss {}; {:.0} tokens/s{}",
@@ -63,6 +64,31 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             .last_checkpoint
             .map(|c| format!("; checkpoint {}", c.display()))
             .unwrap_or_default(),
+    );
+    let Some(link) = &summary.link else {
+        return Ok(());
+    };
+    let folder = link
+        .spill_file
+        .parent()
+        .map(Path::to_path_buf)
+        .or(dir)
+        .unwrap_or_default();
+    if link.steps_spilled > 0 || link.control_left > 0 {
+        eprintln!(
+            "the server did not take {} steps and {} status reports or outcomes before the end: \
+             they are kept in {}; `keel sync {}` sends them (so does the next `keel train` there)",
+            link.steps_spilled,
+            link.control_left,
+            folder.display(),
+            folder.display()
+        );
+    }
+    anyhow::ensure!(
+        link.steps_refused == 0,
+        "the server refused {} steps; they are kept with its reasons in {}",
+        link.steps_refused,
+        link.refused_file.display()
     );
     Ok(())
 }

@@ -8,6 +8,7 @@ mod database;
 mod faults;
 mod harness;
 mod launch;
+mod outbox;
 mod training;
 // The server's WebDriver client, shared rather than copied; not every method is used here.
 #[allow(dead_code)]

@@ -143,7 +143,7 @@ fn a_paused_trainer_stops_stepping_until_it_is_resumed() {
 
 #[test]
 fn a_link_spills_while_no_server_answers_and_sends_everything_once_one_does() {
-    use keel_trainer::link::{Link, Spill};
+    use keel_trainer::link::{Link, Outbox, Spill};
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("keel.db");
     // Learn a free port from a first server, create the run there, then stop it.
@@ -153,12 +153,12 @@ fn a_link_spills_while_no_server_answers_and_sends_everything_once_one_does() {
         .as_i64()
         .unwrap();
     server.stop();
-    let spill_path = dir.path().join("spill.jsonl");
+    let outbox = Outbox::new(dir.path(), run);
+    let spill_path = outbox.spill.clone();
     let mut link = Link::spawn(
         &format!("http://{addr}"),
         Some(crate::harness::TOKEN.into()),
-        run,
-        spill_path.clone(),
+        outbox,
     );
     for s in 0..40 {
         link.step(0, record(s));

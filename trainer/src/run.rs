@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use keel_protocol::{
-    CommandOutcome, CommandRecord, CommandStatus, PROTOCOL_VERSION, RunSpec, RunStatus,
+    CommandOutcome, CommandRecord, CommandStatus, PROTOCOL_VERSION, RunDetail, RunSpec, RunStatus,
     StatusReport, StepRecord,
 };
 
@@ -20,7 +20,7 @@ use crate::checkpoint::AppliedCommand;
 use crate::commands::Effect;
 use crate::config::{self, TrainConfig};
 use crate::device;
-use crate::link::{Client, Link, Outbound, SendReport};
+use crate::link::{Client, Link, Outbound, Outbox, SendReport, Sent};
 use crate::trainer::Trainer;
 
 /// What `keel train` passes in. Everything but `config` and `device` is optional.
@@ -123,7 +123,10 @@ fn connect(opts: &TrainOptions, t: &mut Trainer) -> Result<Option<Link>> {
         return Ok(None);
     };
     let id = match t.state.run_id {
-        Some(id) => id,
+        Some(id) => {
+            check_resumed_run(url, opts.token.clone(), id, t)?;
+            id
+        }
         None => {
             let client = Client::new(url, opts.token.clone(), Duration::from_secs(30));
             let spec = RunSpec {
@@ -139,8 +142,34 @@ fn connect(opts: &TrainOptions, t: &mut Trainer) -> Result<Option<Link>> {
         }
     };
     t.state.run_id = Some(id);
-    let spill = t.checkpoint_dir.join(format!("spill-run-{id}.jsonl"));
-    let mut link = Link::spawn(url, opts.token.clone(), id, spill);
+    // What earlier runs in this folder could not deliver goes first (this run's own outbox
+    // is re-sent by its link).
+    match crate::link::sync(
+        &t.checkpoint_dir,
+        url,
+        opts.token.clone(),
+        Duration::from_secs(10),
+        Some(id),
+    ) {
+        Ok(synced) => {
+            for (run, r) in synced {
+                tracing::info!(
+                    run,
+                    sent = r.steps_sent,
+                    refused = r.steps_refused,
+                    left = r.steps_spilled,
+                    "re-sent what an earlier run left in {}",
+                    t.checkpoint_dir.display()
+                );
+            }
+        }
+        Err(e) if t.checkpoint_dir.exists() => {
+            tracing::warn!(error = %e, "cannot look for earlier runs' spills")
+        }
+        Err(_) => {}
+    }
+    let outbox = Outbox::new(&t.checkpoint_dir, id);
+    let mut link = Link::spawn(url, opts.token.clone(), outbox);
     // A resumed run may show as finished (or lost) on the server: say it is running again.
     link.send(Outbound::Status(StatusReport {
         status: RunStatus::Running,
@@ -148,6 +177,43 @@ fn connect(opts: &TrainOptions, t: &mut Trainer) -> Result<Option<Link>> {
         message: None,
     }));
     Ok(Some(link))
+}
+
+/// A resumed checkpoint names its run: it must be this server's run of the same name and
+/// layer count, or its steps would land in someone else's run (or nowhere).
+fn check_resumed_run(url: &str, token: Option<String>, id: i64, t: &Trainer) -> Result<()> {
+    let client = Client::new(url, token, Duration::from_secs(30));
+    let give_up = Instant::now() + Duration::from_secs(10);
+    let detail: RunDetail = loop {
+        match client.get(&format!("/api/v1/runs/{id}")) {
+            Sent::Ok(mut body) => break body.read_json()?,
+            Sent::Refused(404, _) => bail!(
+                "the checkpoint belongs to run {id}, which the server at {url} does not have \
+                 (another server or database?); resume against the server it was trained with, \
+                 or start a new run from its config"
+            ),
+            Sent::Refused(code, why) => {
+                bail!("the server refused to show run {id} ({code}): {why}")
+            }
+            Sent::Retry(why, _) if Instant::now() >= give_up => {
+                bail!("cannot reach the keel server at {url} to check run {id}: {why}")
+            }
+            Sent::Retry(_, after) => {
+                std::thread::sleep(after.unwrap_or(Duration::from_millis(500)))
+            }
+        }
+    };
+    let layers = t.cfg.model.n_layers as u32;
+    if detail.summary.name != t.cfg.run.name || detail.summary.layers != layers {
+        bail!(
+            "the checkpoint belongs to run {id}, but run {id} on {url} is `{}` with {} layers, \
+             not `{}` with {layers}: another server or database?",
+            detail.summary.name,
+            detail.summary.layers,
+            t.cfg.run.name
+        );
+    }
+    Ok(())
 }
 
 /// The step loop with its command handling.

@@ -6,29 +6,34 @@
 //! them with backoff once the server answers again. A poller thread long-polls
 //! `GET /runs/{id}/commands/pending` and hands new commands to the loop; command outcomes and
 //! status changes travel back through the sender. If the queue is full (a stalled sender), the
-//! loop keeps records in a local overflow list instead of blocking.
+//! loop keeps records in a local overflow list instead of blocking, and past
+//! [`OVERFLOW_LIMIT`] writes the oldest steps to the outbox's overflow file: no step is ever
+//! dropped. What cannot be delivered stays in the run's [`Outbox`] for [`sync`].
 
 mod http;
+mod outbox;
 mod sender;
 mod spill;
 
 use std::collections::{HashSet, VecDeque};
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use keel_protocol::{CommandOutcome, CommandRecord, StatusReport, StepRecord};
+use keel_protocol::{CommandOutcome, CommandRecord, IngestBatch, StatusReport, StepRecord};
 
 pub use http::{Client, Sent};
+pub use outbox::{Control, DeadLetter, Outbox};
 use sender::Msg;
 pub use sender::SendReport;
 pub use spill::Spill;
 
-/// Records the loop keeps locally when the queue is full, before dropping the oldest.
-const OVERFLOW_LIMIT: usize = 100_000;
+/// Records the loop keeps in memory when the queue is full, before it writes the oldest
+/// steps to the overflow file.
+pub const OVERFLOW_LIMIT: usize = 10_000;
 const QUEUE: usize = 4096;
 /// How long the server may hold a command poll.
 const POLL_WAIT_MS: u64 = 5_000;
@@ -50,18 +55,22 @@ pub enum Outbound {
 pub struct Link {
     tx: SyncSender<Msg>,
     overflow: VecDeque<Outbound>,
+    /// The loop's own file for steps past [`OVERFLOW_LIMIT`] (the sender folds it in).
+    overflow_file: Spill,
     commands: Receiver<CommandRecord>,
     sender: JoinHandle<SendReport>,
     stop_polling: Arc<AtomicBool>,
 }
 
 impl Link {
-    /// Start the sender and poller threads for run `run_id`. Spilled batches left by an earlier
-    /// process at `spill_path` are re-sent first.
-    pub fn spawn(base_url: &str, token: Option<String>, run_id: i64, spill_path: PathBuf) -> Self {
+    /// Start the sender and poller threads for the run of `outbox`. What an earlier process
+    /// left in that outbox is re-sent first.
+    pub fn spawn(base_url: &str, token: Option<String>, outbox: Outbox) -> Self {
+        let run_id = outbox.run_id;
         let client = Client::new(base_url, token.clone(), Duration::from_secs(10));
         let (tx, rx) = mpsc::sync_channel(QUEUE);
-        let sender = sender::Sender::new(client, run_id, Spill::new(&spill_path));
+        let overflow_file = Spill::new(&outbox.overflow);
+        let sender = sender::Sender::new(client, outbox);
         let sender = std::thread::Builder::new()
             .name("keel-link-send".into())
             .spawn(move || sender.run(rx))
@@ -81,6 +90,7 @@ impl Link {
         Self {
             tx,
             overflow: VecDeque::new(),
+            overflow_file,
             commands,
             sender,
             stop_polling,
@@ -105,9 +115,44 @@ impl Link {
             }
         }
         if self.overflow.len() > OVERFLOW_LIMIT {
-            self.overflow.pop_front();
-            tracing::warn!("link overflow full: dropped the oldest record");
+            self.overflow_to_disk();
         }
+    }
+
+    /// Writes the overflow's steps to the overflow file, one batch per branch run, keeping
+    /// the rare status reports and outcomes in memory (they are few, and must keep their
+    /// order relative to each other only).
+    fn overflow_to_disk(&mut self) {
+        let mut kept = VecDeque::new();
+        let mut batch: Option<IngestBatch> = None;
+        let mut written = 0;
+        for msg in self.overflow.drain(..) {
+            match msg {
+                Outbound::Step { branch, record } => match &mut batch {
+                    Some(b) if b.branch == Some(branch) => b.steps.push(record),
+                    _ => {
+                        if let Some(b) = batch.replace(IngestBatch {
+                            branch: Some(branch),
+                            steps: vec![record],
+                        }) {
+                            written += b.steps.len();
+                            if let Err(e) = self.overflow_file.append(&b) {
+                                tracing::error!(error = %e, "cannot write the overflow file; {} steps lost", b.steps.len());
+                            }
+                        }
+                    }
+                },
+                other => kept.push_back(other),
+            }
+        }
+        if let Some(b) = batch {
+            written += b.steps.len();
+            if let Err(e) = self.overflow_file.append(&b) {
+                tracing::error!(error = %e, "cannot write the overflow file; {} steps lost", b.steps.len());
+            }
+        }
+        tracing::warn!(steps = written, file = %self.overflow_file.path().display(), "the link is behind: steps written to the overflow file");
+        self.overflow = kept;
     }
 
     pub fn step(&mut self, branch: u32, record: StepRecord) {
@@ -137,6 +182,27 @@ impl Link {
         drop(self.tx);
         self.sender.join().unwrap_or_default()
     }
+}
+
+/// Re-sends what earlier processes left in the outboxes of `dir` (every run, or only `only`),
+/// trying each for at most `patience` while the server is away. Per run: what happened.
+pub fn sync(
+    dir: &Path,
+    base_url: &str,
+    token: Option<String>,
+    patience: Duration,
+    skip: Option<i64>,
+) -> anyhow::Result<Vec<(i64, SendReport)>> {
+    let mut out = Vec::new();
+    for run_id in Outbox::runs_in(dir)? {
+        if Some(run_id) == skip {
+            continue;
+        }
+        let client = Client::new(base_url, token.clone(), Duration::from_secs(10));
+        let sender = sender::Sender::new(client, Outbox::new(dir, run_id));
+        out.push((run_id, sender.close(patience)));
+    }
+    Ok(out)
 }
 
 /// The poller thread: long-poll, pass on commands not seen before, back off on errors.

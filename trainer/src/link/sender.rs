@@ -2,17 +2,21 @@
 //! take, and re-sends the spill with backoff.
 //!
 //! Invariant: a step record is either acknowledged by the server (2xx), refused by it (4xx:
-//! logged and dropped), or on disk in the spill file. Outcomes and status reports are small and
-//! rare, so they wait in memory and are retried until the link closes.
+//! kept as a dead letter with the server's reason), or on disk in the spill file. Outcomes
+//! and status reports are small and rare, so they wait in memory and are retried until the
+//! link closes; what is left then goes to the outbox's control file (see [`Outbox`]).
 
 use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use std::path::PathBuf;
+
 use keel_protocol::{IngestBatch, StepRecord};
 
 use super::Outbound;
 use super::http::{Client, Sent};
+use super::outbox::{Control, Outbox};
 use super::spill::Spill;
 
 /// Post step batches at least this often (the live view's latency budget is 250 ms).
@@ -31,18 +35,25 @@ pub(super) enum Msg {
 pub struct SendReport {
     /// Steps the server acknowledged (including re-sent ones).
     pub steps_sent: u64,
-    /// Steps refused by the server (4xx) and dropped.
+    /// Steps refused by the server (4xx), kept as dead letters in `refused_file`.
     pub steps_refused: u64,
     /// Steps still in the spill file when the link closed.
     pub steps_spilled: u64,
+    /// Status reports and outcomes still unsent when it closed, kept in the control file.
+    pub control_left: u64,
+    pub spill_file: PathBuf,
+    pub refused_file: PathBuf,
 }
 
 pub(super) struct Sender {
     client: Client,
     run_id: i64,
+    outbox: Outbox,
     spill: Spill,
     pending: Vec<(u32, StepRecord)>,
-    control: VecDeque<Outbound>,
+    control: VecDeque<Control>,
+    /// Whether the control file holds messages (from an earlier process) not yet sent.
+    control_on_disk: bool,
     /// While set, the server is considered away: new batches go straight to the spill.
     retry_at: Option<Instant>,
     backoff: Duration,
@@ -50,16 +61,28 @@ pub(super) struct Sender {
 }
 
 impl Sender {
-    pub(super) fn new(client: Client, run_id: i64, spill: Spill) -> Self {
+    /// A sender for the run of `outbox`. What an earlier process left there (overflow steps,
+    /// unsent status reports and outcomes) is sent first.
+    pub(super) fn new(client: Client, outbox: Outbox) -> Self {
+        if let Err(e) = outbox.fold_overflow() {
+            tracing::error!(error = %e, "cannot fold the overflow file into the spill");
+        }
+        let control: VecDeque<Control> = outbox.read_control().unwrap_or_default().into();
         Self {
             client,
-            run_id,
-            spill,
+            run_id: outbox.run_id,
+            spill: Spill::new(&outbox.spill),
+            control_on_disk: !control.is_empty(),
+            report: SendReport {
+                spill_file: outbox.spill.clone(),
+                refused_file: outbox.refused.clone(),
+                ..SendReport::default()
+            },
+            outbox,
             pending: Vec::new(),
-            control: VecDeque::new(),
+            control,
             retry_at: None,
             backoff: Duration::from_millis(250),
-            report: SendReport::default(),
         }
     }
 
@@ -85,7 +108,10 @@ impl Sender {
     fn accept(&mut self, m: Outbound) {
         match m {
             Outbound::Step { branch, record } => self.pending.push((branch, record)),
-            other => self.control.push_back(other),
+            Outbound::Outcome { command, outcome } => self
+                .control
+                .push_back(Control::Outcome { command, outcome }),
+            Outbound::Status(report) => self.control.push_back(Control::Status { report }),
         }
     }
 
@@ -156,8 +182,7 @@ impl Sender {
                 true
             }
             Sent::Refused(code, why) => {
-                tracing::error!(code, %why, steps = n, "the server refused a step batch; dropped");
-                self.report.steps_refused += n;
+                self.refused(code, &why, &batch);
                 true
             }
             Sent::Retry(why, after) => {
@@ -165,6 +190,16 @@ impl Sender {
                 self.spill_batch(&batch);
                 false
             }
+        }
+    }
+
+    /// A refused batch becomes a dead letter: retrying cannot help, but a person can read it.
+    fn refused(&mut self, code: u16, why: &str, batch: &IngestBatch) {
+        let n = batch.steps.len() as u64;
+        tracing::error!(code, %why, steps = n, file = %self.outbox.refused.display(), "the server refused a step batch; kept as a dead letter");
+        self.report.steps_refused += n;
+        if let Err(e) = self.outbox.dead_letter(code, why, batch) {
+            tracing::error!(error = %e, "cannot write the dead letter; {n} refused steps lost");
         }
     }
 
@@ -191,10 +226,7 @@ impl Sender {
                 .post(&format!("/api/v1/runs/{}/steps", self.run_id), &batch)
             {
                 Sent::Ok(_) => self.report.steps_sent += n,
-                Sent::Refused(code, why) => {
-                    tracing::error!(code, %why, "the server refused a spilled batch; dropped");
-                    self.report.steps_refused += n;
-                }
+                Sent::Refused(code, why) => self.refused(code, &why, &batch),
                 Sent::Retry(why, after) => {
                     self.mark_away(&why, after);
                     let left: Vec<IngestBatch> = std::iter::once(batch).chain(rest).collect();
@@ -216,14 +248,13 @@ impl Sender {
     fn send_control(&mut self) {
         while let Some(msg) = self.control.pop_front() {
             let sent = match &msg {
-                Outbound::Outcome { command, outcome } => self.client.post(
+                Control::Outcome { command, outcome } => self.client.post(
                     &format!("/api/v1/runs/{}/commands/{command}/outcome", self.run_id),
                     outcome,
                 ),
-                Outbound::Status(report) => self
+                Control::Status { report } => self
                     .client
                     .post(&format!("/api/v1/runs/{}/status", self.run_id), report),
-                Outbound::Step { .. } => unreachable!("steps are never queued as control"),
             };
             match sent {
                 Sent::Ok(_) => {}
@@ -237,11 +268,27 @@ impl Sender {
                 }
             }
         }
+        // Everything an earlier process left unsent has now gone too.
+        if std::mem::take(&mut self.control_on_disk) {
+            self.keep_control();
+        }
     }
 
-    /// Final flush: keep trying until `deadline`, then leave steps in the spill file.
-    fn close(mut self, deadline: Duration) -> SendReport {
+    /// Writes the unsent control messages to the outbox (removing its file when none).
+    fn keep_control(&self) {
+        let left: Vec<Control> = self.control.iter().cloned().collect();
+        if let Err(e) = self.outbox.write_control(&left) {
+            tracing::error!(error = %e, "cannot write the control file; {} messages lost", left.len());
+        }
+    }
+
+    /// Final flush: keep trying until `deadline`, then leave steps in the spill file and
+    /// status reports and outcomes in the control file.
+    pub(super) fn close(mut self, deadline: Duration) -> SendReport {
         let end = Instant::now() + deadline;
+        if let Err(e) = self.outbox.fold_overflow() {
+            tracing::error!(error = %e, "cannot fold the overflow file into the spill");
+        }
         self.flush();
         while (!self.spill.is_empty() || !self.control.is_empty()) && Instant::now() < end {
             std::thread::sleep(
@@ -255,6 +302,10 @@ impl Sender {
             .spill
             .read()
             .map_or(0, |b| b.iter().map(|b| b.steps.len() as u64).sum());
+        self.report.control_left = self.control.len() as u64;
+        if !self.control.is_empty() {
+            self.keep_control();
+        }
         self.report
     }
 }
