@@ -12,6 +12,7 @@
 
 import { LineChart, tokensAt } from "./linechart.js";
 import { colorOf, fitScale, valueAt, colorAt } from "./colormap.js";
+import { bucketEnds, pixelColumns } from "./heatmap.js";
 import { connState, count, fit, getJSON, logTicks, metric, num, short, theme, ticks } from "./keel.js";
 
 const root = document.getElementById("compare");
@@ -132,6 +133,7 @@ function exportLinks() {
   figure.set("smooth", Number(smoothing.value).toFixed(2));
   if (lossCharts[0]?.chart.log) figure.set("log", "1");
   if (statSelect) figure.set("stat", statSelect.value);
+  if (heatBy) figure.set("by", heatBy.value);
   if (stepInput && !profile.follow) figure.set("step", stepInput.value);
   for (const format of ["png", "svg"]) {
     document.getElementById(`export-${format}`).href = `/api/v1/compare.${format}?${figure}`;
@@ -288,10 +290,11 @@ const heatFigures = [...document.querySelectorAll(".compare-heatmap")].map((fig)
 const legendCanvas = document.getElementById("heat-legend");
 let heatScale = null;
 
+const heatBy = document.getElementById("heat-by");
+
 async function loadHeatmaps() {
   if (!heatFigures.length) return;
   const stat = statSelect.value;
-  document.getElementById("heat-what").textContent = `${stat} (mean per bucket)`;
   await Promise.all(
     heatFigures.map(async (f) => {
       const run = runs.find((r) => r.id === f.id);
@@ -301,25 +304,52 @@ async function loadHeatmaps() {
       }
       const cols = Math.max(20, Math.floor(f.canvas.clientWidth) - HM.l - HM.r);
       const m = await getJSON(`/api/v1/runs/${f.id}/layers/${encodeURIComponent(stat)}?columns=${cols}`);
-      f.data = { step: m.step, rows: m.mean.map((r) => r.map(num)), layers: run.layers };
+      const rows = (field) => m[field].map((r) => r.map(num));
+      f.data = { step: m.step, min: rows("min"), max: rows("max"), mean: rows("mean"), layers: run.layers };
     }),
   );
-  // One scale for all: the global min and max over every run's matrix.
+  paintHeatmaps();
+}
+
+// Every run's heatmap on one scale (over the cells drawn, of the value chosen), then the legend.
+function paintHeatmaps() {
+  const by = heatBy?.value ?? "max";
+  document.getElementById("heat-what").textContent = `${statSelect.value} (${by} per bucket)`;
+  for (const f of heatFigures) f.cells = null;
+  for (const f of heatFigures) {
+    const d = f.data;
+    if (!d || !d.step.length) continue;
+    const pw = Math.max(1, Math.floor(f.canvas.clientWidth) - HM.l - HM.r);
+    const ends = bucketEnds(d.step);
+    const dom = [d.step[0], ends[ends.length - 1]];
+    f.cells = { pw, dom, ...pixelColumns(d.step, d[by], d.layers, pw, dom, by) };
+  }
   heatScale = fitScale(
     (function* () {
-      for (const f of heatFigures) if (f.data) for (const row of f.data.rows) yield* row;
+      for (const f of heatFigures) {
+        if (!f.cells) continue;
+        const { vals, has } = f.cells, L = f.data.layers;
+        for (let k = 0; k < vals.length; k++) if (has[Math.floor(k / L)]) yield vals[k];
+      }
     })(),
   );
+  // The top of the scale, for a reader (and a test) to see that a spike survived.
+  if (legendCanvas && heatScale) legendCanvas.dataset.top = String(heatScale.hi);
   heatFigures.forEach(drawHeat);
   drawLegend();
 }
+
+heatBy?.addEventListener("change", () => {
+  exportLinks();
+  paintHeatmaps();
+});
 
 function drawHeat(f) {
   const { ctx, w, h } = fit(f.canvas);
   const t = theme();
   ctx.font = "10px system-ui, sans-serif";
   const d = f.data;
-  if (!d || !d.step.length || !heatScale) {
+  if (!d || !d.step.length || !heatScale || !f.cells) {
     ctx.fillStyle = t.muted;
     ctx.textAlign = "center";
     ctx.fillText("no data", w / 2, h / 2);
@@ -327,19 +357,20 @@ function drawHeat(f) {
     return;
   }
   const pw = w - HM.l - HM.r, ph = h - HM.t - HM.b;
-  const n = d.step.length, L = d.layers;
-  // Columns cover [first step, last step + one bucket]; layer 0 at the bottom.
-  const unit = n > 1 ? d.step[1] - d.step[0] : 1;
-  const x0 = d.step[0], x1 = d.step[n - 1] + unit;
+  const L = d.layers;
+  const { vals, has, dom } = f.cells;
+  const [x0, x1] = dom;
   const px = (s) => HM.l + ((s - x0) / (x1 - x0)) * pw;
   const rowH = ph / L;
-  for (let i = 0; i < n; i++) {
-    const a = px(d.step[i]);
-    const b = i + 1 < n ? px(d.step[i + 1]) : HM.l + pw;
+  // A pixel column without a bucket stays empty, as on the run page and in the PNG.
+  ctx.fillStyle = t.grid;
+  ctx.fillRect(HM.l, HM.t, pw, ph);
+  for (let x = 0; x < f.cells.pw; x++) {
+    if (!has[x]) continue;
     for (let l = 0; l < L; l++) {
-      const [r, g, bl] = colorOf(heatScale, d.rows[i][l]);
+      const [r, g, bl] = colorOf(heatScale, vals[x * L + l]);
       ctx.fillStyle = `rgb(${r},${g},${bl})`;
-      ctx.fillRect(a, HM.t + ph - (l + 1) * rowH, Math.max(1, b - a) + 0.5, rowH + 0.5);
+      ctx.fillRect(HM.l + x, HM.t + ph - (l + 1) * rowH, 1.5, rowH + 0.5);
     }
   }
   ctx.fillStyle = t.muted;
@@ -355,7 +386,7 @@ function drawHeat(f) {
     // Labels that would run off the canvas are left out rather than cut.
     if (s >= x0 && s <= x1 && px(s) + half <= w && px(s) - half >= 0) ctx.fillText(label, px(s), HM.t + ph + 4);
   }
-  f.canvas.dataset.drawn = String(n);
+  f.canvas.dataset.drawn = String(d.step.length);
 }
 
 function drawLegend() {
@@ -422,8 +453,7 @@ window.addEventListener("resize", () => {
   resizeTimer = setTimeout(() => {
     lossCharts.forEach((c) => c.chart.draw());
     if (depthCanvas) drawProfile();
-    heatFigures.forEach(drawHeat);
-    if (legendCanvas) drawLegend();
+    if (heatFigures.length) paintHeatmaps();
   }, 150);
 });
 

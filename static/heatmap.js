@@ -25,6 +25,32 @@ export function bucketEnds(steps) {
 const bigger = (a, b) => (Number.isNaN(a) ? a : Number.isNaN(b) ? b : Math.max(a, b));
 const smaller = (a, b) => (Number.isNaN(a) ? b : Number.isNaN(b) ? a : Math.min(a, b));
 
+// Per pixel column and layer of a plot `pw` px wide over steps `dom`, the value drawn there:
+// bucket i covers its pixels from its step to its end (`bucketEnds`), so a missing bucket
+// leaves its pixels empty (`has[x]` is 0); where several buckets share a pixel column the cell
+// keeps the largest for `max`, the smallest for `min` and the newest for `mean`. The run page's
+// heatmap and the compare page's draw through this one function.
+export function pixelColumns(steps, rows, layers, pw, dom, field) {
+  const L = layers;
+  const vals = new Float64Array(pw * L);
+  const has = new Uint8Array(pw);
+  const ends = bucketEnds(steps);
+  const span = dom[1] - dom[0];
+  for (let i = 0; i < steps.length; i++) {
+    const a = Math.floor(((steps[i] - dom[0]) / span) * pw);
+    const b = Math.max(a + 1, Math.floor(((ends[i] - dom[0]) / span) * pw));
+    for (let x = Math.max(0, a); x < Math.min(pw, b); x++) {
+      for (let l = 0; l < L; l++) {
+        const v = rows[i][l], k = x * L + l;
+        if (!has[x] || field === "mean") vals[k] = v;
+        else vals[k] = field === "max" ? bigger(vals[k], v) : smaller(vals[k], v);
+      }
+      has[x] = 1;
+    }
+  }
+  return { vals, has };
+}
+
 export class Heatmap {
   constructor(parent, { runId, stat, layers, onPick }) {
     Object.assign(this, { runId, stat, layers, onPick });
@@ -100,26 +126,10 @@ export class Heatmap {
     return [d.step[0], ends[ends.length - 1]];
   }
 
-  // Per pixel column and layer, the value drawn there (NaN-aware max for `max`).
+  // Per pixel column and layer, the value drawn there (see `pixelColumns`).
   columns(pw, dom) {
-    const d = this.data, L = this.layers, rows = d[this.field];
-    const vals = new Float64Array(pw * L);
-    const has = new Uint8Array(pw);
-    const ends = bucketEnds(d.step);
-    const span = dom[1] - dom[0];
-    for (let i = 0; i < d.step.length; i++) {
-      const a = Math.floor(((d.step[i] - dom[0]) / span) * pw);
-      const b = Math.max(a + 1, Math.floor(((ends[i] - dom[0]) / span) * pw));
-      for (let x = Math.max(0, a); x < Math.min(pw, b); x++) {
-        for (let l = 0; l < L; l++) {
-          const v = rows[i][l], k = x * L + l;
-          if (!has[x] || this.field === "mean") vals[k] = v;
-          else vals[k] = this.field === "max" ? bigger(vals[k], v) : smaller(vals[k], v);
-        }
-        has[x] = 1;
-      }
-    }
-    return { vals, has };
+    const d = this.data;
+    return pixelColumns(d.step, d[this.field], this.layers, pw, dom, this.field);
   }
 
   draw() {

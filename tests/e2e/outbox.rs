@@ -113,7 +113,10 @@ fn a_trainer_that_ends_while_its_server_is_away_keeps_everything_for_keel_sync()
         &other.url(),
         &ckpt,
         700,
-        &["--resume", &ckpt.join("step-00000600").display().to_string()],
+        &[
+            "--resume",
+            &ckpt.join("step-00000600").display().to_string(),
+        ],
     )
     .wait_with_output()
     .unwrap();

@@ -1,5 +1,5 @@
 //! A layer × step heatmap: one column per bucket, one row per layer (layer 0 at the bottom),
-//! coloured by the bucket's `max` so a one-step spike is never averaged away; a legend with
+//! coloured by the bucket's `max` (or the `mean` or `min` asked for) so a one-step spike is never averaged away; a legend with
 //! the scale's range and the colours of NaN and ±Inf.
 
 use keel_protocol::{LayerMatrix, Metric};
@@ -14,6 +14,7 @@ use super::{Chart, Drawn, ink, short};
 pub struct Heatmap<'a> {
     pub m: &'a LayerMatrix,
     pub title: &'a str,
+    pub by: super::CellValue,
 }
 
 const WIDTH: u32 = 1200;
@@ -66,14 +67,15 @@ impl Chart for Heatmap<'_> {
             log_y: false,
             whole_x: false,
         };
-        let scale = Scale::fit(m.max.iter().flatten().map(|v| v.get()));
+        let rows = self.by.rows(m);
+        let scale = Scale::fit(rows.iter().flatten().map(|v| v.get()));
         area.draw(&Rectangle::new(
             [(frame.left, frame.top), (frame.right, frame.bottom)],
             ink::EMPTY.filled(),
         ))
         .map_err(fail)?;
         if let Some(scale) = scale {
-            cells(area, &frame, &m.step, &ends, &m.max, &scale)?;
+            cells(area, &frame, &m.step, &ends, rows, &scale)?;
             colour_bar(
                 area,
                 (frame.right + 16, frame.top, frame.bottom),

@@ -3,8 +3,9 @@
 //! JavaScript.
 //!
 //! They draw what series queries answered ([`LayerMatrix`], [`ScalarSeries`]) and never query
-//! anything themselves. Heatmaps colour each bucket by its `max`, so a one-step spike shows at
-//! every zoom, with the scale of [`colormap`] that the browser shares.
+//! anything themselves. Heatmaps colour each bucket by its `max` unless asked otherwise
+//! ([`CellValue`]), so a one-step spike shows at every zoom, with the scale of [`colormap`]
+//! that the browser shares.
 //!
 //! Text needs a font. Rather than link the system's fontconfig and freetype, the charts draw
 //! with DejaVu Sans built into the binary (the `dejavu` crate; the DejaVu fonts' licence lets
@@ -17,6 +18,8 @@ pub mod compare;
 mod frame;
 mod heatmap;
 mod line;
+
+pub use heatmap::bucket_ends;
 
 use std::sync::OnceLock;
 
@@ -50,9 +53,56 @@ impl Format {
     }
 }
 
-/// A heatmap of `m` (layer × step, colour = bucket max) under `title`.
-pub fn heatmap(m: &LayerMatrix, title: &str, format: Format) -> anyhow::Result<Vec<u8>> {
-    render(format, &heatmap::Heatmap { m, title })
+/// Which of a bucket's values colours its heatmap cell. `Max` by default everywhere (the run
+/// page, the compare page, the PNG and SVG endpoints, the exported comparison), so that a
+/// one-step spike is never averaged away; the query parameter `by` picks another.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CellValue {
+    #[default]
+    Max,
+    Mean,
+    Min,
+}
+
+impl CellValue {
+    pub const NAMES: [&'static str; 3] = ["max", "mean", "min"];
+
+    /// `?by=`: absent is `max`; anything but the three names is refused.
+    pub fn parse(by: Option<&str>) -> Result<Self, String> {
+        match by {
+            None | Some("max") => Ok(CellValue::Max),
+            Some("mean") => Ok(CellValue::Mean),
+            Some("min") => Ok(CellValue::Min),
+            Some(other) => Err(format!("`by` is `max`, `mean` or `min`, not `{other}`")),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CellValue::Max => "max",
+            CellValue::Mean => "mean",
+            CellValue::Min => "min",
+        }
+    }
+
+    /// The buckets' rows of this value.
+    pub fn rows(self, m: &LayerMatrix) -> &[Vec<keel_protocol::Metric>] {
+        match self {
+            CellValue::Max => &m.max,
+            CellValue::Mean => &m.mean,
+            CellValue::Min => &m.min,
+        }
+    }
+}
+
+/// A heatmap of `m` (layer × step, colour = each bucket's `by`) under `title`.
+pub fn heatmap(
+    m: &LayerMatrix,
+    title: &str,
+    by: CellValue,
+    format: Format,
+) -> anyhow::Result<Vec<u8>> {
+    render(format, &heatmap::Heatmap { m, title, by })
 }
 
 /// A line chart of `s` (mean per bucket, min–max band, markers at non-finite buckets).

@@ -19,7 +19,7 @@ use sqlx::SqlitePool;
 
 use crate::AppState;
 use crate::charts::compare::{self, CompareRun, Comparison, Layout, XAxis};
-use crate::charts::{self, Format};
+use crate::charts::{self, CellValue, Format};
 use crate::error::{ApiQuery, AppError, AppResult};
 use crate::routes::data::{MAX_BUCKETS, MAX_STEP};
 use crate::routes::images::blocking;
@@ -143,11 +143,13 @@ struct FigureQuery {
     step: Option<u64>,
     width: Option<u32>,
     height: Option<u32>,
+    by: Option<String>,
 }
 
 /// The figure's drawing options, checked: values out of range are 422s.
 struct Options {
     x: XAxis,
+    by: CellValue,
     log_y: bool,
     smooth: f64,
     width: u32,
@@ -183,8 +185,10 @@ impl FigureQuery {
         if self.step.is_some_and(|s| s > MAX_STEP) {
             return invalid(format!("steps go up to {MAX_STEP}"));
         }
+        let by = CellValue::parse(self.by.as_deref()).map_err(AppError::Invalid)?;
         Ok(Options {
             x,
+            by,
             log_y,
             smooth,
             width,
@@ -264,6 +268,7 @@ async fn figure(state: &AppState, q: FigureQuery, format: Format) -> AppResult<R
         x: opts.x,
         log_y: opts.log_y,
         smooth: opts.smooth,
+        by: opts.by,
         runs,
         layout,
     };

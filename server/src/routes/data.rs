@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::AppState;
 use crate::auth::Operator;
-use crate::charts::Format;
+use crate::charts::{CellValue, Format};
 use crate::error::{ApiJson, ApiPath, ApiQuery, AppError, AppResult};
 use crate::routes::answer::{self, Series, Shape};
 use crate::routes::images::{self, Source};
@@ -118,6 +118,8 @@ pub struct WindowQuery {
     pub points: Option<u64>,
     pub columns: Option<u64>,
     pub branch: Option<u32>,
+    /// The value that colours a heatmap image's cells (`.png`/`.svg` of a layer statistic).
+    pub by: Option<String>,
 }
 
 impl WindowQuery {
@@ -155,10 +157,16 @@ async fn scalars(
             "a scalar series takes `points`, not `columns`".into(),
         ));
     }
+    if q.by.is_some() {
+        return Err(AppError::BadRequest(
+            "`by` picks a heatmap's cell value; a scalar series has none".into(),
+        ));
+    }
     let window = q.window(q.points, 2000)?;
     // `loss/code.png` is the chart of `loss/code`.
     if let Some((key, format)) = Format::split(&key) {
-        return images::image(&state, id, key, Source::Scalar, window, format).await;
+        let by = CellValue::default();
+        return images::image(&state, id, key, Source::Scalar, window, by, format).await;
     }
     let db = state.store.reader();
     let run = runs::run_row(db, id).await?;
@@ -185,7 +193,14 @@ async fn layers(
     let window = q.window(q.columns, 1000)?;
     // `hidden_var.png` is the heatmap of `hidden_var`.
     if let Some((stat, format)) = Format::split(&stat) {
-        return images::image(&state, id, stat, Source::Layers, window, format).await;
+        let by = CellValue::parse(q.by.as_deref()).map_err(AppError::BadRequest)?;
+        return images::image(&state, id, stat, Source::Layers, window, by, format).await;
+    }
+    if q.by.is_some() {
+        return Err(AppError::BadRequest(
+            "`by` is for the heatmap images (`.png`, `.svg`); the matrix has min, max and mean"
+                .into(),
+        ));
     }
     let db = state.store.reader();
     let run = runs::run_row(db, id).await?;

@@ -7,7 +7,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
 use crate::AppState;
-use crate::charts::{self, Format};
+use crate::charts::{self, CellValue, Format};
 use crate::error::{AppError, AppResult};
 use crate::storage::runs;
 use crate::storage::series::{self, Window};
@@ -28,6 +28,7 @@ pub async fn image(
     name: &str,
     source: Source,
     window: Window,
+    by: CellValue,
     format: Format,
 ) -> AppResult<Response> {
     let window = Window {
@@ -41,8 +42,8 @@ pub async fn image(
     let bytes = match source {
         Source::Layers => {
             let m = series::layer_matrix(db, &run, name, window).await?;
-            let title = format!("{title} · max per bucket");
-            blocking(move || charts::heatmap(&m, &title, format)).await?
+            let title = format!("{title} · {} per bucket", by.name());
+            blocking(move || charts::heatmap(&m, &title, by, format)).await?
         }
         Source::Scalar => {
             let s = series::scalar_series(db, &run, name, window).await?;

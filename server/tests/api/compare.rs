@@ -303,3 +303,107 @@ fn ticking_runs_on_the_runs_page_opens_their_comparison() {
     let errors = b.errors();
     assert!(errors.is_empty(), "script errors: {errors:?}");
 }
+
+#[test]
+fn the_compare_heatmaps_keep_a_one_step_spike_and_colour_by_the_value_chosen() {
+    let app = TestApp::spawn();
+    let id = app.create_run("spiky", 4);
+    let batch: Vec<Value> = (0..3000u64)
+        .map(|s| {
+            let spike = if s == 1501 { 1000.0 } else { 1.0 };
+            json!({"step": s, "scalars": {"loss": 2.0},
+                   "layers": {"hidden_var": [spike, 1.0, 1.0, 1.0]}})
+        })
+        .collect();
+    assert_eq!(app.ingest(id, json!(batch)).status, 200);
+    let Some(b) = Browser::start(1280, 1400) else {
+        return;
+    };
+    b.goto(&app.url(&format!("/compare?runs={id}")));
+    b.wait_for("the heatmap", PATIENCE, READY);
+    let top = || {
+        b.eval(
+            "return Number(document.getElementById('heat-legend').dataset.top)",
+            json!([]),
+        )
+        .as_f64()
+        .unwrap()
+    };
+    // About 1,000 columns over 3,000 steps: buckets of several steps, and by default each is
+    // coloured by its max, so the spike is the top of the scale.
+    assert_eq!(top(), 1000.0);
+    b.eval(
+        "const s = document.getElementById('heat-by'); s.value = 'mean'; s.dispatchEvent(new Event('change'));",
+        json!([]),
+    );
+    let mean_top = top();
+    assert!(
+        mean_top < 500.0,
+        "the mean averages the spike down: {mean_top}"
+    );
+    let link = b.eval(
+        "return document.getElementById('export-png').href",
+        json!([]),
+    );
+    assert!(link.as_str().unwrap().contains("by=mean"), "{link}");
+    let errors = b.errors();
+    assert!(errors.is_empty(), "script errors: {errors:?}");
+}
+
+#[test]
+fn the_pages_place_heatmap_buckets_by_the_servers_rule_and_leave_gaps_empty() {
+    let app = TestApp::spawn();
+    let Some(b) = Browser::start(800, 600) else {
+        return;
+    };
+    b.goto(&app.url("/"));
+    let cases: Vec<Vec<u64>> = vec![
+        vec![],
+        vec![7],
+        vec![0, 16, 32, 48],
+        vec![0, 16, 32, 200, 216],
+        vec![5, 6, 7, 100, 101, 1000],
+        vec![0, 1024, 4096, 5120],
+    ];
+    let js = b.eval_async(
+        "const [cases, done] = arguments;
+         import('/static/heatmap.js').then((h) => done(cases.map((c) => h.bucketEnds(c))));",
+        json!([cases]),
+    );
+    for (case, ends) in cases.iter().zip(js.as_array().unwrap()) {
+        let ends: Vec<u64> = ends
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            ends,
+            keel_server::charts::bucket_ends(case),
+            "steps {case:?}"
+        );
+    }
+    // Buckets at 0, 16, 32, then 200, 216 over steps [0, 232) in 232 px: the pixels of the
+    // missing steps 48–199 are left empty, not filled with the bucket before them.
+    let has = b.eval_async(
+        "const [done] = arguments;
+         import('/static/heatmap.js').then((h) => {
+           const steps = [0, 16, 32, 200, 216];
+           const rows = steps.map(() => [1]);
+           done([...h.pixelColumns(steps, rows, 1, 232, [0, 232], 'max').has]);
+         });",
+        json!([]),
+    );
+    let has: Vec<u64> = has
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert!(has[..48].iter().all(|&h| h == 1));
+    assert!(
+        has[48..200].iter().all(|&h| h == 0),
+        "the gap is left empty"
+    );
+    assert!(has[200..].iter().all(|&h| h == 1));
+}

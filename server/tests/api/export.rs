@@ -232,3 +232,50 @@ fn screenshot_of_the_exported_comparison() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
     std::fs::write(dir.join("compare-export.png"), png).unwrap();
 }
+
+#[test]
+fn heatmap_images_and_the_export_colour_by_max_unless_asked_otherwise() {
+    let app = TestApp::spawn();
+    let id = app.create_run("spiky", 4);
+    let batch: Vec<Value> = (0..3000u64)
+        .map(|s| {
+            let spike = if s == 1501 { 1000.0 } else { 1.0 };
+            json!({"step": s, "scalars": {"loss": 2.0},
+                   "layers": {"hidden_var": [spike, 1.0, 1.0, 1.0]}})
+        })
+        .collect();
+    assert_eq!(app.ingest(id, json!(batch)).status, 200);
+    let svg = |path: &str| {
+        let (status, kind, body) = app.fetch(path);
+        assert_eq!((status, kind.as_str()), (200, "image/svg+xml"), "{path}");
+        String::from_utf8(body).unwrap()
+    };
+    let heat = format!("/api/v1/runs/{id}/layers/hidden_var.svg?columns=1000");
+    assert!(svg(&heat).contains("max per bucket"));
+    assert!(svg(&format!("{heat}&by=mean")).contains("mean per bucket"));
+    assert!(svg(&format!("{heat}&by=min")).contains("min per bucket"));
+    let (_, _, max_png) = app.fetch(&format!(
+        "/api/v1/runs/{id}/layers/hidden_var.png?columns=1000"
+    ));
+    let (_, _, mean_png) = app.fetch(&format!(
+        "/api/v1/runs/{id}/layers/hidden_var.png?columns=1000&by=mean"
+    ));
+    assert_ne!(pixels(&max_png), pixels(&mean_png));
+    let fig = format!("/api/v1/compare.svg?runs={id}");
+    assert!(svg(&fig).contains("hidden_var · layer × step, max per bucket"));
+    assert!(svg(&format!("{fig}&by=mean")).contains("mean per bucket"));
+    for (path, status) in [
+        (format!("{heat}&by=median"), 400),
+        (format!("/api/v1/runs/{id}/layers/hidden_var?by=max"), 400),
+        (format!("/api/v1/runs/{id}/scalars/loss?by=max"), 400),
+        (format!("{fig}&by=median"), 422),
+    ] {
+        let r = app.get(&path);
+        assert_eq!(r.status, status, "{path}: {}", r.body);
+        assert!(
+            r.body["error"].as_str().unwrap().contains("by"),
+            "{}",
+            r.body
+        );
+    }
+}

@@ -54,6 +54,8 @@ pub struct Comparison {
     pub log_y: bool,
     /// The EMA weight on the past, in [0, 1).
     pub smooth: f64,
+    /// Which bucket value colours the heatmaps' cells.
+    pub by: crate::charts::CellValue,
     pub runs: Vec<CompareRun>,
     pub layout: Layout,
 }

@@ -213,10 +213,11 @@ impl Comparison {
         text: bool,
     ) -> Drawn {
         let heats = || self.runs.iter().filter_map(|run| run.heat.as_ref());
-        let values = heats().flat_map(|m| m.mean.iter().flatten().map(|v| Metric::get(*v)));
+        let by = self.by;
+        let values = heats().flat_map(|m| by.rows(m).iter().flatten().map(|v| Metric::get(*v)));
         let scale = Scale::fit(values);
         for (i, (run, r)) in self.runs.iter().zip(&p.cells).enumerate() {
-            heat_cell(area, run, r, scale.as_ref(), text)?;
+            heat_cell(area, run, r, by, scale.as_ref(), text)?;
             let (x, y) = (r.left - 30, r.top - 11);
             sample(area, i, (x, y), 18)?;
             if text {
@@ -229,7 +230,10 @@ impl Comparison {
         }
         if text {
             let stat = self.stat.as_deref().unwrap_or("");
-            let head = format!("{stat} · layer × step, mean per bucket, one colour scale");
+            let head = format!(
+                "{stat} · layer × step, {} per bucket, one colour scale",
+                by.name()
+            );
             title(area, &head, p.heading)?;
         }
         Ok(())
@@ -241,6 +245,7 @@ fn heat_cell<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     run: &CompareRun,
     r: &Rect,
+    by: crate::charts::CellValue,
     scale: Option<&Scale>,
     text: bool,
 ) -> Drawn {
@@ -255,7 +260,7 @@ fn heat_cell<DB: DrawingBackend>(
     };
     let f = frame(r, x, (0.0, layers as f64), false);
     if let (Some(m), Some(scale)) = (m, scale) {
-        cells(area, &f, &m.step, &ends, &m.mean, scale)?;
+        cells(area, &f, &m.step, &ends, by.rows(m), scale)?;
     }
     let y_ticks = match m {
         Some(_) => vec![
