@@ -3,11 +3,13 @@
 // Order matters: the live stream is opened first and the data fetched on its `hello`, so no
 // step falls between the fetch and the stream; steps that arrive while fetching wait in a
 // queue and are applied after it (a chart ignores steps it already has). On a reconnect the
-// browser resumes with Last-Event-ID and the server sends what was missed; `resync` (too much
-// missed) or a new `hello` refetches everything.
+// stream resumes from where it was and the server sends what was missed; `resync` (too much
+// missed) or a new `hello` refetches everything. The stream is the browser's shared one
+// (`live.js`): any number of open tabs hold one connection.
 
 import { Commands } from "./commands.js";
 import { Heatmap } from "./heatmap.js";
+import { follow as followLive } from "./live.js";
 import { LineChart, tokensAt } from "./linechart.js";
 import { Profile } from "./profile.js";
 import { age, connState, count, getJSON, metric, num, throttle, tokens } from "./keel.js";
@@ -342,17 +344,14 @@ function renderEvents() {
 }
 
 function connect() {
-  const es = new EventSource(`${api}/live`);
-  es.onopen = () => connState("live");
-  es.onerror = () => connState(es.readyState === EventSource.CLOSED ? "closed" : "reconnecting");
-  es.addEventListener("hello", () => reload());
+  const on = { hello: () => reload() };
   for (const name of ["steps", "event", "command", "status", "resync"]) {
-    es.addEventListener(name, (ev) => {
-      const msg = JSON.parse(ev.data);
+    on[name] = (msg) => {
       if (state.loading) state.queue.push(msg);
       else apply(msg);
-    });
+    };
   }
+  followLive(id, on, connState);
 }
 
 for (const b of document.querySelectorAll("#x-axis button")) {

@@ -5,6 +5,7 @@
 
 import { age, connState, count, metric, num, tokens } from "./keel.js";
 import { LaunchPanel } from "./launches.js";
+import { follow } from "./live.js";
 
 const launches = LaunchPanel.find();
 
@@ -99,11 +100,5 @@ const handlers = {
   launch: (m) => launches?.update(m.launch),
   resync: refreshAll,
 };
-const es = new EventSource("/api/v1/live");
-es.onopen = () => connState("live");
-es.onerror = () => connState(es.readyState === EventSource.CLOSED ? "closed" : "reconnecting");
-es.addEventListener("hello", refreshAll);
-for (const [name, f] of Object.entries(handlers)) {
-  es.addEventListener(name, (ev) => f(JSON.parse(ev.data)));
-}
+follow("all", { hello: refreshAll, ...handlers }, connState);
 setInterval(tickAges, 1000);

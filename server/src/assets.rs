@@ -26,7 +26,7 @@ macro_rules! assets {
 }
 
 /// Every file of `static/`.
-pub static ASSETS: [Asset; 11] = assets![
+pub static ASSETS: [Asset; 13] = assets![
     "colormap.js",
     "commands.js",
     "compare.js",
@@ -35,6 +35,8 @@ pub static ASSETS: [Asset; 11] = assets![
     "keel.js",
     "launches.js",
     "linechart.js",
+    "live-worker.js",
+    "live.js",
     "profile.js",
     "run.js",
     "runs.js",

@@ -488,3 +488,50 @@ fn a_rewind_while_the_run_page_is_open_leaves_the_abandoned_steps_faded_on_the_l
     let errors = b.errors();
     assert!(errors.is_empty(), "script errors: {errors:?}");
 }
+
+#[test]
+fn ten_tabs_of_run_pages_all_load_and_follow_their_runs_live() {
+    let app = TestApp::spawn();
+    let ids: Vec<i64> = (0..10).map(|_| seeded(&app, 20)).collect();
+    let Some(b) = Browser::start(1000, 800) else {
+        return;
+    };
+    // Ten tabs, each a run page. Browsers allow six connections per host; a live stream per
+    // tab would leave the seventh and later stalled before they load.
+    let mut tabs = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            let handle = b.new_tab();
+            b.switch_to(&handle);
+        }
+        tabs.push(b.window());
+        b.goto(&app.url(&format!("/runs/{id}")));
+        b.wait_for(
+            &format!("tab {} to load", i + 1),
+            PATIENCE,
+            &format!("return {HEAT}.dataset.drawn === '20'"),
+        );
+    }
+    // A request from the last tab is answered at once.
+    let ms = b.eval_async(
+        "const done = arguments[0]; const t = performance.now();
+         fetch('/healthz').then(() => done(performance.now() - t));",
+        json!([]),
+    );
+    assert!(ms.as_f64().unwrap() < 2000.0, "{ms} ms for /healthz");
+    for id in &ids {
+        let mut next = synthetic_step(20, 8, None);
+        next["scalars"]["loss"] = json!(0.5);
+        assert_eq!(app.ingest(*id, json!([next])).status, 200);
+    }
+    for (i, tab) in tabs.iter().enumerate() {
+        b.switch_to(tab);
+        b.wait_for(
+            &format!("step 20 live in tab {}", i + 1),
+            PATIENCE,
+            "return document.getElementById('last-step').textContent === '20'",
+        );
+    }
+    let errors = b.errors();
+    assert!(errors.is_empty(), "script errors: {errors:?}");
+}

@@ -24,6 +24,11 @@ fn subscribe(app: &TestApp, run: i64, last_id: Option<&str>) -> mpsc::Receiver<S
     }
     let resp = req.call().unwrap();
     assert_eq!(resp.status().as_u16(), 200);
+    events_of(resp)
+}
+
+/// Hands each event of an SSE response to the returned channel.
+fn events_of(resp: ureq::http::Response<ureq::Body>) -> mpsc::Receiver<Sse> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let reader = BufReader::new(resp.into_body().into_reader());
@@ -243,4 +248,81 @@ fn a_client_that_stops_reading_is_told_to_resync_instead_of_being_buffered_for()
         }
     };
     assert!(found);
+}
+
+/// Opens the multiplexed stream of several runs.
+fn subscribe_runs(app: &TestApp, list: &str) -> mpsc::Receiver<Sse> {
+    let resp = app
+        .agent
+        .get(&app.url(&format!("/api/v1/live/runs?runs={list}")))
+        .call()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    events_of(resp)
+}
+
+#[test]
+fn one_stream_follows_several_runs_and_resumes_each_from_its_own_cursor() {
+    let app = TestApp::spawn();
+    let a = app.create_run("a", 2);
+    let b = app.create_run("b", 2);
+    let rx = subscribe_runs(&app, &format!("{a},{b}"));
+    let hellos = [next(&rx, "hello"), next(&rx, "hello")];
+    let mut runs: Vec<&str> = hellos
+        .iter()
+        .map(|h| h.id.split(':').next().unwrap())
+        .collect();
+    runs.sort();
+    assert_eq!(runs, [a.to_string(), b.to_string()]);
+    assert_eq!(app.ingest(a, json!([step(0, json!(1.0), 2)])).status, 200);
+    assert_eq!(app.ingest(b, json!([step(0, json!(2.0), 2)])).status, 200);
+    let first = next(&rx, "steps");
+    let second = next(&rx, "steps");
+    let at = |e: &Sse| {
+        e.id.split_once(':')
+            .map(|(r, c)| (r.parse::<i64>().unwrap(), c.to_owned()))
+            .unwrap()
+    };
+    let (ra, ca) = if at(&first).0 == a {
+        (at(&first), at(&second))
+    } else {
+        (at(&second), at(&first))
+    };
+    assert_eq!((ra.0, ca.0), (a, b));
+    // Steps each run got while nobody listened; resuming with both cursors sends exactly those.
+    assert_eq!(app.ingest(a, json!([step(1, json!(1.0), 2)])).status, 200);
+    assert_eq!(
+        app.ingest(b, json!([step(1, json!(2.0), 2)]).clone())
+            .status,
+        200
+    );
+    let again = subscribe_runs(&app, &format!("{a}:{},{b}:{}", ra.1, ca.1));
+    let mut got: Vec<(i64, Vec<u64>)> = (0..2)
+        .map(|_| {
+            let e = next(&again, "steps");
+            (at(&e).0, steps_of(&e))
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, vec![(a, vec![1]), (b, vec![1])]);
+}
+
+#[test]
+fn a_multiplexed_stream_refuses_a_bad_list_before_it_starts() {
+    let app = TestApp::spawn();
+    let a = app.create_run("a", 2);
+    let many: Vec<String> = (1..=65).map(|i| i.to_string()).collect();
+    for (list, status) in [
+        ("x".to_owned(), 400),
+        (format!("{a},{a}"), 400),
+        (format!("{a}:nope"), 400),
+        (many.join(","), 400),
+        ("99".to_owned(), 404),
+        (String::new(), 400),
+    ] {
+        let r = app.get(&format!("/api/v1/live/runs?runs={list}"));
+        assert_eq!(r.status, status, "{list}: {}", r.body);
+    }
+    let r = app.get("/api/v1/live/runs");
+    assert_eq!(r.status, 400);
 }

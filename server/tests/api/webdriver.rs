@@ -187,6 +187,22 @@ impl Browser {
         );
     }
 
+    /// Opens a new tab and returns its handle (the current tab stays current).
+    pub fn new_tab(&self) -> String {
+        let v = self.session_call("POST", "/window/new", Some(json!({"type": "tab"})));
+        v["handle"].as_str().expect("a window handle").to_owned()
+    }
+
+    /// The current tab's handle.
+    pub fn window(&self) -> String {
+        let v = self.session_call("GET", "/window", None);
+        v.as_str().expect("a window handle").to_owned()
+    }
+
+    pub fn switch_to(&self, handle: &str) {
+        self.session_call("POST", "/window", Some(json!({"handle": handle})));
+    }
+
     /// Runs `script` (a function body; `arguments` holds `args`) and returns its result.
     pub fn eval(&self, script: &str, args: Value) -> Value {
         self.session_call(
