@@ -117,7 +117,7 @@ fn the_svg_names_every_run_and_has_its_axes_and_a_labelled_colour_bar() {
         "hidden_var by layer (log y) at step 100",
         ">\nlayer\n<",
         // The heatmaps and their colour bar's labels.
-        "hidden_var · layer × step, mean per bucket, one colour scale",
+        "hidden_var · layer × step, max per bucket, one colour scale",
         ">\nNaN\n<",
         ">\n±∞\n<",
         ">\nlog\n<",
