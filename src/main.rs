@@ -138,6 +138,9 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info,sqlx=warn,tower_http=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // A trainer the server launched writes to a pipe the server reads; when the server
+        // dies (SIGKILL), writes fail. Say nothing about it rather than panic on the report.
+        .log_internal_errors(false)
         .init();
     let cli = Cli::parse();
     match cli.command {

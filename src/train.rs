@@ -10,6 +10,15 @@ use anyhow::Context;
 
 use crate::ablate;
 
+/// `eprintln!` that cannot panic: a launched trainer's stderr is a pipe to a server that may
+/// have died, and a line it cannot write must not end the training.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 #[derive(clap::Args)]
 pub struct TrainArgs {
     /// The training config: a built-in one's name (`keel configs` lists them), e.g.
@@ -55,7 +64,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let opts = options(args)?;
     let dir = opts.checkpoint_dir.clone();
     let summary = keel_trainer::train(opts, stop_on_ctrl_c()?)?;
-    eprintln!(
+    say!(
         "trained {} steps; last loss {}; {:.0} tokens/s{}",
         summary.steps,
         summary.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
@@ -75,7 +84,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         .or(dir)
         .unwrap_or_default();
     if link.steps_spilled > 0 || link.control_left > 0 {
-        eprintln!(
+        say!(
             "the server did not take {} steps and {} status reports or outcomes before the end: \
              they are kept in {}; `keel sync {}` sends them (so does the next `keel train` there)",
             link.steps_spilled,
@@ -169,7 +178,7 @@ pub fn stop_on_ctrl_c() -> anyhow::Result<Arc<AtomicBool>> {
             #[cfg(not(unix))]
             let _ = tokio::signal::ctrl_c().await;
         });
-        eprintln!("stopping at the next step boundary…");
+        say!("stopping at the next step boundary…");
         flag.store(true, Ordering::SeqCst);
     });
     Ok(stop)

@@ -123,7 +123,7 @@ pub async fn serve(
         Some(launch) => {
             let url = own_url(listener.local_addr().context("the listener's address")?);
             let token = config.token.clone();
-            Some(Launches::new(launch.clone(), url, token, store.clone()))
+            Some(Launches::open(launch.clone(), url, token, store.clone()).await?)
         }
         None => None,
     };

@@ -21,10 +21,17 @@ impl Serve {
     /// Serves a database in `dir` on a free port, launching the grids of `grids` one at a
     /// time; `dir` is its working directory, so the trainers' checkpoints go under it.
     fn start(dir: &Path, grids: &Path) -> Serve {
+        Serve::start_on(dir, grids, "127.0.0.1:0")
+    }
+
+    /// The same, on `addr` (a restarted server takes back its predecessor's port, which its
+    /// trainers keep calling).
+    fn start_on(dir: &Path, grids: &Path, addr: &str) -> Serve {
         let log = dir.join("serve.log");
+        let _ = std::fs::remove_file(&log);
         let child = Command::new(env!("CARGO_BIN_EXE_keel"))
             .current_dir(dir)
-            .args(["serve", "--addr", "127.0.0.1:0", "--db", "keel.db"])
+            .args(["serve", "--addr", addr, "--db", "keel.db"])
             .arg("--grids")
             .arg(grids)
             .args(["--max-trainers", "1"])
@@ -236,6 +243,62 @@ fn cancelling_a_launch_stops_its_trainer_at_a_step_boundary_and_drops_the_queued
     assert_eq!(serve.get("/api/v1/runs").as_array().unwrap().len(), 1);
     let (status, again) = serve.post(&format!("/api/v1/launches/{id}/cancel"), None);
     assert_eq!(status, 409, "{again}");
+}
+
+#[test]
+fn a_server_killed_mid_launch_shows_it_again_and_adopts_its_running_trainer() {
+    let dir = tempfile::tempdir().unwrap();
+    let grids = tiny_grids(dir.path());
+    let mut serve = Serve::start(dir.path(), &grids);
+    let l = serve.launch("tiny", 1_000_000);
+    let id = l["id"].clone();
+    let l = serve.wait(&id, 60, "the first run to step", |l| {
+        let run = &l["variants"][0]["run_id"];
+        run.is_i64() && serve.get(&format!("/api/v1/runs/{run}"))["steps"].as_u64() >= Some(5)
+    });
+    let run = l["variants"][0]["run_id"].clone();
+    let group = l["group"].as_str().unwrap().to_owned();
+    let addr = serve.url.trim_start_matches("http://").to_owned();
+
+    // SIGKILL: no shutdown, no stopping of trainers; the trainer goes on, spilling its steps.
+    signal(&serve.child, "-KILL");
+    let _ = serve.child.wait();
+    std::thread::sleep(Duration::from_millis(500));
+    if Path::new("/proc/self/cmdline").exists() {
+        assert_eq!(
+            trainers_mentioning(&group).len(),
+            1,
+            "the trainer outlives the server"
+        );
+    }
+    let serve = Serve::start_on(dir.path(), &grids, &addr);
+    let launches = serve.get("/api/v1/launches");
+    let again = &launches.as_array().unwrap()[0];
+    assert_eq!(again["id"], id);
+    assert_eq!(states(again), ["running", "queued", "queued"], "{again}");
+    assert_eq!(again["variants"][0]["run_id"], run);
+    // The adopted trainer reconnects: its steps keep arriving.
+    let before = serve.get(&format!("/api/v1/runs/{run}"))["steps"]
+        .as_u64()
+        .unwrap();
+    wait_for(60, "steps after the restart", || {
+        serve.get(&format!("/api/v1/runs/{run}"))["steps"]
+            .as_u64()
+            .unwrap()
+            > before + 5
+    });
+    // And it can be stopped as if the server had started it.
+    let (status, cancelled) = serve.post(&format!("/api/v1/launches/{id}/cancel"), None);
+    assert_eq!(status, 200, "{cancelled}");
+    let l = serve.wait(&id, 60, "the adopted trainer to stop", |l| {
+        l["active"] == false
+    });
+    assert_eq!(states(&l), ["cancelled", "cancelled", "cancelled"], "{l}");
+    assert_eq!(trainers_mentioning(&group), Vec::<String>::new(), "orphans");
+    assert_eq!(
+        serve.get(&format!("/api/v1/runs/{run}"))["status"],
+        "finished"
+    );
 }
 
 #[test]

@@ -368,9 +368,14 @@ impl<'a> Loop<'a> {
     }
 }
 
+/// One line to stderr per `log_every` steps. Written without `eprintln!`, which panics when
+/// stderr is gone: a launched trainer's stderr is a pipe to the server, and a trainer must
+/// outlive a server that dies.
 fn log_step(rec: &StepRecord) {
+    use std::io::Write as _;
     let get = |k: &str| rec.scalars.get(k).map_or(f64::NAN, |m| m.get());
-    eprintln!(
+    let _ = writeln!(
+        std::io::stderr(),
         "step {:>6}  loss {:.4}  lr {:.2e}  grad {:.3}  {:.0} tok/s",
         rec.step,
         get("loss"),

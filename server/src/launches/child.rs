@@ -179,7 +179,7 @@ fn describe(status: ExitStatus) -> String {
 }
 
 #[derive(Clone, Copy, Debug)]
-enum Signal {
+pub(super) enum Signal {
     Term,
     Kill,
 }
@@ -187,7 +187,7 @@ enum Signal {
 /// Sends `sig` to the process group `pid` leads. The process is not yet reaped (we hold its
 /// `Child` and have not seen it exit), so the id cannot have been given to another process.
 #[cfg(unix)]
-fn signal(pid: Option<u32>, sig: Signal) {
+pub(super) fn signal(pid: Option<u32>, sig: Signal) {
     use nix::sys::signal::{Signal as S, killpg};
     use nix::unistd::Pid;
     let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) else {
@@ -205,7 +205,66 @@ fn signal(pid: Option<u32>, sig: Signal) {
 
 /// Elsewhere there is no graceful stop: the grace period passes, then the process is killed.
 #[cfg(not(unix))]
-fn signal(_pid: Option<u32>, _sig: Signal) {}
+pub(super) fn signal(_pid: Option<u32>, _sig: Signal) {}
+
+/// Whether process `pid` is alive and is the trainer of `variant` in `group` (its command line
+/// says so): a trainer a previous server started, to adopt. On Linux only (`/proc`).
+pub(super) fn is_trainer(pid: u32, variant: &str, group: &str) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let after = |flag: &str| {
+        args.windows(2)
+            .any(|w| w[0] == flag.as_bytes() && w[1] == variant.as_bytes())
+    };
+    let grouped = args
+        .windows(2)
+        .any(|w| w[0] == b"--group" && w[1] == group.as_bytes());
+    after("--variant") && grouped && is_alive(pid)
+}
+
+/// Whether a process `pid` exists (a zombie is gone: it only waits to be reaped).
+pub(super) fn is_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses: `Z` is a zombie.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Follows an adopted trainer (not our child: it cannot be waited for) until it exits, and
+/// stops it like a child when `stop` is cancelled: SIGTERM, then SIGKILL after `grace`.
+pub(super) async fn follow_adopted(pid: u32, stop: CancellationToken, grace: Duration) {
+    let every = Duration::from_millis(250);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(every) => {
+                if !is_alive(pid) {
+                    return;
+                }
+            }
+        }
+    }
+    signal(Some(pid), Signal::Term);
+    let deadline = tokio::time::Instant::now() + grace;
+    while is_alive(pid) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(every).await;
+    }
+    if is_alive(pid) {
+        tracing::warn!(
+            pid,
+            "an adopted trainer did not stop within {grace:?}; killing it"
+        );
+        signal(Some(pid), Signal::Kill);
+    }
+    while is_alive(pid) {
+        tokio::time::sleep(every).await;
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -62,6 +62,8 @@ pub struct LaunchConfig {
     pub max_trainers: usize,
     /// How long a trainer asked to stop (SIGTERM) has before it is killed.
     pub stop_grace: Duration,
+    /// How long an ended launch is kept (shown on `/`) before it is forgotten.
+    pub retention: Duration,
 }
 
 impl LaunchConfig {
@@ -70,6 +72,7 @@ impl LaunchConfig {
             launcher,
             max_trainers: 1,
             stop_grace: Duration::from_secs(10),
+            retention: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -80,6 +83,7 @@ impl std::fmt::Debug for LaunchConfig {
             .field("grids", &self.launcher.source())
             .field("max_trainers", &self.max_trainers)
             .field("stop_grace", &self.stop_grace)
+            .field("retention", &self.retention)
             .finish_non_exhaustive()
     }
 }

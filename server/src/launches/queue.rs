@@ -1,6 +1,13 @@
 //! The launches of a server: their states, the queue of variants waiting for a trainer slot,
 //! and the trainers running. One lock guards it all and is never held across an await or a
 //! process start; each running trainer has a task that follows it to its end.
+//!
+//! Every change of a launch is written to the store (in order, by one task), with the process
+//! ids of its running trainers. A server that starts on the database again — after a clean
+//! stop or a SIGKILL — shows every launch as it was, queues the variants that were waiting, and
+//! adopts the trainers that are still running (they reconnect on their own): it follows them
+//! to their end and can stop them. A variant whose trainer is gone takes its run's last status.
+//! Launches that ended more than [`super::LaunchConfig::retention`] ago are forgotten.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -9,13 +16,14 @@ use std::time::Duration;
 use keel_protocol::{
     GridInfo, LaunchRecord, LaunchRequest, LaunchVariant, RunStatus, VariantState,
 };
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::child::{self, Ended};
 use super::{Job, LaunchConfig, grids};
 use crate::error::AppError;
-use crate::storage::{Store, now, runs};
+use crate::storage::launches::{self as stored, StoredLaunch};
+use crate::storage::{Store, WriteOp, now, runs};
 
 /// The launches of this server: cheap to clone, shared by every handler.
 #[derive(Clone)]
@@ -28,6 +36,8 @@ struct Inner {
     store: Store,
     table: Mutex<Table>,
     changes: broadcast::Sender<Arc<LaunchRecord>>,
+    /// Records to write, in the order they changed.
+    saves: mpsc::UnboundedSender<StoredLaunch>,
     /// Woken whenever a trainer exits (shutdown waits for the last one).
     exited: Notify,
 }
@@ -47,6 +57,8 @@ struct Entry {
     record: LaunchRecord,
     /// The stop switch of each running variant, by index.
     stops: HashMap<usize, CancellationToken>,
+    /// The process id of each running variant's trainer, by index.
+    pids: BTreeMap<usize, u32>,
 }
 
 impl Entry {
@@ -63,16 +75,125 @@ const FIND_RUN_EVERY: Duration = Duration::from_millis(200);
 
 impl Launches {
     /// `server` is the server's own URL and `token` its operator token, both for the trainers.
-    pub fn new(config: LaunchConfig, server: String, token: String, store: Store) -> Launches {
-        Launches(Arc::new(Inner {
+    /// The launches stored by an earlier server on this database come back (see the module
+    /// notes): their waiting variants are queued again and their live trainers adopted.
+    pub async fn open(
+        config: LaunchConfig,
+        server: String,
+        token: String,
+        store: Store,
+    ) -> anyhow::Result<Launches> {
+        let forget_before = now() - config.retention.as_secs_f64();
+        let pruned = store
+            .write(|r| WriteOp::PruneLaunches(forget_before, r))
+            .await?;
+        if pruned > 0 {
+            tracing::info!(
+                "forgot {pruned} launches that ended over {:?} ago",
+                config.retention
+            );
+        }
+        let kept = stored::load(store.reader()).await?;
+        let (saves, mut to_save) = mpsc::unbounded_channel::<StoredLaunch>();
+        let writer = store.clone();
+        tokio::spawn(async move {
+            while let Some(launch) = to_save.recv().await {
+                let id = launch.record.id;
+                if let Err(e) = writer.write(|r| WriteOp::SaveLaunch(launch, r)).await {
+                    tracing::warn!(launch = id, "saving a launch: {e:#}");
+                }
+            }
+        });
+        let launches = Launches(Arc::new(Inner {
             config,
             server,
             token,
             store,
             table: Mutex::default(),
             changes: broadcast::channel(256).0,
+            saves,
             exited: Notify::new(),
-        }))
+        }));
+        for launch in kept {
+            launches.restore(launch).await;
+        }
+        launches.pump();
+        Ok(launches)
+    }
+
+    /// One stored launch back in the table: queued variants queued again, running ones
+    /// adopted when their trainer still runs, else ended as their run did.
+    async fn restore(&self, launch: StoredLaunch) {
+        let StoredLaunch { mut record, pids } = launch;
+        let id = record.id;
+        let mut adopt = Vec::new();
+        let mut queue = Vec::new();
+        for (index, v) in record.variants.iter_mut().enumerate() {
+            match v.state {
+                VariantState::Queued if !record.cancelled => queue.push(index),
+                VariantState::Queued => v.state = VariantState::Cancelled,
+                VariantState::Running => match pids.get(&index) {
+                    Some(&pid) if child::is_trainer(pid, &v.name, &record.group) => {
+                        adopt.push((index, pid))
+                    }
+                    _ => {
+                        let status = match v.run_id {
+                            Some(run) => runs::run_row(self.0.store.reader(), run)
+                                .await
+                                .ok()
+                                .map(|r| r.status),
+                            None => None,
+                        };
+                        v.state = match status {
+                            Some(RunStatus::Finished) => VariantState::Finished,
+                            _ if record.cancelled => VariantState::Cancelled,
+                            _ => VariantState::Failed,
+                        };
+                        v.ended_at = Some(now());
+                        if v.state == VariantState::Failed {
+                            v.stderr =
+                                vec!["its trainer was gone when the server started again".into()];
+                        }
+                    }
+                },
+                _ => {}
+            }
+        }
+        let mut t = self.table();
+        t.next_id = t.next_id.max(id);
+        t.queue.extend(queue.into_iter().map(|i| (id, i)));
+        let mut entry = Entry {
+            record,
+            stops: HashMap::new(),
+            pids: BTreeMap::new(),
+        };
+        for (index, pid) in adopt {
+            let stop = CancellationToken::new();
+            if entry.record.cancelled {
+                stop.cancel();
+            }
+            entry.stops.insert(index, stop.clone());
+            entry.pids.insert(index, pid);
+            t.running += 1;
+            let v = &entry.record.variants[index];
+            tracing::info!(
+                launch = id,
+                variant = v.name,
+                pid,
+                "adopted a trainer an earlier server started"
+            );
+            let job = Job {
+                grid: entry.record.grid.clone(),
+                variant: v.name.clone(),
+                group: entry.record.group.clone(),
+                steps: entry.record.steps,
+                server: self.0.server.clone(),
+            };
+            let this = self.clone();
+            tokio::spawn(async move { this.watch_adopted(id, index, job, pid, stop).await });
+        }
+        self.publish(&entry);
+        t.launches.insert(id, entry);
     }
 
     pub fn config(&self) -> &LaunchConfig {
@@ -88,9 +209,21 @@ impl Launches {
         self.0.changes.subscribe()
     }
 
+    /// Writes the entry to the store (in order with its other changes).
+    fn save(&self, entry: &Entry) -> LaunchRecord {
+        let record = entry.snapshot();
+        let _ = self.0.saves.send(StoredLaunch {
+            record: record.clone(),
+            pids: entry.pids.clone(),
+        });
+        record
+    }
+
+    /// Saves the entry and tells the live stream.
     fn publish(&self, entry: &Entry) {
+        let record = self.save(entry);
         // An error only means that nobody listens.
-        let _ = self.0.changes.send(Arc::new(entry.snapshot()));
+        let _ = self.0.changes.send(Arc::new(record));
     }
 
     /// The grids with their variants (asked for each time, so a grid file edited or added
@@ -150,6 +283,7 @@ impl Launches {
                     variants: variants.into_iter().map(queued).collect(),
                 },
                 stops: HashMap::new(),
+                pids: BTreeMap::new(),
             };
             t.queue
                 .extend((0..entry.record.variants.len()).map(|i| (id, i)));
@@ -254,6 +388,14 @@ impl Launches {
             let cmd = self.0.config.launcher.command(&job);
             match child::spawn(cmd, &self.0.token) {
                 Ok(process) => {
+                    if let Some(pid) = process.id() {
+                        let mut t = self.table();
+                        if let Some(entry) = t.launches.get_mut(&id) {
+                            entry.pids.insert(index, pid);
+                            // Only the store needs the pid; the record shown is the same.
+                            self.save(entry);
+                        }
+                    }
                     let this = self.clone();
                     tokio::spawn(async move { this.watch(id, index, job, process, stop).await });
                 }
@@ -326,6 +468,46 @@ impl Launches {
         self.pump();
     }
 
+    /// Follows a trainer an earlier server started until it exits; it ended well when its run
+    /// says `finished`.
+    async fn watch_adopted(
+        self,
+        id: i64,
+        index: usize,
+        job: Job,
+        pid: u32,
+        stop: CancellationToken,
+    ) {
+        let followed = child::follow_adopted(pid, stop, self.0.config.stop_grace);
+        tokio::pin!(followed);
+        tokio::select! {
+            () = &mut followed => {},
+            () = self.find_run(id, index, &job) => followed.await,
+        }
+        self.note_run(id, index, &job).await;
+        let run = self.get(id).ok().and_then(|r| r.variants[index].run_id);
+        let status = match run {
+            Some(run) => runs::run_row(self.0.store.reader(), run)
+                .await
+                .ok()
+                .map(|r| r.status),
+            None => None,
+        };
+        let ended = Ended {
+            success: status == Some(RunStatus::Finished),
+            exit: "exited (adopted after a server restart: its exit status is not known)".into(),
+            stderr: Vec::new(),
+        };
+        if let Some(run) = (!ended.success)
+            .then(|| self.uncancelled_run(id, index))
+            .flatten()
+        {
+            self.mark_failed(run, ended.exit.clone()).await;
+        }
+        self.finish(id, index, ended);
+        self.pump();
+    }
+
     /// The run of a variant that was not asked to stop, once it is known.
     fn uncancelled_run(&self, id: i64, index: usize) -> Option<i64> {
         let t = self.table();
@@ -389,6 +571,7 @@ impl Launches {
             .get_mut(&id)
             .expect("a started variant's launch exists");
         let stopped = entry.stops.remove(&index).is_some_and(|s| s.is_cancelled());
+        entry.pids.remove(&index);
         let v = &mut entry.record.variants[index];
         v.state = match (stopped, ended.success) {
             (true, _) => VariantState::Cancelled,

@@ -13,10 +13,11 @@
 //! - [`writer`]: the writer task. - [`runs`]: reading runs, events and commands.
 //! - [`series`]: scalar series and layer matrices at a requested resolution.
 //! - [`check`]: summaries verified against their steps, offline (`keel check`).
-//! - [`lock`]: one server per database file.
+//! - [`lock`]: one server per database file. - [`launches`]: launched grids, kept.
 
 pub mod check;
 pub mod codec;
+pub mod launches;
 pub mod lock;
 pub mod runs;
 pub mod series;

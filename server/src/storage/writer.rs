@@ -60,6 +60,10 @@ pub enum WriteOp {
     /// Marks queued commands delivered and returns every command not yet applied or rejected.
     TakeCommands(i64, Reply<Vec<CommandRecord>>),
     Outcome(i64, i64, CommandOutcome, Reply<CommandRecord>),
+    /// Writes a launch's record as it now stands.
+    SaveLaunch(super::launches::StoredLaunch, Reply<()>),
+    /// Forgets launches that ended before the time given; answers how many.
+    PruneLaunches(f64, Reply<u64>),
 }
 
 /// An answer waiting for the commit.
@@ -207,6 +211,14 @@ impl Writer {
             WriteOp::Outcome(run_id, id, outcome, reply) => {
                 let result = self.outcome(tx, run_id, id, outcome, changes).await;
                 Box::new(Answer(reply, refusal(result)?))
+            }
+            WriteOp::SaveLaunch(launch, reply) => {
+                super::launches::save(tx, &launch).await?;
+                Box::new(Answer(reply, Ok(())))
+            }
+            WriteOp::PruneLaunches(before, reply) => {
+                let n = super::launches::prune(tx, before).await?;
+                Box::new(Answer(reply, Ok(n)))
             }
         })
     }
