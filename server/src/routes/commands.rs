@@ -2,10 +2,9 @@
 
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use keel_protocol::{
     Command, CommandOutcome, CommandRecord, CommandStatus, EventRecord, LiveMessage,
 };
@@ -14,14 +13,16 @@ use serde::Deserialize;
 use crate::AppState;
 use crate::auth::Operator;
 use crate::error::{ApiJson, ApiPath, ApiQuery, AppError, AppResult};
+use crate::routes::table::Routes;
 use crate::storage::{WriteOp, runs};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/runs/{id}/commands", post(issue).get(list))
-        .route("/api/v1/runs/{id}/commands/pending", get(pending))
-        .route("/api/v1/runs/{id}/commands/{cid}/outcome", post(outcome))
-        .route("/api/v1/runs/{id}/events", get(events))
+pub fn router() -> Routes {
+    Routes::new()
+        .post("/api/v1/runs/{id}/commands", issue)
+        .get("/api/v1/runs/{id}/commands", list)
+        .get("/api/v1/runs/{id}/commands/pending", pending)
+        .post("/api/v1/runs/{id}/commands/{cid}/outcome", outcome)
+        .get("/api/v1/runs/{id}/events", events)
 }
 
 /// The longest a trainer's poll for commands is held open.

@@ -8,11 +8,9 @@
 //! column of the plot that draws it, so a figure of runs a million steps long reads about as
 //! much as one of a thousand. Drawing and encoding run off the async workers.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use futures_util::future::try_join_all;
 use serde::Deserialize;
 use sqlx::SqlitePool;
@@ -23,17 +21,18 @@ use crate::charts::{self, CellValue, Format};
 use crate::error::{ApiQuery, AppError, AppResult};
 use crate::routes::data::{MAX_BUCKETS, MAX_STEP};
 use crate::routes::images::blocking;
+use crate::routes::table::Routes;
 use crate::storage::runs::{self, RunRow, SeriesRow};
 use crate::storage::series::{self, Window};
 use crate::views::compare::MAX_RUNS;
 use crate::views::csv;
 use crate::views::run::stat_order;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/compare.png", get(png))
-        .route("/api/v1/compare.svg", get(svg))
-        .route("/api/v1/compare.csv", get(table))
+pub fn router() -> Routes {
+    Routes::new()
+        .get("/api/v1/compare.png", png)
+        .get("/api/v1/compare.svg", svg)
+        .get("/api/v1/compare.csv", table)
 }
 
 /// The ids of `runs=1,2,3`: a malformed list is a 400, never an empty comparison.

@@ -1,10 +1,9 @@
 //! Ingesting step records and reading series back at a chosen resolution, as JSON or, for a
 //! name ending in `.png` or `.svg`, as a chart (see `images`).
 
+use axum::Json;
 use axum::extract::State;
 use axum::response::Response;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use keel_protocol::{IngestBatch, IngestReply, StepRecord};
 use serde::Deserialize;
 
@@ -14,15 +13,16 @@ use crate::charts::{CellValue, Format};
 use crate::error::{ApiJson, ApiPath, ApiQuery, AppError, AppResult};
 use crate::routes::answer::{self, Series, Shape};
 use crate::routes::images::{self, Source};
+use crate::routes::table::Routes;
 use crate::storage::series::{Plan, Window};
 use crate::storage::{WriteOp, runs};
 use crate::views::csv;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/runs/{id}/steps", post(ingest))
-        .route("/api/v1/runs/{id}/scalars/{*key}", get(scalars))
-        .route("/api/v1/runs/{id}/layers/{stat}", get(layers))
+pub fn router() -> Routes {
+    Routes::new()
+        .post("/api/v1/runs/{id}/steps", ingest)
+        .get("/api/v1/runs/{id}/scalars/{*key}", scalars)
+        .get("/api/v1/runs/{id}/layers/{stat}", layers)
 }
 
 /// Steps beyond this are taken for a bug in the sender, not a run.

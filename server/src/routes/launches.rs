@@ -3,23 +3,24 @@
 //! Launching and cancelling are operator actions (token, or a signed-in session with its CSRF
 //! token). A server started without launching answers every one of these with 404.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use keel_protocol::{GridInfo, LaunchRecord, LaunchRequest};
 
 use crate::AppState;
 use crate::auth::Operator;
 use crate::error::{ApiJson, ApiPath, AppError, AppResult};
 use crate::launches::Launches;
+use crate::routes::table::Routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/grids", get(grids))
-        .route("/api/v1/launches", post(launch).get(list))
-        .route("/api/v1/launches/{id}", get(one))
-        .route("/api/v1/launches/{id}/cancel", post(cancel))
+pub fn router() -> Routes {
+    Routes::new()
+        .get("/api/v1/grids", grids)
+        .post("/api/v1/launches", launch)
+        .get("/api/v1/launches", list)
+        .get("/api/v1/launches/{id}", one)
+        .post("/api/v1/launches/{id}/cancel", cancel)
 }
 
 fn launches(state: &AppState) -> AppResult<&Launches> {

@@ -9,11 +9,9 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::routing::get;
 use futures_util::stream::{self, Stream, StreamExt};
 use keel_protocol::LiveMessage;
 use tokio::sync::broadcast::error::RecvError;
@@ -21,12 +19,13 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::AppState;
 use crate::error::{ApiPath, ApiQuery, AppError, AppResult};
 use crate::hub::Published;
+use crate::routes::table::Routes;
 use crate::storage::{Cursor, runs};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/runs/{id}/live", get(live))
-        .route("/api/v1/live/runs", get(live_runs))
+pub fn router() -> Routes {
+    Routes::new()
+        .get("/api/v1/runs/{id}/live", live)
+        .get("/api/v1/live/runs", live_runs)
 }
 
 /// Most runs one multiplexed stream follows.

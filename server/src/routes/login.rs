@@ -6,24 +6,24 @@
 //! cannot be used to send someone elsewhere.
 
 use askama::Template;
-use axum::Router;
 use axum::extract::{Form, State};
 use axum::http::header::{LOCATION, SET_COOKIE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
 use serde::Deserialize;
 
 use super::pages::PageError;
 use crate::AppState;
 use crate::auth;
 use crate::error::AppError;
+use crate::routes::table::Routes;
 use crate::sessions::COOKIE;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/login", get(form).post(sign_in))
-        .route("/logout", post(sign_out))
+pub fn router() -> Routes {
+    Routes::new()
+        .get("/login", form)
+        .post("/login", sign_in)
+        .post("/logout", sign_out)
 }
 
 #[derive(Template)]

@@ -1,16 +1,16 @@
 //! `/healthz` and `/api/openapi.json`.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
 
 use crate::AppState;
+use crate::routes::table::Routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/api/openapi.json", get(openapi_json))
+pub fn router() -> Routes {
+    Routes::new()
+        .get("/healthz", healthz)
+        .get("/api/openapi.json", openapi_json)
 }
 
 async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {

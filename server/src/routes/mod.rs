@@ -14,6 +14,7 @@ mod meta;
 mod overview;
 mod pages;
 mod runs;
+mod table;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequestParts};
@@ -26,14 +27,11 @@ use crate::AppState;
 use crate::error::AppError;
 
 pub use meta::openapi;
+use table::Routes;
 
-pub fn router(state: AppState) -> Router {
-    let limit = state.config.body_limit;
-    let statics = match &state.config.static_dir {
-        Some(dir) => Router::new().nest_service("/static", ServeDir::new(dir)),
-        None => Router::new().route("/static/{name}", get(crate::assets::serve)),
-    };
-    Router::new()
+/// Every route of the server but the static files (which a `--static-dir` serves instead).
+fn routes() -> Routes {
+    Routes::new()
         .merge(meta::router())
         .merge(runs::router())
         .merge(data::router())
@@ -44,6 +42,23 @@ pub fn router(state: AppState) -> Router {
         .merge(overview::router())
         .merge(pages::router())
         .merge(login::router())
+}
+
+/// (method, path) of every route, as the router registers them.
+pub fn table() -> Vec<(&'static str, &'static str)> {
+    let mut list = routes().list;
+    list.push(("GET", "/static/{name}"));
+    list
+}
+
+pub fn router(state: AppState) -> Router {
+    let limit = state.config.body_limit;
+    let statics = match &state.config.static_dir {
+        Some(dir) => Router::new().nest_service("/static", ServeDir::new(dir)),
+        None => Router::new().route("/static/{name}", get(crate::assets::serve)),
+    };
+    routes()
+        .router
         .merge(statics)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -12,10 +12,8 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::routing::get;
 use futures_util::stream::{self, Stream, StreamExt};
 use keel_protocol::{LaunchRecord, LiveMessage, Metric};
 use serde::Serialize;
@@ -25,9 +23,10 @@ use tokio::time::{Interval, MissedTickBehavior};
 
 use crate::AppState;
 use crate::hub::{Published, Subscription};
+use crate::routes::table::Routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/live", get(live_all))
+pub fn router() -> Routes {
+    Routes::new().get("/api/v1/live", live_all)
 }
 
 /// Step summaries of one run go out at most this often.

@@ -6,23 +6,22 @@
 //! that cannot be shown answers an HTML page with the status and reason, never JSON.
 
 use askama::Template;
-use axum::Router;
 use axum::extract::State;
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
 
 use crate::AppState;
 use crate::error::{AppError, AppResult};
 use crate::routes::compare::compare_ids;
+use crate::routes::table::Routes;
 use crate::storage::{now, runs};
 use crate::views::{ComparePage, LaunchPanel, RunPage, RunsPage, RunsTablePartial};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/", get(runs_page))
-        .route("/runs/table", get(runs_table))
-        .route("/runs/{id}", get(run_page))
-        .route("/compare", get(compare_page))
+pub fn router() -> Routes {
+    Routes::new()
+        .get("/", runs_page)
+        .get("/runs/table", runs_table)
+        .get("/runs/{id}", run_page)
+        .get("/compare", compare_page)
 }
 
 /// An [`AppError`] shown as a page.

@@ -1,22 +1,23 @@
 //! Creating, listing and showing runs, and the trainer's status reports.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use keel_protocol::{CreatedRun, RunDetail, RunSpec, RunStatus, RunSummary, StatusReport};
 
 use crate::AppState;
 use crate::auth::Operator;
 use crate::error::{ApiJson, ApiPath, ApiQuery, AppError, AppResult};
+use crate::routes::table::Routes;
 use crate::storage::{WriteOp, runs};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/runs", post(create).get(list))
-        .route("/api/v1/runs/{id}", get(show))
-        .route("/api/v1/runs/{id}/status", post(report_status))
+pub fn router() -> Routes {
+    Routes::new()
+        .post("/api/v1/runs", create)
+        .get("/api/v1/runs", list)
+        .get("/api/v1/runs/{id}", show)
+        .post("/api/v1/runs/{id}/status", report_status)
 }
 
 /// Longest name, group, variant or tag.
