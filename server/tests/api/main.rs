@@ -5,6 +5,7 @@ mod commands;
 mod compare;
 mod controls;
 mod export;
+mod fuzz;
 mod helpers;
 mod ingest;
 mod launches;
