@@ -163,12 +163,5 @@ fn a_trainer_survives_its_server_killed_three_times_and_nothing_is_lost_or_doubl
 
     // Every summary level agrees with the steps it summarises.
     server.kill();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    let report = rt
-        .block_on(keel_server::storage::check::check(&db, false))
-        .unwrap();
-    assert!(report.is_clean(), "{:?}", report.examples);
-    assert_eq!(report.steps, total);
+    crate::harness::assert_summaries_exact(&db, total);
 }

@@ -158,3 +158,16 @@ pub fn assert_no_steps_while_paused(server: &Server, run: i64) {
         "the trainer kept stepping while paused"
     );
 }
+
+/// Checks every summary of the database at `db` against its steps, offline (`keel check`),
+/// and that it holds `steps` steps.
+pub fn assert_summaries_exact(db: &Path, steps: u64) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let report = rt
+        .block_on(keel_server::storage::check::check(db, false))
+        .unwrap();
+    assert!(report.is_clean(), "{:?}", report.examples);
+    assert_eq!(report.steps, steps);
+}

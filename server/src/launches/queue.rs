@@ -137,13 +137,7 @@ impl Launches {
                         adopt.push((index, pid))
                     }
                     _ => {
-                        let status = match v.run_id {
-                            Some(run) => runs::run_row(self.0.store.reader(), run)
-                                .await
-                                .ok()
-                                .map(|r| r.status),
-                            None => None,
-                        };
+                        let status = self.run_status(v.run_id).await;
                         v.state = match status {
                             Some(RunStatus::Finished) => VariantState::Finished,
                             _ if record.cancelled => VariantState::Cancelled,
@@ -182,13 +176,7 @@ impl Launches {
                 pid,
                 "adopted a trainer an earlier server started"
             );
-            let job = Job {
-                grid: entry.record.grid.clone(),
-                variant: v.name.clone(),
-                group: entry.record.group.clone(),
-                steps: entry.record.steps,
-                server: self.0.server.clone(),
-            };
+            let job = self.job(&entry.record, index);
             let this = self.clone();
             tokio::spawn(async move { this.watch_adopted(id, index, job, pid, stop).await });
         }
@@ -382,6 +370,23 @@ impl Launches {
         }
     }
 
+    /// What the trainer of variant `index` of `record` is started with.
+    fn job(&self, record: &LaunchRecord, index: usize) -> Job {
+        Job {
+            grid: record.grid.clone(),
+            variant: record.variants[index].name.clone(),
+            group: record.group.clone(),
+            steps: record.steps,
+            server: self.0.server.clone(),
+        }
+    }
+
+    /// The status of a variant's run, when it has one.
+    async fn run_status(&self, run: Option<i64>) -> Option<RunStatus> {
+        let row = runs::run_row(self.0.store.reader(), run?).await;
+        row.ok().map(|r| r.status)
+    }
+
     /// Starts queued variants while a trainer slot is free.
     fn pump(&self) {
         while let Some((id, index, job, stop)) = self.next_job() {
@@ -426,13 +431,7 @@ impl Launches {
         let variant = &mut entry.record.variants[index];
         variant.state = VariantState::Running;
         variant.started_at = Some(now());
-        let job = Job {
-            grid: entry.record.grid.clone(),
-            variant: variant.name.clone(),
-            group: entry.record.group.clone(),
-            steps: entry.record.steps,
-            server: self.0.server.clone(),
-        };
+        let job = self.job(&entry.record, index);
         let stop = CancellationToken::new();
         entry.stops.insert(index, stop.clone());
         self.publish(entry);
@@ -486,13 +485,7 @@ impl Launches {
         }
         self.note_run(id, index, &job).await;
         let run = self.get(id).ok().and_then(|r| r.variants[index].run_id);
-        let status = match run {
-            Some(run) => runs::run_row(self.0.store.reader(), run)
-                .await
-                .ok()
-                .map(|r| r.status),
-            None => None,
-        };
+        let status = self.run_status(run).await;
         let ended = Ended {
             success: status == Some(RunStatus::Finished),
             exit: "exited (adopted after a server restart: its exit status is not known)".into(),

@@ -307,15 +307,7 @@ fn ticking_runs_on_the_runs_page_opens_their_comparison() {
 #[test]
 fn the_compare_heatmaps_keep_a_one_step_spike_and_colour_by_the_value_chosen() {
     let app = TestApp::spawn();
-    let id = app.create_run("spiky", 4);
-    let batch: Vec<Value> = (0..3000u64)
-        .map(|s| {
-            let spike = if s == 1501 { 1000.0 } else { 1.0 };
-            json!({"step": s, "scalars": {"loss": 2.0},
-                   "layers": {"hidden_var": [spike, 1.0, 1.0, 1.0]}})
-        })
-        .collect();
-    assert_eq!(app.ingest(id, json!(batch)).status, 200);
+    let id = crate::helpers::spiky_run(&app);
     let Some(b) = Browser::start(1280, 1400) else {
         return;
     };

@@ -236,15 +236,7 @@ fn screenshot_of_the_exported_comparison() {
 #[test]
 fn heatmap_images_and_the_export_colour_by_max_unless_asked_otherwise() {
     let app = TestApp::spawn();
-    let id = app.create_run("spiky", 4);
-    let batch: Vec<Value> = (0..3000u64)
-        .map(|s| {
-            let spike = if s == 1501 { 1000.0 } else { 1.0 };
-            json!({"step": s, "scalars": {"loss": 2.0},
-                   "layers": {"hidden_var": [spike, 1.0, 1.0, 1.0]}})
-        })
-        .collect();
-    assert_eq!(app.ingest(id, json!(batch)).status, 200);
+    let id = crate::helpers::spiky_run(&app);
     let svg = |path: &str| {
         let (status, kind, body) = app.fetch(path);
         assert_eq!((status, kind.as_str()), (200, "image/svg+xml"), "{path}");

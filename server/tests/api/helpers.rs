@@ -176,3 +176,18 @@ pub fn step(step: u64, loss: Value, layers: u32) -> Value {
            "scalars": {"loss": loss, "lr": 0.01},
            "layers": {"hidden_var": var}})
 }
+
+/// A run of 3,000 steps whose `hidden_var` is 1 everywhere but 1000 at step 1501 in layer 0:
+/// any bucket holding that step has max 1000 and a mean far below it.
+pub fn spiky_run(app: &TestApp) -> i64 {
+    let id = app.create_run("spiky", 4);
+    let batch: Vec<Value> = (0..3000u64)
+        .map(|s| {
+            let spike = if s == 1501 { 1000.0 } else { 1.0 };
+            json!({"step": s, "scalars": {"loss": 2.0},
+                   "layers": {"hidden_var": [spike, 1.0, 1.0, 1.0]}})
+        })
+        .collect();
+    assert_eq!(app.ingest(id, json!(batch)).status, 200);
+    id
+}

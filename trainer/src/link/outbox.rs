@@ -14,14 +14,14 @@
 //! first three.
 
 use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use keel_protocol::{CommandOutcome, IngestBatch, StatusReport};
 use serde::{Deserialize, Serialize};
 
-use super::spill::Spill;
+use super::spill::{Spill, read_lines, write_lines};
 
 /// The files of one run's outbox.
 #[derive(Clone, Debug)]
@@ -109,22 +109,7 @@ impl Outbox {
 
     /// Replaces the unsent control messages with `left` (none: the file goes).
     pub fn write_control(&self, left: &[Control]) -> Result<()> {
-        if left.is_empty() {
-            return match std::fs::remove_file(&self.control) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-                _ => Ok(()),
-            };
-        }
-        let tmp = self.control.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        for c in left {
-            let mut line = serde_json::to_vec(c)?;
-            line.push(b'\n');
-            f.write_all(&line)?;
-        }
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.control)?;
-        Ok(())
+        write_lines(&self.control, left)
     }
 
     /// Keeps a refused batch with the server's answer.
@@ -152,21 +137,4 @@ impl Outbox {
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
         read_lines(&self.refused)
     }
-}
-
-/// Every readable JSON line of `path` (none when it does not exist).
-fn read_lines<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
-    let Ok(f) = std::fs::File::open(path) else {
-        return Ok(Vec::new());
-    };
-    let mut out = Vec::new();
-    for line in BufReader::new(f).lines() {
-        let line = line?;
-        match serde_json::from_str(&line) {
-            Ok(v) => out.push(v),
-            Err(_) if line.trim().is_empty() => {}
-            Err(_) => tracing::warn!(file = %path.display(), "skipping an unreadable line"),
-        }
-    }
-    Ok(out)
 }

@@ -49,38 +49,50 @@ impl Spill {
 
     /// Every spilled batch, oldest first. A torn last line (a crash mid-write) is skipped.
     pub fn read(&self) -> Result<Vec<IngestBatch>> {
-        let Ok(f) = File::open(&self.path) else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::new();
-        for line in BufReader::new(f).lines() {
-            let line = line?;
-            if let Ok(batch) = serde_json::from_str(&line) {
-                out.push(batch);
-            } else if !line.trim().is_empty() {
-                tracing::warn!(file = %self.path.display(), "skipping an unreadable spill line");
-            }
-        }
-        Ok(out)
+        read_lines(&self.path)
     }
 
     /// Replace the file's contents with `rest` (removing it when empty).
     pub fn rewrite(&self, rest: &[IngestBatch]) -> Result<()> {
-        if rest.is_empty() {
-            return match std::fs::remove_file(&self.path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-                _ => Ok(()),
-            };
-        }
-        let tmp = self.path.with_extension("tmp");
-        let mut f = File::create(&tmp)?;
-        for b in rest {
-            let mut line = serde_json::to_vec(b)?;
-            line.push(b'\n');
-            f.write_all(&line)?;
-        }
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.path)?;
-        Ok(())
+        write_lines(&self.path, rest)
     }
+}
+
+/// Every readable JSON line of `path`, in order (none when it does not exist); an unreadable
+/// line (a torn last one, after a crash mid-write) is skipped.
+pub(super) fn read_lines<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    let Ok(f) = File::open(path) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for line in BufReader::new(f).lines() {
+        let line = line?;
+        match serde_json::from_str(&line) {
+            Ok(v) => out.push(v),
+            Err(_) if line.trim().is_empty() => {}
+            Err(_) => tracing::warn!(file = %path.display(), "skipping an unreadable line"),
+        }
+    }
+    Ok(out)
+}
+
+/// Replaces `path` with one JSON line per item, atomically (a file beside it, synced, then
+/// renamed over it); no items remove the file.
+pub(super) fn write_lines<T: serde::Serialize>(path: &Path, items: &[T]) -> Result<()> {
+    if items.is_empty() {
+        return match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        };
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp)?;
+    for item in items {
+        let mut line = serde_json::to_vec(item)?;
+        line.push(b'\n');
+        f.write_all(&line)?;
+    }
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
 }
