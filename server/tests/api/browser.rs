@@ -5,7 +5,7 @@
 //! Waits poll the page until a condition holds (or fail after a generous limit); nothing
 //! asserts on timing.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use keel_server::charts::colormap;
 use serde_json::{Value, json};
@@ -129,14 +129,14 @@ fn a_step_ingested_while_the_run_page_is_open_appears_on_it() {
     let b = or_skip!(open_run(&app, id, 200));
     let mut next = synthetic_step(200, 8, None);
     next["scalars"]["loss"] = json!(1.234);
-    let sent = Instant::now();
+    // The latency budget (step → visible ≤ 250 ms) is measured by `keel bench load`, with a
+    // verdict; a test on a shared machine only checks that the step arrives.
     assert_eq!(app.ingest(id, json!([next])).status, 200);
     b.wait_for(
         "step 200 in the header",
         PATIENCE,
         "return document.getElementById('last-step').textContent === '200'          && document.getElementById('last-loss').textContent === '1.234'",
     );
-    eprintln!("ingest → visible on the page: {:?}", sent.elapsed());
     b.wait_for(
         "the new step as a heatmap column",
         PATIENCE,
