@@ -15,6 +15,9 @@
 //! - `load`: 16 writers, 50 live and 50 stalled readers for 60 s: errors, ingest latency,
 //!   step → SSE lag and peak memory, each against its budget (see [`load`]). Not in `all`.
 //!
+//! - `alerts`: the loss-spike detector on the labelled corpus of `keel_server::alerts::corpus`:
+//!   spikes found and missed, false alerts per 10,000 steps, against the budgets.
+//!
 //! `--quick` shrinks every size tenfold for a smoke run. Sizes print with the results.
 
 mod compare;
@@ -32,8 +35,8 @@ use keel_server::storage::{Store, WriteOp, runs};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Which benchmark: ingest, query, memory, commands, compare, all (those five), reads,
-    /// bodies or load.
+    /// Which benchmark: ingest, query, memory, commands, compare, alerts, all (those six),
+    /// reads, bodies or load.
     #[arg(default_value = "all")]
     which: String,
     /// Ten times smaller sizes, for a quick check.
@@ -44,8 +47,8 @@ pub struct BenchArgs {
     dir: Option<PathBuf>,
 }
 
-const BENCHES: [&str; 9] = [
-    "all", "ingest", "query", "memory", "commands", "compare", "reads", "bodies", "load",
+const BENCHES: [&str; 10] = [
+    "all", "ingest", "query", "memory", "commands", "compare", "reads", "bodies", "load", "alerts",
 ];
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -87,6 +90,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.which == "load" {
         rt.block_on(load::load(&dir, scale))?;
+    }
+    if all || args.which == "alerts" {
+        alerts()?;
     }
     println!("| load average after | {} |", load_average());
     Ok(())
@@ -539,4 +545,29 @@ fn time_commands(url: &str) -> anyhow::Result<(Vec<f64>, f64)> {
         median(delivered)
     );
     Ok((latencies, step_ms))
+}
+
+/// The loss-spike detector scored on the labelled corpus, with a verdict per budget.
+fn alerts() -> anyhow::Result<()> {
+    use keel_server::alerts::corpus;
+    let healthy = corpus::score(corpus::healthy_losses());
+    let spiked = corpus::score(corpus::spiked_losses());
+    println!(
+        "| loss_spike on healthy generated losses ({} steps, noise 1–15 %, warmup, LR drop, data-mix switch): false alerts | ≤ 1 per 10,000 steps | {:.2} per 10,000 steps ({}) |",
+        healthy.steps,
+        healthy.false_per_10k(),
+        healthy.false_alerts.len()
+    );
+    println!(
+        "| loss_spike on the same with injected spikes of 6–15 σ ({} steps): spikes found at their step | all {} | {} found, {} missed; {:.2} false alerts per 10,000 steps |",
+        spiked.steps,
+        spiked.injected,
+        spiked.found,
+        spiked.missed.len(),
+        spiked.false_per_10k()
+    );
+    let ok = healthy.false_per_10k() <= 1.0 && spiked.missed.is_empty();
+    println!("| verdict: alerts | {} |", if ok { "pass" } else { "FAIL" });
+    anyhow::ensure!(ok, "alerts over budget: missed {:?}", spiked.missed);
+    Ok(())
 }

@@ -12,6 +12,8 @@
 //! Thresholds come from the run's config under `"alerts"` (see [`Thresholds`]); missing keys
 //! take the defaults.
 
+pub mod corpus;
+
 use keel_protocol::{Severity, StepRecord};
 use serde::Deserialize;
 
@@ -428,7 +430,7 @@ mod tests {
     /// A healthy run: losses falling through warmup with independent batch noise of about
     /// 1.5 % (what a batch of a few hundred thousand tokens shows), a flat depth ratio.
     fn healthy(s: u64) -> StepRecord {
-        let mut n = Noise(s.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut n = corpus::Noise(s.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         n.uniform();
         let noise = n.normal() * 0.015;
         step(
@@ -583,96 +585,22 @@ mod tests {
         assert_eq!(d.observe(&step(4, f64::NAN, 1.0, (1.0, 1.0), 1.0)).len(), 0);
     }
 
-    /// Deterministic normal noise (xorshift and Box–Muller), for the corpus below.
-    struct Noise(u64);
-
-    impl Noise {
-        fn uniform(&mut self) -> f64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            ((self.0 >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-        }
-        fn normal(&mut self) -> f64 {
-            let (a, b) = (self.uniform(), self.uniform());
-            (-2.0 * a.ln()).sqrt() * (2.0 * std::f64::consts::PI * b).cos()
-        }
-    }
-
-    /// A healthy loss curve of `n` steps with multiplicative noise `sigma`: a fast warmup
-    /// fall, a slow decay, an LR drop at 60 % and a data-mix switch at 80 % (loss up 8 %,
-    /// then settling back), and spikes of `spikes` (step, robust σ) on top.
-    fn loss_curve(n: u64, sigma: f64, seed: u64, spikes: &[(u64, f64)]) -> Vec<f64> {
-        let mut noise = Noise(seed);
-        (0..n)
-            .map(|t| {
-                let tf = t as f64;
-                let mut level = 2.0 + 8.0 * (-tf / (n as f64 / 12.0)).exp();
-                if tf > 0.6 * n as f64 {
-                    level *= 1.0 - 0.05 * (1.0 - (-(tf - 0.6 * n as f64) / 200.0).exp());
-                }
-                if tf > 0.8 * n as f64 {
-                    level *= 1.0 + 0.08 * (-(tf - 0.8 * n as f64) / 500.0).exp();
-                }
-                let bump = spikes
-                    .iter()
-                    .find(|(s, _)| *s == t)
-                    .map_or(0.0, |(_, k)| k * sigma);
-                level * (sigma * noise.normal() + bump).exp()
-            })
-            .collect()
-    }
-
-    fn loss_alerts(values: &[f64]) -> Vec<u64> {
-        let mut d = Detector::new(Thresholds::default());
-        let mut out = Vec::new();
-        for (t, v) in values.iter().enumerate() {
-            let mut r = step(t as u64, *v, 1.0, (1.0, 1.0), 1.0);
-            r.scalars.remove("grad_norm");
-            out.extend(
-                d.observe(&r)
-                    .into_iter()
-                    .filter(|a| a.name == "loss_spike")
-                    .map(|a| a.step),
-            );
-        }
-        out
-    }
-
     #[test]
     fn healthy_noisy_losses_raise_at_most_one_false_spike_per_ten_thousand_steps() {
-        // Batch noise from 1 % (large batches) to 15 % (a small batch on a mixed corpus).
-        let mut steps = 0;
-        let mut false_alerts = Vec::new();
-        for (i, sigma) in [0.01, 0.03, 0.05, 0.08, 0.15].into_iter().enumerate() {
-            for seed in 1..=4u64 {
-                let curve = loss_curve(10_000, sigma, seed * 7919 + i as u64, &[]);
-                steps += curve.len();
-                false_alerts.extend(loss_alerts(&curve).into_iter().map(|s| (sigma, seed, s)));
-            }
-        }
-        let per_10k = false_alerts.len() as f64 * 10_000.0 / steps as f64;
+        let score = corpus::score(corpus::healthy_losses());
         assert!(
-            per_10k <= 1.0,
-            "{per_10k:.2} false alerts per 10,000 steps: {false_alerts:?}"
+            score.false_per_10k() <= 1.0,
+            "{:.2} false alerts per 10,000 steps: at {:?}",
+            score.false_per_10k(),
+            score.false_alerts
         );
     }
 
     #[test]
     fn every_spike_of_six_robust_sigmas_is_found_at_its_step() {
-        let spikes: Vec<(u64, f64)> = (1..=12)
-            .map(|i| (i * 700 + 123, 6.0 + (i % 4) as f64 * 3.0))
-            .collect();
-        for sigma in [0.01, 0.03, 0.08, 0.15] {
-            let curve = loss_curve(10_000, sigma, 42, &spikes);
-            let found = loss_alerts(&curve);
-            for (at, k) in &spikes {
-                assert!(
-                    found.contains(at),
-                    "σ {sigma}: the {k} σ spike at step {at} was missed; alerts at {found:?}"
-                );
-            }
-            assert!(found.len() <= spikes.len() + 1, "σ {sigma}: {found:?}");
-        }
+        let score = corpus::score(corpus::spiked_losses());
+        assert!(score.missed.is_empty(), "missed: {:?}", score.missed);
+        assert_eq!(score.found, score.injected);
+        assert!(score.false_per_10k() <= 1.0, "{:?}", score.false_alerts);
     }
 }
