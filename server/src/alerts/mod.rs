@@ -43,6 +43,10 @@ pub struct Thresholds {
     pub depth_steadiness: f64,
     /// An `attn_logit_max` above this, in any layer, is runaway.
     pub attn_logit_max: f64,
+    /// `tokens_per_s` whose median over the last `throughput_window` steps falls below this
+    /// fraction of its median over the `throughput_window` × 10 before is a throughput drop.
+    pub throughput_drop: f64,
+    pub throughput_window: usize,
 }
 
 impl Default for Thresholds {
@@ -57,6 +61,8 @@ impl Default for Thresholds {
             depth_growth: 1.5,
             depth_steadiness: 0.8,
             attn_logit_max: 100.0,
+            throughput_drop: 0.5,
+            throughput_window: 20,
         }
     }
 }
@@ -187,6 +193,12 @@ pub struct Detector {
     ratios: std::collections::VecDeque<f64>,
     depth_armed: bool,
     attn_armed: bool,
+    /// Recent `tokens_per_s`, newest last: the baseline and then the recent window.
+    throughput: std::collections::VecDeque<f64>,
+    throughput_armed: bool,
+    /// The largest LR seen: while the LR still rises past it, the run is in its warmup.
+    top_lr: f64,
+    in_warmup: bool,
     /// Per alert name, the step before which it stays quiet after firing.
     quiet_until: std::collections::HashMap<&'static str, u64>,
 }
@@ -197,6 +209,7 @@ impl Detector {
             thresholds,
             depth_armed: true,
             attn_armed: true,
+            throughput_armed: true,
             ..Default::default()
         }
     }
@@ -210,6 +223,14 @@ impl Detector {
         self.last_step = Some(r.step);
         let mut out = Vec::new();
         let scalar = |k: &str| r.scalars.get(k).map(|m| m.get());
+        // The LR rising to a new high: the schedule's warmup, whose transients are named so.
+        if let Some(lr) = scalar("lr").filter(|l| l.is_finite()) {
+            self.in_warmup = lr > self.top_lr;
+            self.top_lr = self.top_lr.max(lr);
+        }
+        if let Some(tps) = scalar("tokens_per_s") {
+            self.throughput_check(r.step, tps, &mut out);
+        }
         if let Some(loss) = scalar("loss") {
             self.loss_checks(r.step, loss, &mut out);
         }
@@ -231,7 +252,44 @@ impl Detector {
                 .fold(f64::NEG_INFINITY, f64::max);
             self.attn_check(r.step, top, &mut out);
         }
+        if self.in_warmup {
+            for a in out.iter_mut().filter(|a| a.name.ends_with("_spike")) {
+                a.message
+                    .push_str(" — during the LR warmup, where the loss and grad norm move fast");
+            }
+        }
         self.quieten(out)
+    }
+
+    /// Tokens/s: the median of the last `throughput_window` steps against the median of the
+    /// ten windows before them. A median ignores a single slow step (a checkpoint, an eval).
+    fn throughput_check(&mut self, step: u64, tps: f64, out: &mut Vec<Alert>) {
+        if !(tps.is_finite() && tps > 0.0) {
+            return;
+        }
+        let w = self.thresholds.throughput_window.max(3);
+        self.throughput.push_back(tps);
+        if self.throughput.len() > 11 * w {
+            self.throughput.pop_front();
+        }
+        if self.throughput.len() < 11 * w {
+            return;
+        }
+        let h: Vec<f64> = self.throughput.iter().copied().collect();
+        let before = median_of(h[..10 * w].to_vec());
+        let recent = median_of(h[10 * w..].to_vec());
+        let ratio = recent / before;
+        let limit = self.thresholds.throughput_drop;
+        if self.throughput_armed && ratio < limit {
+            self.throughput_armed = false;
+            let msg = format!(
+                "throughput fell to {recent:.0} tokens/s over the last {w} steps, {:.0} % of the {before:.0} before",
+                ratio * 100.0
+            );
+            out.push(alert("throughput_drop", Severity::Warning, step, msg));
+        } else if !self.throughput_armed && ratio >= (1.0 + limit) / 2.0 {
+            self.throughput_armed = true;
+        }
     }
 
     /// After an alert fires, the same alert stays quiet for a while (a signal hovering at
@@ -252,7 +310,7 @@ impl Detector {
                     return false;
                 }
                 let pause = match a.name {
-                    "depth_growth" | "attn_logit_runaway" => slow,
+                    "depth_growth" | "attn_logit_runaway" | "throughput_drop" => slow,
                     "loss_spike" | "grad_norm_spike" => fast,
                     _ => 0,
                 };
@@ -602,5 +660,52 @@ mod tests {
         assert!(score.missed.is_empty(), "missed: {:?}", score.missed);
         assert_eq!(score.found, score.injected);
         assert!(score.false_per_10k() <= 1.0, "{:?}", score.false_alerts);
+    }
+
+    fn with(mut r: StepRecord, key: &str, v: f64) -> StepRecord {
+        r.scalars.insert(key.into(), Metric(v));
+        r
+    }
+
+    #[test]
+    fn a_lasting_throughput_drop_fires_once_and_a_slow_step_does_not() {
+        let tps = |s: u64| match s {
+            300 => 1_000.0,        // one slow step: a checkpoint
+            600..=700 => 30_000.0, // half the speed and less, for a hundred steps
+            _ => 80_000.0 + (s % 7) as f64 * 500.0,
+        };
+        let run = (0..900).map(|s| with(healthy(s), "tokens_per_s", tps(s)));
+        let got: Vec<(&str, u64)> = fired(run)
+            .into_iter()
+            .filter(|(n, _)| *n == "throughput_drop")
+            .collect();
+        assert_eq!(got, vec![("throughput_drop", 610)]);
+    }
+
+    #[test]
+    fn spikes_during_the_lr_warmup_say_so() {
+        let mut d = Detector::new(Thresholds::default());
+        let mut messages = Vec::new();
+        for s in 0..400u64 {
+            // The LR rises for 300 steps; a spike at 150 (in warmup) and at 350 (after).
+            let lr = 0.01 * ((s + 1) as f64 / 300.0).min(1.0);
+            let mut r = with(healthy(s), "lr", lr);
+            if s == 150 || s == 350 {
+                let loss = r.scalars["loss"].get() * 2.0;
+                r = with(r, "loss", loss);
+            }
+            messages.extend(d.observe(&r).into_iter().filter(|a| a.name == "loss_spike"));
+        }
+        assert_eq!(messages.len(), 2, "{messages:?}");
+        assert!(
+            messages[0].message.contains("during the LR warmup"),
+            "{}",
+            messages[0].message
+        );
+        assert!(
+            !messages[1].message.contains("warmup"),
+            "{}",
+            messages[1].message
+        );
     }
 }
