@@ -61,6 +61,8 @@ pub struct Config {
     pub static_dir: Option<PathBuf>,
     /// A running run not heard from for this long shows as `lost`.
     pub lost_after: Duration,
+    /// The least time without a step before a `running` run is `stalled` (see `watchdog`).
+    pub stall_min: Duration,
     /// How long shutdown waits for open requests before it stops anyway.
     pub shutdown_grace: Duration,
     /// How long a browser stays signed in after `POST /login`.
@@ -84,6 +86,7 @@ impl Config {
             bodies_in_flight: 64 * 1024 * 1024,
             static_dir: None,
             lost_after: Duration::from_secs(60),
+            stall_min: watchdog::STALL_MIN,
             shutdown_grace: Duration::from_secs(5),
             session_ttl: Duration::from_secs(12 * 3600),
             secure_cookie: false,

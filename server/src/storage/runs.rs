@@ -136,6 +136,23 @@ pub async fn group_ids(db: impl SqliteExecutor<'_>, group: &str) -> StoreResult<
     Ok(rows.into_iter().map(|(id,)| id).collect())
 }
 
+/// Runs that are `running` but stored no step since `before`: (id, last step, last change).
+pub async fn quiet_running_runs(
+    db: impl SqliteExecutor<'_>,
+    before: f64,
+) -> StoreResult<Vec<(i64, Option<u64>, f64)>> {
+    let rows: Vec<(i64, Option<i64>, f64)> = sqlx::query_as(
+        "SELECT id, last_step, updated_at FROM runs WHERE status = 'running' AND updated_at < ?",
+    )
+    .bind(before)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, last, at)| (id, last.map(|s| s as u64), at))
+        .collect())
+}
+
 /// Runs whose trainer has not been heard from since `before` while they should be stepping.
 pub async fn silent_runs(db: impl SqliteExecutor<'_>, before: f64) -> StoreResult<Vec<i64>> {
     let rows: Vec<(i64,)> =

@@ -326,3 +326,59 @@ fn a_multiplexed_stream_refuses_a_bad_list_before_it_starts() {
     let r = app.get("/api/v1/live/runs");
     assert_eq!(r.status, 400);
 }
+
+#[test]
+fn a_running_run_that_stops_stepping_raises_stalled_once_per_stall() {
+    let app = TestApp::on_temp(|c| c.stall_min = Duration::from_millis(400));
+    let id = app.create_run("r", 2);
+    let batch = |range: std::ops::Range<u64>| -> Value {
+        json!(
+            range
+                .map(|s| json!({"step": s, "scalars": {"loss": 1.0, "step_time_s": 0.001}}))
+                .collect::<Vec<_>>()
+        )
+    };
+    assert_eq!(app.ingest(id, batch(0..20)).status, 200);
+    let stalls = || -> Vec<Value> {
+        let events = app.get(&format!("/api/v1/runs/{id}/events")).body;
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["name"] == "stalled")
+            .cloned()
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while stalls().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no stalled alert");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    let first = stalls();
+    assert_eq!(first.len(), 1, "once per stall: {first:?}");
+    assert_eq!(first[0]["step"], 19);
+    assert!(
+        first[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("after step 19"),
+        "{}",
+        first[0]
+    );
+    // It steps again, then stalls again: a second alert.
+    assert_eq!(app.ingest(id, batch(20..30)).status, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while stalls().len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no second stalled alert"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(stalls()[1]["step"], 29);
+    assert_eq!(
+        app.get(&format!("/api/v1/runs/{id}")).body["status"],
+        "running"
+    );
+}
