@@ -82,10 +82,11 @@ async fn stalls(
         if quiet < wait {
             continue;
         }
-        let mut told = told.lock().expect("stall set");
-        told.retain(|(run, _)| *run != id);
-        told.insert((id, last));
-        drop(told);
+        {
+            let mut told = told.lock().expect("stall set");
+            told.retain(|(run, _)| *run != id);
+            told.insert((id, last));
+        }
         let after = last.map_or("its start".to_string(), |s| format!("step {s}"));
         let usual = usual.map_or(String::new(), |t| format!(" (its steps take {t:.2} s)"));
         let event = NewEvent {
