@@ -9,7 +9,6 @@
 //! the run steps again.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keel_protocol::{RunStatus, Severity};
@@ -27,8 +26,9 @@ pub const STALL_MIN: Duration = Duration::from_secs(30);
 pub fn spawn(state: AppState) {
     let shortest = state.config.lost_after.min(state.config.stall_min);
     let period = (shortest / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
-    let stalled: Arc<Mutex<HashSet<(i64, Option<u64>)>>> = Arc::default();
     tokio::spawn(async move {
+        // (run, last step) of every stall already told.
+        let mut stalled: HashSet<(i64, Option<u64>)> = HashSet::new();
         let mut tick = tokio::time::interval(period);
         loop {
             tokio::select! {
@@ -38,7 +38,7 @@ pub fn spawn(state: AppState) {
             if let Err(e) = sweep(&state).await {
                 tracing::warn!(error = ?e, "looking for lost runs failed");
             }
-            if let Err(e) = stalls(&state, &stalled, state.config.stall_min).await {
+            if let Err(e) = stalls(&state, &mut stalled, state.config.stall_min).await {
                 tracing::warn!(error = ?e, "looking for stalled runs failed");
             }
         }
@@ -48,13 +48,13 @@ pub fn spawn(state: AppState) {
 /// Raises `stalled` once for each (run, last step) that has waited too long for its next step.
 async fn stalls(
     state: &AppState,
-    told: &Mutex<HashSet<(i64, Option<u64>)>>,
+    told: &mut HashSet<(i64, Option<u64>)>,
     floor: Duration,
 ) -> anyhow::Result<()> {
     let db = state.store.reader();
     let now = now();
     for (id, last, at) in runs::quiet_running_runs(db, now - floor.as_secs_f64()).await? {
-        if told.lock().expect("stall set").contains(&(id, last)) {
+        if told.contains(&(id, last)) {
             continue;
         }
         // The usual step time: the mean `step_time_s` of the last 50 steps, when reported.
@@ -82,11 +82,8 @@ async fn stalls(
         if quiet < wait {
             continue;
         }
-        {
-            let mut told = told.lock().expect("stall set");
-            told.retain(|(run, _)| *run != id);
-            told.insert((id, last));
-        }
+        told.retain(|(run, _)| *run != id);
+        told.insert((id, last));
         let after = last.map_or("its start".to_string(), |s| format!("step {s}"));
         let usual = usual.map_or(String::new(), |t| format!(" (its steps take {t:.2} s)"));
         let event = NewEvent {
