@@ -83,6 +83,17 @@ impl Serve {
         l
     }
 
+    /// Launches `grid` for a million steps and waits until its first variant's run has
+    /// stepped a few times: (launch id, launch record).
+    fn launch_stepping(&self, grid: &str) -> (Value, Value) {
+        let id = self.launch(grid, 1_000_000)["id"].clone();
+        let l = self.wait(&id, 60, "the first run to step", |l| {
+            let run = &l["variants"][0]["run_id"];
+            run.is_i64() && self.get(&format!("/api/v1/runs/{run}"))["steps"].as_u64() >= Some(5)
+        });
+        (id, l)
+    }
+
     /// Polls launch `id` until `done` holds, for at most `secs` seconds.
     fn wait(&self, id: &Value, secs: u64, what: &str, done: impl Fn(&Value) -> bool) -> Value {
         let mut last = Value::Null;
@@ -214,12 +225,7 @@ fn the_stability_grid_launched_through_the_api_trains_each_variant_in_one_group(
 fn cancelling_a_launch_stops_its_trainer_at_a_step_boundary_and_drops_the_queued_ones() {
     let dir = tempfile::tempdir().unwrap();
     let serve = Serve::start(dir.path(), &tiny_grids(dir.path()));
-    let l = serve.launch("tiny", 1_000_000);
-    let id = l["id"].clone();
-    let l = serve.wait(&id, 60, "the first run to step", |l| {
-        let run = &l["variants"][0]["run_id"];
-        run.is_i64() && serve.get(&format!("/api/v1/runs/{run}"))["steps"].as_u64() >= Some(5)
-    });
+    let (id, l) = serve.launch_stepping("tiny");
     let run = l["variants"][0]["run_id"].clone();
 
     let (status, cancelled) = serve.post(&format!("/api/v1/launches/{id}/cancel"), None);
@@ -250,12 +256,7 @@ fn a_server_killed_mid_launch_shows_it_again_and_adopts_its_running_trainer() {
     let dir = tempfile::tempdir().unwrap();
     let grids = tiny_grids(dir.path());
     let mut serve = Serve::start(dir.path(), &grids);
-    let l = serve.launch("tiny", 1_000_000);
-    let id = l["id"].clone();
-    let l = serve.wait(&id, 60, "the first run to step", |l| {
-        let run = &l["variants"][0]["run_id"];
-        run.is_i64() && serve.get(&format!("/api/v1/runs/{run}"))["steps"].as_u64() >= Some(5)
-    });
+    let (id, l) = serve.launch_stepping("tiny");
     let run = l["variants"][0]["run_id"].clone();
     let group = l["group"].as_str().unwrap().to_owned();
     let addr = serve.url.trim_start_matches("http://").to_owned();
