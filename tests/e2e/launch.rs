@@ -167,14 +167,20 @@ fn states(l: &Value) -> Vec<&str> {
         .collect()
 }
 
-/// The `keel train` processes whose command line mentions `needle`.
-fn trainers_mentioning(needle: &str) -> Vec<String> {
+/// The `keel train` processes working in `dir` whose command line mentions `needle`. (Tests
+/// run side by side, and two launches of one grid in the same second share a group name.)
+fn trainers_mentioning(dir: &Path, needle: &str) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     entries
-        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let cwd = std::fs::read_link(path.join("cwd")).ok()?;
+            let cmd = std::fs::read(path.join("cmdline")).ok()?;
+            (cwd == dir).then(|| String::from_utf8_lossy(&cmd).replace('\0', " "))
+        })
         .filter(|c| c.contains(" train ") && c.contains(needle))
         .collect()
 }
@@ -267,7 +273,7 @@ fn a_server_killed_mid_launch_shows_it_again_and_adopts_its_running_trainer() {
     std::thread::sleep(Duration::from_millis(500));
     if Path::new("/proc/self/cmdline").exists() {
         assert_eq!(
-            trainers_mentioning(&group).len(),
+            trainers_mentioning(dir.path(), &group).len(),
             1,
             "the trainer outlives the server"
         );
@@ -295,7 +301,11 @@ fn a_server_killed_mid_launch_shows_it_again_and_adopts_its_running_trainer() {
         l["active"] == false
     });
     assert_eq!(states(&l), ["cancelled", "cancelled", "cancelled"], "{l}");
-    assert_eq!(trainers_mentioning(&group), Vec::<String>::new(), "orphans");
+    assert_eq!(
+        trainers_mentioning(dir.path(), &group),
+        Vec::<String>::new(),
+        "orphans"
+    );
     assert_eq!(
         serve.get(&format!("/api/v1/runs/{run}"))["status"],
         "finished"
@@ -312,11 +322,19 @@ fn stopping_the_server_stops_the_trainers_it_launched() {
     });
     let group = l["group"].as_str().unwrap().to_owned();
     if Path::new("/proc/self/cmdline").exists() {
-        assert_eq!(trainers_mentioning(&group).len(), 1, "one trainer runs");
+        assert_eq!(
+            trainers_mentioning(dir.path(), &group).len(),
+            1,
+            "one trainer runs"
+        );
     }
     let status = serve.terminate();
     assert!(status.success(), "keel serve exited with {status}");
-    assert_eq!(trainers_mentioning(&group), Vec::<String>::new(), "orphans");
+    assert_eq!(
+        trainers_mentioning(dir.path(), &group),
+        Vec::<String>::new(),
+        "orphans"
+    );
 
     // The trainer reported its end before the server went: its run is finished, not lost.
     let server =
