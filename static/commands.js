@@ -26,8 +26,12 @@ export class Commands {
     this.list = document.getElementById("commands");
     this.byId = new Map();
     this.csrf = document.querySelector('meta[name="csrf-token"]')?.content ?? null;
-    const panel = document.getElementById("controls");
-    if (panel && this.csrf) wire(panel, (form, kind, button) => this.submit(form, kind, button));
+    // The controls below the charts, and the dock of the most used ones that stays in view.
+    for (const id of ["controls", "dock"]) {
+      const panel = document.getElementById(id);
+      if (panel && this.csrf) wire(panel, (form, kind, button) => this.submit(form, kind, button));
+    }
+    this.latest = document.getElementById("dock-latest");
   }
 
   async load() {
@@ -61,6 +65,11 @@ export class Commands {
       items.push(li);
     }
     this.list.replaceChildren(...items);
+    const newest = [...this.byId.values()].sort((a, b) => b.id - a.id)[0];
+    if (this.latest && newest) {
+      this.latest.textContent = `${describe(newest.command)}: ${stateText(newest)}`;
+      this.latest.dataset.status = newest.status;
+    }
   }
 
   async submit(form, kind, button) {

@@ -191,13 +191,14 @@ function header(d) {
   document.getElementById("last-loss").classList.toggle("bad", loss != null && !Number.isFinite(loss));
   if (d.tokens != null) setText("tokens", tokens(d.tokens));
   setText("alert-count", String(d.alerts));
+  setText("dock-alerts", `alerts: ${d.alerts}`);
   setStatus(d.status);
   state.updatedAt = d.updated_at;
 }
 
 function setText(elId, text) {
   const el = document.getElementById(elId);
-  if (el.textContent !== text) el.textContent = text;
+  if (el && el.textContent !== text) el.textContent = text;
 }
 
 function setStatus(status) {
@@ -303,6 +304,7 @@ function addEvent(e) {
   state.events.push(e);
   if (e.kind === "alert") {
     setText("alert-count", String(Number(document.getElementById("alert-count").textContent) + 1));
+    setText("dock-alerts", `alerts: ${document.getElementById("alert-count").textContent}`);
     if (e.step != null) state.alerts.push(e);
     markAlerts();
   }

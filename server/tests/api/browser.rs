@@ -367,6 +367,9 @@ fn screenshots_of_the_pages() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     let b = Browser::start(1440, 2080).expect("a browser");
+    // Signed in, as an operator sees it: with the dock of quick controls.
+    b.goto(&app.url(&format!("/login?next=/runs/{id}")));
+    b.submit_login(crate::helpers::TOKEN, PATIENCE);
     for (dark, file) in [(false, "run.png"), (true, "run-dark.png")] {
         b.prefer_dark(dark);
         b.goto(&app.url(&format!("/runs/{id}")));

@@ -74,3 +74,54 @@ fn a_visitor_signs_in_through_the_form_and_pauses_the_run_from_its_page() {
     );
     assert!(err.as_str().unwrap().contains("max_norm"), "{err}");
 }
+
+#[test]
+fn the_quick_controls_stay_in_view_below_the_last_heatmap_and_act_in_one_click() {
+    let app = TestApp::spawn();
+    let id = app.create_run("proxy-tiny", 8);
+    let batch: Vec<Value> = (0..50).map(|s| synthetic_step(s, 8, None)).collect();
+    assert_eq!(app.ingest(id, json!(batch)).status, 200);
+    for (width, height) in [(1280, 900), (420, 800)] {
+        let Some(b) = Browser::start(width, height) else {
+            return;
+        };
+        b.goto(&app.url(&format!("/login?next=/runs/{id}")));
+        b.submit_login(TOKEN, PATIENCE);
+        b.wait_for(
+            "the heatmaps",
+            PATIENCE,
+            "return document.querySelectorAll('figure.heatmap canvas').length > 0",
+        );
+        b.eval(
+            "const all = document.querySelectorAll('figure.heatmap'); all[all.length - 1].scrollIntoView();",
+            json!([]),
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let seen = b.eval(
+            "const r = document.getElementById('dock-pause').getBoundingClientRect();
+             return [window.scrollY, r.top, r.bottom, window.innerHeight];",
+            json!([]),
+        );
+        let v: Vec<f64> = seen
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert!(v[0] > 500.0, "{width} px: the page scrolled ({v:?})");
+        assert!(
+            v[1] >= 0.0 && v[2] <= v[3],
+            "{width} px: the pause button is in view: {v:?}"
+        );
+        b.eval("document.getElementById('dock-pause').click()", json!([]));
+        b.wait_for(
+            "the dock to show the pause queued",
+            PATIENCE,
+            "return document.getElementById('dock-latest').textContent === 'pause: queued'",
+        );
+        let errors = b.errors();
+        assert!(errors.is_empty(), "script errors: {errors:?}");
+    }
+    let commands = app.get(&format!("/api/v1/runs/{id}/commands")).body;
+    assert_eq!(commands.as_array().unwrap().len(), 2, "one pause per click");
+}
