@@ -211,6 +211,32 @@ pub struct CommandOutcome {
     pub message: Option<String>,
 }
 
+/// A rule that acts on an alert: when alert `on` fires, the server issues `do` as a command
+/// of the run, through the normal path (queued, delivered, applied or rejected, audited), with
+/// `issued_by` = `rule:<index>`. `GET`/`PUT /api/v1/runs/{id}/rules`; a run's config may bring
+/// them as `alerts.rules`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// The alert that fires it (`loss_spike`, `grad_norm_spike`, …).
+    pub on: String,
+    #[serde(rename = "do")]
+    pub action: Command,
+    /// Steps after a firing during which the rule does not fire again.
+    #[serde(default)]
+    pub cooldown_steps: u64,
+    /// Firings over the run's life, at most (none: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_firings: Option<u32>,
+}
+
+/// `PUT /api/v1/runs/{id}/rules` and its answer.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rules {
+    pub rules: Vec<Rule>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,9 @@ pub mod metric;
 pub mod runs;
 pub mod series;
 
-pub use commands::{Command, CommandOutcome, CommandRecord, CommandStatus, DecayShape};
+pub use commands::{
+    Command, CommandOutcome, CommandRecord, CommandStatus, DecayShape, Rule, Rules,
+};
 pub use launches::{
     GridInfo, LaunchRecord, LaunchRequest, LaunchVariant, MAX_LAUNCH_STEPS, VariantState,
 };

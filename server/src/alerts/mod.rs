@@ -14,6 +14,18 @@
 
 pub mod corpus;
 
+/// Every alert a run can raise (what a rule can be on).
+pub const NAMES: [&str; 8] = [
+    "non_finite_loss",
+    "non_finite_grad_norm",
+    "loss_spike",
+    "grad_norm_spike",
+    "depth_growth",
+    "attn_logit_runaway",
+    "throughput_drop",
+    "stalled",
+];
+
 use keel_protocol::{Severity, StepRecord};
 use serde::Deserialize;
 
@@ -71,10 +83,12 @@ impl Thresholds {
     /// The `alerts` object of a run's config, or the defaults (also when it is malformed:
     /// a typo in a threshold must not stop a run from being recorded).
     pub fn from_config(config: &serde_json::Value) -> Thresholds {
-        config
-            .get("alerts")
-            .and_then(|a| serde_json::from_value(a.clone()).ok())
-            .unwrap_or_default()
+        // `alerts.rules` are the run's rules (see `storage::runs::rules`), not thresholds.
+        let mut alerts = config.get("alerts").cloned().unwrap_or_default();
+        if let Some(o) = alerts.as_object_mut() {
+            o.remove("rules");
+        }
+        serde_json::from_value(alerts).unwrap_or_default()
     }
 }
 

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use keel_protocol::{
-    Command, CommandOutcome, CommandRecord, CommandStatus, EventRecord, LiveMessage,
+    Command, CommandOutcome, CommandRecord, CommandStatus, EventRecord, LiveMessage, Rules,
 };
 use serde::Deserialize;
 
@@ -23,6 +23,8 @@ pub fn router() -> Routes {
         .get("/api/v1/runs/{id}/commands/pending", pending)
         .post("/api/v1/runs/{id}/commands/{cid}/outcome", outcome)
         .get("/api/v1/runs/{id}/events", events)
+        .get("/api/v1/runs/{id}/rules", rules)
+        .put("/api/v1/runs/{id}/rules", set_rules)
 }
 
 /// The longest a trainer's poll for commands is held open.
@@ -138,4 +140,51 @@ async fn events(
     let db = state.store.reader();
     runs::run_row(db, id).await?;
     Ok(Json(runs::events(db, id, q.after, limit).await?))
+}
+
+/// Most rules a run has.
+pub const MAX_RULES: usize = 32;
+
+async fn rules(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> AppResult<Json<Rules>> {
+    let rules = runs::rules(state.store.reader(), id).await?;
+    Ok(Json(Rules { rules }))
+}
+
+/// Replaces the run's rules (they then take precedence over its config's `alerts.rules`).
+async fn set_rules(
+    State(state): State<AppState>,
+    _op: Operator,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(body): ApiJson<Rules>,
+) -> AppResult<Json<Rules>> {
+    if body.rules.len() > MAX_RULES {
+        return Err(AppError::Invalid(format!("at most {MAX_RULES} rules")));
+    }
+    for (i, rule) in body.rules.iter().enumerate() {
+        if !crate::alerts::NAMES.contains(&rule.on.as_str()) {
+            return Err(AppError::Invalid(format!(
+                "rule {i}: `on` is an alert: one of {}",
+                crate::alerts::NAMES.join(", ")
+            )));
+        }
+        rule.action
+            .validate()
+            .map_err(|why| AppError::Invalid(format!("rule {i}: {why}")))?;
+        if rule.max_firings == Some(0) {
+            return Err(AppError::Invalid(format!(
+                "rule {i}: `max_firings` is at least 1"
+            )));
+        }
+        if rule.cooldown_steps > super::data::MAX_STEP {
+            return Err(AppError::Invalid(format!(
+                "rule {i}: `cooldown_steps` is too large"
+            )));
+        }
+    }
+    let rules = body.rules;
+    state
+        .store
+        .write(|r| WriteOp::SetRules(id, rules.clone(), r))
+        .await?;
+    Ok(Json(Rules { rules }))
 }

@@ -5,7 +5,7 @@
 
 use axum::Router;
 use axum::handler::Handler;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 
 use crate::AppState;
 
@@ -39,6 +39,16 @@ impl Routes {
     {
         self.router = self.router.route(path, post(handler));
         self.list.push(("POST", path));
+        self
+    }
+
+    pub fn put<H, T>(mut self, path: &'static str, handler: H) -> Routes
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        self.router = self.router.route(path, put(handler));
+        self.list.push(("PUT", path));
         self
     }
 

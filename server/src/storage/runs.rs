@@ -136,6 +136,36 @@ pub async fn group_ids(db: impl SqliteExecutor<'_>, group: &str) -> StoreResult<
     Ok(rows.into_iter().map(|(id,)| id).collect())
 }
 
+/// A run's rules: those put through the API, else its config's `alerts.rules` (a malformed
+/// list is no rules, logged: it must not stop a run from being recorded).
+pub async fn rules(
+    db: impl SqliteExecutor<'_>,
+    run_id: i64,
+) -> StoreResult<Vec<keel_protocol::Rule>> {
+    let row: Option<(Option<String>, String)> =
+        sqlx::query_as("SELECT rules, config FROM runs WHERE id = ?")
+            .bind(run_id)
+            .fetch_optional(db)
+            .await?;
+    let Some((put, config)) = row else {
+        return Err(StoreError::NotFound(format!("run {run_id}")));
+    };
+    let parsed = match put {
+        Some(text) => serde_json::from_str(&text),
+        None => {
+            let config: serde_json::Value = serde_json::from_str(&config).unwrap_or_default();
+            match config.pointer("/alerts/rules") {
+                Some(rules) => serde_json::from_value(rules.clone()),
+                None => Ok(Vec::new()),
+            }
+        }
+    };
+    Ok(parsed.unwrap_or_else(|e| {
+        tracing::warn!(run = run_id, "the run's rules do not read: {e}");
+        Vec::new()
+    }))
+}
+
 /// Runs that are `running` but stored no step since `before`: (id, last step, last change).
 pub async fn quiet_running_runs(
     db: impl SqliteExecutor<'_>,

@@ -60,6 +60,8 @@ pub enum WriteOp {
     /// Marks queued commands delivered and returns every command not yet applied or rejected.
     TakeCommands(i64, Reply<Vec<CommandRecord>>),
     Outcome(i64, i64, CommandOutcome, Reply<CommandRecord>),
+    /// Replaces a run's rules.
+    SetRules(i64, Vec<keel_protocol::Rule>, Reply<()>),
     /// Writes a launch's record as it now stands.
     SaveLaunch(super::launches::StoredLaunch, Reply<()>),
     /// Forgets launches that ended before the time given; answers how many.
@@ -211,6 +213,19 @@ impl Writer {
             WriteOp::Outcome(run_id, id, outcome, reply) => {
                 let result = self.outcome(tx, run_id, id, outcome, changes).await;
                 Box::new(Answer(reply, refusal(result)?))
+            }
+            WriteOp::SetRules(run_id, rules, reply) => {
+                let text = serde_json::to_string(&rules).map_err(anyhow::Error::from)?;
+                let done = sqlx::query("UPDATE runs SET rules = ? WHERE id = ?")
+                    .bind(text)
+                    .bind(run_id)
+                    .execute(&mut *tx)
+                    .await?;
+                let result = match done.rows_affected() {
+                    0 => Err(StoreError::NotFound(format!("run {run_id}"))),
+                    _ => Ok(()),
+                };
+                Box::new(Answer(reply, result))
             }
             WriteOp::SaveLaunch(launch, reply) => {
                 super::launches::save(tx, &launch).await?;
@@ -499,7 +514,76 @@ impl Writer {
         Ok(())
     }
 
+    /// Stores an event; an alert then fires the run's rules that are on it.
     async fn add_event(
+        &mut self,
+        tx: &mut SqliteConnection,
+        e: NewEvent,
+        changes: &mut Vec<Change>,
+    ) -> StoreResult<EventRecord> {
+        let record = self.insert_event(tx, e, changes).await?;
+        if record.kind == "alert" {
+            self.fire_rules(tx, &record, changes).await?;
+        }
+        Ok(record)
+    }
+
+    /// The rules of the run that are on this alert, each issuing its command unless it is in
+    /// its cooldown or has fired its most; a `rule` event records each firing (its step is
+    /// the alert's, which is how cooldowns and counts survive a restart).
+    async fn fire_rules(
+        &mut self,
+        tx: &mut SqliteConnection,
+        alert: &EventRecord,
+        changes: &mut Vec<Change>,
+    ) -> StoreResult<()> {
+        let rules = runs::rules(&mut *tx, alert.run_id).await?;
+        for (i, rule) in rules.iter().enumerate().filter(|(_, r)| r.on == alert.name) {
+            let name = format!("rule:{i}");
+            let (fired, last): (i64, Option<i64>) = sqlx::query_as(
+                "SELECT COUNT(*), MAX(step) FROM events WHERE run_id = ? AND kind = 'rule' AND name = ?",
+            )
+            .bind(alert.run_id)
+            .bind(&name)
+            .fetch_one(&mut *tx)
+            .await?;
+            if rule.max_firings.is_some_and(|m| fired >= i64::from(m)) {
+                continue;
+            }
+            let step = alert.step.unwrap_or(0);
+            if last.is_some_and(|l| step < l as u64 + rule.cooldown_steps) {
+                continue;
+            }
+            let issued = self
+                .add_command(tx, alert.run_id, rule.action.clone(), name.clone(), changes)
+                .await;
+            let message = match issued {
+                Ok(c) => format!(
+                    "rule {i} (on {}) issued {} as command {}",
+                    rule.on,
+                    rule.action.kind(),
+                    c.id
+                ),
+                // A run that has ended takes no commands: the firing is still told.
+                Err(StoreError::Conflict(why)) => {
+                    format!("rule {i} (on {}) could not act: {why}", rule.on)
+                }
+                Err(e) => return Err(e),
+            };
+            let event = NewEvent {
+                run_id: alert.run_id,
+                kind: "rule".into(),
+                name,
+                severity: Severity::Info,
+                step: alert.step,
+                message,
+            };
+            self.insert_event(tx, event, changes).await?;
+        }
+        Ok(())
+    }
+
+    async fn insert_event(
         &mut self,
         tx: &mut SqliteConnection,
         e: NewEvent,
@@ -721,7 +805,7 @@ impl Writer {
             step: command.applied_step,
             message,
         };
-        self.add_event(tx, event, changes).await?;
+        self.insert_event(tx, event, changes).await?;
         changes.push(super::command_change(
             command.run_id,
             self.cursor,

@@ -144,3 +144,98 @@ fn a_queued_command_survives_a_server_restart_and_reaches_a_reconnecting_trainer
     assert_eq!(again.body[0]["status"], "delivered");
     drop(dir);
 }
+
+/// Steps 0..n of a loss with 1 % noise and a doubling at each step of `spikes`.
+fn spiky_losses(range: std::ops::Range<u64>, spikes: &[u64]) -> serde_json::Value {
+    let steps: Vec<serde_json::Value> = range
+        .map(|s| {
+            // Deterministic noise: a hash of the step, about ±1 %.
+            let h = (s.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as f64 / (1u64 << 24) as f64;
+            let mut loss = 2.0 * (1.0 + 0.02 * (h - 0.5));
+            if spikes.contains(&s) {
+                loss *= 2.0;
+            }
+            serde_json::json!({"step": s, "scalars": {"loss": loss}})
+        })
+        .collect();
+    serde_json::json!(steps)
+}
+
+#[test]
+fn a_rule_issues_its_command_when_its_alert_fires_within_its_cooldown_and_count() {
+    use serde_json::json;
+    let app = crate::helpers::TestApp::spawn();
+    let id = app.create_run("r", 1);
+    let rules = json!({"rules": [{"on": "loss_spike", "do": {"kind": "set_lr", "multiplier": 0.5},
+                                  "cooldown_steps": 100, "max_firings": 2}]});
+    let r = app.put(&format!("/api/v1/runs/{id}/rules"), &rules);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(app.get(&format!("/api/v1/runs/{id}/rules")).body, rules);
+    let spikes = [300, 700, 1100];
+    assert_eq!(app.ingest(id, spiky_losses(0..1400, &spikes)).status, 200);
+    let commands = app.get(&format!("/api/v1/runs/{id}/commands")).body;
+    let commands = commands.as_array().unwrap();
+    assert_eq!(commands.len(), 2, "two firings at most: {commands:?}");
+    assert!(
+        commands
+            .iter()
+            .all(|c| c["issued_by"] == "rule:0" && c["command"]["kind"] == "set_lr")
+    );
+    let events = app.get(&format!("/api/v1/runs/{id}/events")).body;
+    let fired: Vec<u64> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "rule")
+        .map(|e| e["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(fired, vec![300, 700]);
+}
+
+#[test]
+fn a_runs_config_can_bring_its_rules_and_bad_rules_are_refused() {
+    use serde_json::json;
+    let app = crate::helpers::TestApp::spawn();
+    let spec = json!({"name": "r", "layers": 1, "config": {"alerts": {
+        "spike_sigmas": 4.5,
+        "rules": [{"on": "loss_spike", "do": {"kind": "pause"}}]}}});
+    let id = app.post("/api/v1/runs", &spec).body["id"].as_i64().unwrap();
+    assert_eq!(app.ingest(id, spiky_losses(0..400, &[300])).status, 200);
+    let commands = app.get(&format!("/api/v1/runs/{id}/commands")).body;
+    assert_eq!(commands[0]["issued_by"], "rule:0", "{commands}");
+    assert_eq!(commands[0]["command"]["kind"], "pause");
+    let rule = |on: &str, action: serde_json::Value| json!({"rules": [{"on": on, "do": action}]});
+    for (body, status) in [
+        (rule("loss_party", json!({"kind": "pause"})), 422),
+        (
+            rule(
+                "loss_spike",
+                json!({"kind": "set_lr", "lr": 1.0, "multiplier": 2.0}),
+            ),
+            422,
+        ),
+        (
+            json!({"rules": [{"on": "loss_spike", "do": {"kind": "pause"}, "max_firings": 0}]}),
+            422,
+        ),
+        (
+            json!({"rules": (0..33).map(|_| json!({"on": "stalled", "do": {"kind": "pause"}})).collect::<Vec<_>>()}),
+            422,
+        ),
+        (
+            json!({"rules": [{"on": "loss_spike", "do": {"kind": "pause"}, "colour": 1}]}),
+            422,
+        ),
+    ] {
+        let r = app.put(&format!("/api/v1/runs/{id}/rules"), &body);
+        assert_eq!(r.status, status, "{body}: {}", r.body);
+    }
+    let r = app.put("/api/v1/runs/99/rules", &json!({"rules": []}));
+    assert_eq!(r.status, 404);
+    let r = app.put_raw(
+        &format!("/api/v1/runs/{id}/rules"),
+        b"{\"rules\": []}",
+        None,
+    );
+    assert_eq!(r.status, 401);
+}

@@ -538,6 +538,11 @@ fn send(app: &TestApp, r: &Request) -> (u16, String) {
     let auth = format!("Bearer {TOKEN}");
     let resp = match (r.method.as_str(), &r.body) {
         ("GET", _) => app.agent.get(&url).header("Authorization", &auth).call(),
+        ("PUT", b) => app
+            .agent
+            .put(&url)
+            .header("Authorization", &auth)
+            .send_json(b.clone().unwrap_or(json!({}))),
         (_, Some(b)) => app
             .agent
             .post(&url)

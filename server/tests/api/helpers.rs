@@ -133,6 +133,22 @@ impl TestApp {
         reply(req.send(body).unwrap())
     }
 
+    /// PUT raw bytes as JSON with an optional bearer token.
+    pub fn put_raw(&self, path: &str, body: &[u8], token: Option<&str>) -> Reply {
+        let mut req = self
+            .agent
+            .put(&self.url(path))
+            .content_type("application/json");
+        if let Some(t) = token {
+            req = req.header("Authorization", &format!("Bearer {t}"));
+        }
+        reply(req.send(body).unwrap())
+    }
+
+    pub fn put(&self, path: &str, body: &Value) -> Reply {
+        self.put_raw(path, body.to_string().as_bytes(), Some(TOKEN))
+    }
+
     pub fn post(&self, path: &str, body: &Value) -> Reply {
         self.post_raw(path, body.to_string().as_bytes(), Some(TOKEN))
     }
