@@ -29,6 +29,10 @@ pub struct TrainConfig {
     pub data: DataConfig,
     pub stats: StatsConfig,
     pub checkpoint: CheckpointConfig,
+    /// The server's alert thresholds and rules for this run (`[alerts]`, `[[alerts.rules]]`),
+    /// passed on as the run's `config.alerts`; the trainer itself reads nothing here.
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub alerts: serde_json::Value,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

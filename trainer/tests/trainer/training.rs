@@ -163,3 +163,29 @@ fn a_huggingface_tokenizer_json_sets_the_vocabulary_and_the_token_ids() {
     assert_eq!(t.cfg.model.vocab_size, 5);
     assert!(losses(&mut t, 2).iter().all(|l| l.is_finite()));
 }
+
+#[test]
+fn an_alerts_table_becomes_the_runs_config_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cfg.toml");
+    let tiny = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../configs/proxy-tiny.toml"
+    ))
+    .unwrap();
+    std::fs::write(
+        &path,
+        tiny + "\n[alerts]\nspike_sigmas = 6.0\n\
+         [[alerts.rules]]\non = \"loss_spike\"\ncooldown_steps = 100\n\
+         do = { kind = \"set_lr\", multiplier = 0.5 }\n",
+    )
+    .unwrap();
+    let cfg = keel_trainer::load_config(&path).unwrap();
+    let json = cfg.to_json();
+    assert_eq!(json["alerts"]["spike_sigmas"], 6.0);
+    assert_eq!(json["alerts"]["rules"][0]["on"], "loss_spike");
+    assert_eq!(json["alerts"]["rules"][0]["do"]["multiplier"], 0.5);
+    // A config without one sends none.
+    let plain = keel_trainer::load_config(std::path::Path::new("proxy-tiny")).unwrap();
+    assert!(plain.to_json().get("alerts").is_none());
+}
