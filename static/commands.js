@@ -14,7 +14,7 @@ const RANK = { queued: 0, delivered: 1, applied: 2, rejected: 2 };
 const CONFIRM = {
   stop: () => "Stop this run? The trainer saves a checkpoint, then exits.",
   rewind: (c) =>
-    `Rewind to the checkpoint at step ${c.to_step} and skip ${c.skip_batches ?? 0} batches? ` +
+    `Rewind to ${c.to_step == null ? "the newest checkpoint" : `the checkpoint at step ${c.to_step}`} and skip ${c.skip_batches ?? 0} batches? ` +
     "The steps after it are kept as an abandoned branch.",
 };
 

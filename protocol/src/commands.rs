@@ -57,8 +57,13 @@ pub enum Command {
         max_norm: f64,
     },
     /// Go back to the checkpoint at `to_step` and skip the next `skip_batches` batches.
+    /// Without `to_step`: the newest checkpoint before `before_step` (a rule on an alert sets
+    /// it to the alert's step), or the newest of all without either.
     Rewind {
-        to_step: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to_step: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before_step: Option<u64>,
         #[serde(default)]
         skip_batches: u64,
     },
@@ -264,7 +269,8 @@ mod tests {
         assert_eq!(
             parse(r#"{"kind": "rewind", "to_step": 1200, "skip_batches": 50}"#),
             Command::Rewind {
-                to_step: 1200,
+                to_step: Some(1200),
+                before_step: None,
                 skip_batches: 50
             }
         );

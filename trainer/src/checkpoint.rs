@@ -39,6 +39,10 @@ pub struct RunState {
     pub run_id: Option<i64>,
     /// The history branch steps are recorded on; +1 at every rewind.
     pub branch: u32,
+    /// Every rewind so far: (the branch it started, the step it went back to), oldest first.
+    /// A checkpoint of an older branch at a step past a later rewind's step was abandoned.
+    #[serde(default)]
+    pub forks: Vec<(u32, u64)>,
     pub schedule: Schedule,
     pub data_weights: BTreeMap<String, f64>,
     /// Batch index = step + batch_offset (a rewind that skips K batches adds K).
@@ -124,6 +128,13 @@ pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
 }
 
 /// The checkpoints in `dir`, by step, oldest first.
+/// The branch a checkpoint was written on, from its state.
+pub fn branch_of(path: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(path.join("state.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["branch"].as_u64().map(|b| b as u32)
+}
+
 pub fn list(dir: &Path) -> Vec<(u64, PathBuf)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();

@@ -56,8 +56,15 @@ impl Trainer {
             Command::Anneal { .. } => self.anneal(cmd),
             Command::Rewind {
                 to_step,
+                before_step,
                 skip_batches,
-            } => self.rewind(*to_step, *skip_batches),
+            } => {
+                let to_step = match to_step {
+                    Some(s) => *s,
+                    None => self.newest_checkpoint(*before_step)?,
+                };
+                self.rewind(to_step, *skip_batches)
+            }
         }
     }
 
@@ -100,6 +107,36 @@ impl Trainer {
     /// operator's current settings (LR level, decay, mix, clip, sequence length, RoPE θ) and
     /// the record of applied commands are kept — the usual remedy for a spike is "lower the
     /// LR, rewind, skip", and a rewind must not undo the first part. The branch goes up by one.
+    /// The newest checkpoint at or before the run's step, and before `before` when given: what
+    /// a rewind without `to_step` goes back to (a spike's rule: the last one before the spike).
+    fn newest_checkpoint(&self, before: Option<u64>) -> Result<u64, String> {
+        let limit = before.map_or(self.state.step, |b| {
+            b.saturating_sub(1).min(self.state.step)
+        });
+        let state = &self.state;
+        // Only the live history's: a checkpoint of an older branch past a later rewind's step
+        // belongs to an abandoned branch.
+        let live = |step: u64, path: &std::path::Path| match checkpoint::branch_of(path) {
+            Some(b) => {
+                b <= state.branch
+                    && state
+                        .forks
+                        .iter()
+                        .all(|&(started, from)| b >= started || step <= from)
+            }
+            None => false,
+        };
+        checkpoint::list(&self.checkpoint_dir)
+            .into_iter()
+            .filter(|(s, p)| *s <= limit && live(*s, p))
+            .map(|(s, _)| s)
+            .max()
+            .ok_or_else(|| match before {
+                Some(b) => format!("no checkpoint before step {b} to rewind to"),
+                None => "no checkpoint to rewind to".into(),
+            })
+    }
+
     fn rewind(&mut self, to_step: u64, skip: u64) -> Result<Applied, String> {
         if to_step > self.state.step {
             return Err(format!(
@@ -132,6 +169,7 @@ impl Trainer {
         self.state.batch_offset = offset;
         self.state.optimizer_steps = restored.optimizer_steps;
         self.state.branch = self.state.branch.max(restored.branch) + 1;
+        self.state.forks.push((self.state.branch, to_step));
         // `restore` put the checkpoint's mix and θ into the data and model: put ours back.
         self.data.set_weights(&self.state.data_weights)?;
         self.model.set_rope_theta(self.state.rope_theta);

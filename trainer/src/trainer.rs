@@ -60,6 +60,7 @@ impl Trainer {
             tokens: 0,
             run_id: None,
             branch: 0,
+            forks: Vec::new(),
             schedule: Schedule::new(cfg.optim.lr, &cfg.schedule),
             data_weights: data.weights(),
             batch_offset: 0,

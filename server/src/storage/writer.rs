@@ -554,8 +554,18 @@ impl Writer {
             if last.is_some_and(|l| step < l as u64 + rule.cooldown_steps) {
                 continue;
             }
+            // A rewind without a step goes back to the newest checkpoint before the alert.
+            let mut action = rule.action.clone();
+            if let keel_protocol::Command::Rewind {
+                to_step: None,
+                before_step: before @ None,
+                ..
+            } = &mut action
+            {
+                *before = alert.step;
+            }
             let issued = self
-                .add_command(tx, alert.run_id, rule.action.clone(), name.clone(), changes)
+                .add_command(tx, alert.run_id, action, name.clone(), changes)
                 .await;
             let message = match issued {
                 Ok(c) => format!(

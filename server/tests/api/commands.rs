@@ -239,3 +239,22 @@ fn a_runs_config_can_bring_its_rules_and_bad_rules_are_refused() {
     );
     assert_eq!(r.status, 401);
 }
+
+#[test]
+fn a_rules_rewind_without_a_step_goes_back_to_before_the_alert() {
+    use serde_json::json;
+    let app = crate::helpers::TestApp::spawn();
+    let id = app.create_run("r", 1);
+    let rules =
+        json!({"rules": [{"on": "loss_spike", "do": {"kind": "rewind", "skip_batches": 20}}]});
+    assert_eq!(
+        app.put(&format!("/api/v1/runs/{id}/rules"), &rules).status,
+        200
+    );
+    assert_eq!(app.ingest(id, spiky_losses(0..400, &[300])).status, 200);
+    let commands = app.get(&format!("/api/v1/runs/{id}/commands")).body;
+    assert_eq!(
+        commands[0]["command"],
+        json!({"kind": "rewind", "before_step": 300, "skip_batches": 20})
+    );
+}

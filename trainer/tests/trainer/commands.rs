@@ -88,7 +88,8 @@ fn a_rewind_to_a_missing_checkpoint_is_rejected_with_the_steps_that_exist() {
     losses(&mut t, 2);
     let why = t
         .apply(&Command::Rewind {
-            to_step: 2,
+            to_step: Some(2),
+            before_step: None,
             skip_batches: 0,
         })
         .unwrap_err();
@@ -108,7 +109,8 @@ fn a_rewind_restores_the_checkpoint_skips_batches_and_starts_a_new_branch() {
 
     // Rewind with no skip: the very same batches and weights, so the very same losses.
     t.apply(&Command::Rewind {
-        to_step: 4,
+        to_step: Some(4),
+        before_step: None,
         skip_batches: 0,
     })
     .unwrap();
@@ -117,7 +119,8 @@ fn a_rewind_restores_the_checkpoint_skips_batches_and_starts_a_new_branch() {
 
     // Skipping 2 batches: step 4 now trains on batch 6.
     t.apply(&Command::Rewind {
-        to_step: 4,
+        to_step: Some(4),
+        before_step: None,
         skip_batches: 2,
     })
     .unwrap();
@@ -142,7 +145,8 @@ fn a_rewind_forward_is_rejected() {
     losses(&mut t, 2);
     assert!(
         t.apply(&Command::Rewind {
-            to_step: 50,
+            to_step: Some(50),
+            before_step: None,
             skip_batches: 0
         })
         .unwrap_err()
@@ -169,9 +173,59 @@ fn a_checkpoint_taken_on_command_survives_pruning_so_it_can_be_rewound_to() {
     assert_eq!(steps, [2, 5]);
     assert!(
         t.apply(&Command::Rewind {
-            to_step: 2,
+            to_step: Some(2),
+            before_step: None,
             skip_batches: 1
         })
         .is_ok()
     );
+}
+
+#[test]
+fn a_rewind_without_a_step_goes_to_the_newest_checkpoint_before_the_one_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = support::trainer(support::tiny(), dir.path());
+    losses(&mut t, 4);
+    t.checkpoint().unwrap();
+    losses(&mut t, 4);
+    t.checkpoint().unwrap();
+    losses(&mut t, 2);
+    // Before step 8 (a spike there): the checkpoint at 4.
+    t.apply(&Command::Rewind {
+        to_step: None,
+        before_step: Some(8),
+        skip_batches: 1,
+    })
+    .unwrap();
+    assert_eq!((t.state.step, t.state.branch), (4, 1));
+    losses(&mut t, 6);
+    // Without either: the newest of the live history. The one at 8 belongs to the branch
+    // abandoned at 4, so it is 4 again.
+    t.apply(&Command::Rewind {
+        to_step: None,
+        before_step: None,
+        skip_batches: 0,
+    })
+    .unwrap();
+    assert_eq!((t.state.step, t.state.branch), (4, 2));
+    // A checkpoint of the live branch is the newest once there is one.
+    losses(&mut t, 3);
+    t.checkpoint().unwrap();
+    losses(&mut t, 2);
+    t.apply(&Command::Rewind {
+        to_step: None,
+        before_step: None,
+        skip_batches: 0,
+    })
+    .unwrap();
+    assert_eq!(t.state.step, 7);
+    // Before step 3 there is none: rejected with the reason.
+    let why = t
+        .apply(&Command::Rewind {
+            to_step: None,
+            before_step: Some(3),
+            skip_batches: 0,
+        })
+        .unwrap_err();
+    assert!(why.contains("no checkpoint before step 3"), "{why}");
 }
