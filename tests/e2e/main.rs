@@ -4,6 +4,7 @@
 mod ablation;
 mod anywhere;
 mod browser;
+mod closed_loop;
 mod database;
 mod faults;
 mod harness;

@@ -75,6 +75,7 @@ pub struct DataMix {
     weights: Vec<f64>,
     tokenizer: Tokenizer,
     seed: u64,
+    corrupt: Option<crate::config::Corrupt>,
 }
 
 impl DataMix {
@@ -91,6 +92,7 @@ impl DataMix {
             weights: cfg.sources.iter().map(|s| s.weight).collect(),
             tokenizer,
             seed,
+            corrupt: cfg.corrupt.clone(),
         })
     }
 
@@ -143,9 +145,20 @@ impl DataMix {
             batch_size,
             seq_len,
         };
+        let garbage = self
+            .corrupt
+            .as_ref()
+            .is_some_and(|c| (c.from_batch..c.from_batch + c.batches).contains(&index));
         for _ in 0..batch_size {
             let s = rng.weighted(&self.weights);
-            let row = self.row(s, &mut Rng::new(rng.next_u64()), seq_len + 1)?;
+            let row = if garbage {
+                let vocab = self.tokenizer.vocab_size() as u64;
+                (0..=seq_len)
+                    .map(|_| rng.below(vocab as usize) as u32)
+                    .collect()
+            } else {
+                self.row(s, &mut Rng::new(rng.next_u64()), seq_len + 1)?
+            };
             b.inputs.extend_from_slice(&row[..seq_len]);
             b.targets.extend_from_slice(&row[1..]);
             b.sources.push(s);

@@ -246,6 +246,19 @@ pub struct DataConfig {
     /// A HuggingFace `tokenizer.json`; bytes when absent.
     pub tokenizer: Option<String>,
     pub sources: Vec<SourceConfig>,
+    /// For drills and tests: a stretch of batches replaced by random tokens, which gives a
+    /// real loss spike (see [`Corrupt`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub corrupt: Option<Corrupt>,
+}
+
+/// Batches `from_batch` .. `from_batch + batches` (batch indices: a rewind that skips moves
+/// past them) are uniformly random tokens: what a corrupted shard feeds a trainer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Corrupt {
+    pub from_batch: u64,
+    pub batches: u64,
 }
 
 impl Default for DataConfig {
@@ -263,6 +276,7 @@ impl Default for DataConfig {
                 builtin("code", SourceKind::Code, 0.3),
                 builtin("math", SourceKind::Arithmetic, 0.2),
             ],
+            corrupt: None,
         }
     }
 }
