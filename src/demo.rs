@@ -49,6 +49,28 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         group: Some("demo".into()),
         ..Default::default()
     };
+    // Beside it, the spike drill: a tiny run fed corrupted batches, whose rule rewinds past
+    // them, so a new user sees a spike caught and healed in the first minute.
+    // Its checkpoints are the demo's scratch: a folder left by an earlier demo would hold
+    // another run's checkpoints, newer by step, and leave this one's rewind nothing to go to.
+    let drill_dir = std::path::PathBuf::from("checkpoints/demo-spike-drill");
+    let _ = std::fs::remove_dir_all(&drill_dir);
+    let drill = keel_trainer::TrainOptions {
+        config: "spike-drill".into(),
+        run_name: Some("demo-spike-drill".into()),
+        checkpoint_dir: Some(drill_dir),
+        steps: None,
+        ..opts.clone()
+    };
+    let drill_stop = stop.clone();
+    let drill_notices = notices.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = keel_trainer::train(drill, drill_stop) {
+            let why = format!("the demo's spike drill failed: {e:#}");
+            eprintln!("keel demo: {why}");
+            drill_notices.push(why);
+        }
+    });
     let flag = stop.clone();
     let mut trainer = tokio::task::spawn_blocking(move || keel_trainer::train(opts, flag));
     let failure = tokio::select! {

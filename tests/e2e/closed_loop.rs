@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Server, config, spawn_training, tiny};
+use crate::harness::{Server, spawn_training, tiny};
 
 fn values(v: &Value, field: &str) -> Vec<f64> {
     v[field]
@@ -22,16 +22,10 @@ fn values(v: &Value, field: &str) -> Vec<f64> {
 fn a_rule_rewinds_past_a_real_loss_spike_and_the_run_heals() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("keel.db"), "127.0.0.1:0".parse().unwrap());
-    let text = std::fs::read_to_string(config("proxy-tiny.toml")).unwrap()
-        + "\n[data.corrupt]\nfrom_batch = 300\nbatches = 5\n\
-           \n[alerts]\nspike_sigmas = 8.0\n[[alerts.rules]]\non = \"loss_spike\"\nmax_firings = 1\n\
-           do = { kind = \"rewind\", skip_batches = 60 }\n";
-    // proxy-tiny's batches are 128 tokens: its loss noise is heavy-tailed, and the run asks
-    // for 8 σ rather than the default 4.5 so that only the corrupted batches count.
-    let path = dir.path().join("drill.toml");
-    std::fs::write(&path, text).unwrap();
+    // The built-in drill (configs/spike-drill.toml): proxy-tiny with batches 300–304 corrupted
+    // and the rule `on loss_spike → rewind, skip 60`, as `keel demo` runs it.
     let mut opts = tiny(&server.url(), dir.path(), 600);
-    opts.config = path;
+    opts.config = "spike-drill".into();
     let (_, handle) = spawn_training(opts);
     let summary = handle.join().unwrap().unwrap();
     assert_eq!(summary.steps, 600);

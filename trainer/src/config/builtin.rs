@@ -28,10 +28,11 @@ macro_rules! builtin {
     };
 }
 
-const CONFIGS: [Builtin; 3] = [
+const CONFIGS: [Builtin; 4] = [
     builtin!("proxy-tiny", "proxy-tiny.toml"),
     builtin!("proxy-small", "proxy-small.toml"),
     builtin!("yulan-proxy-0.05b", "yulan-proxy-0.05b.toml"),
+    builtin!("spike-drill", "spike-drill.toml"),
 ];
 
 const GRIDS: [Builtin; 2] = [
@@ -39,7 +40,7 @@ const GRIDS: [Builtin; 2] = [
     builtin!("yulan-ladder", "ablations/yulan-ladder.toml"),
 ];
 
-/// The built-in training configs, smallest first.
+/// The built-in training configs, smallest first, then the spike drill.
 pub fn configs() -> impl Iterator<Item = Builtin> {
     CONFIGS.into_iter().map(with_about)
 }

@@ -165,7 +165,7 @@ mod tests {
         let e = format!("{:#}", load_config(Path::new("proxy-huge")).unwrap_err());
         assert!(e.contains("no built-in config `proxy-huge`"), "{e}");
         assert!(
-            e.contains("`proxy-tiny`, `proxy-small` or `yulan-proxy-0.05b`"),
+            e.contains("`proxy-tiny`, `proxy-small`, `yulan-proxy-0.05b` or `spike-drill`"),
             "{e}"
         );
         let e = format!(
