@@ -145,10 +145,7 @@ async fn write(
     match (shape, series) {
         // A small answer is read once and held; only a large one is read a field at a time.
         (Shape::Json, _) if plan.answer_values() <= HOLD_VALUES => {
-            let mut buckets = Vec::new();
-            for cols in plan.chunks() {
-                buckets.extend(plan.read(&mut tx, cols).await?);
-            }
+            let buckets = plan.read_every(&mut tx).await?;
             match series {
                 Series::Scalar(key) => sink.json(&series::scalar_columns(plan, key, &buckets)),
                 Series::Layers(stat, layers) => {

@@ -5,7 +5,7 @@
 
 use axum::Router;
 use axum::handler::Handler;
-use axum::routing::{get, post, put};
+use axum::routing::{MethodRouter, get, post, put};
 
 use crate::AppState;
 
@@ -22,33 +22,39 @@ impl Routes {
         }
     }
 
-    pub fn get<H, T>(mut self, path: &'static str, handler: H) -> Routes
+    pub fn get<H, T>(self, path: &'static str, handler: H) -> Routes
     where
         H: Handler<T, AppState>,
         T: 'static,
     {
-        self.router = self.router.route(path, get(handler));
-        self.list.push(("GET", path));
-        self
+        self.add("GET", path, get(handler))
     }
 
-    pub fn post<H, T>(mut self, path: &'static str, handler: H) -> Routes
+    pub fn post<H, T>(self, path: &'static str, handler: H) -> Routes
     where
         H: Handler<T, AppState>,
         T: 'static,
     {
-        self.router = self.router.route(path, post(handler));
-        self.list.push(("POST", path));
-        self
+        self.add("POST", path, post(handler))
     }
 
-    pub fn put<H, T>(mut self, path: &'static str, handler: H) -> Routes
+    pub fn put<H, T>(self, path: &'static str, handler: H) -> Routes
     where
         H: Handler<T, AppState>,
         T: 'static,
     {
-        self.router = self.router.route(path, put(handler));
-        self.list.push(("PUT", path));
+        self.add("PUT", path, put(handler))
+    }
+
+    /// Routes `method` of `path` and lists it: the one place both happen.
+    fn add(
+        mut self,
+        method: &'static str,
+        path: &'static str,
+        handler: MethodRouter<AppState>,
+    ) -> Routes {
+        self.router = self.router.route(path, handler);
+        self.list.push((method, path));
         self
     }
 

@@ -194,9 +194,15 @@ impl Plan {
     /// Every bucket at once: for callers whose bucket counts are small (charts, pages).
     pub async fn read_all(&self, db: &SqlitePool) -> StoreResult<Vec<Summary>> {
         let mut tx = db.begin().await?;
+        self.read_every(&mut tx).await
+    }
+
+    /// Every bucket, chunk after chunk, on a connection (inside a transaction for one
+    /// snapshot).
+    pub async fn read_every(&self, conn: &mut SqliteConnection) -> StoreResult<Vec<Summary>> {
         let mut out = Vec::new();
         for cols in self.chunks() {
-            out.extend(self.read(&mut tx, cols).await?);
+            out.extend(self.read(conn, cols).await?);
         }
         Ok(out)
     }

@@ -123,22 +123,21 @@ impl TestApp {
 
     /// POST raw bytes as JSON with an optional bearer token.
     pub fn post_raw(&self, path: &str, body: &[u8], token: Option<&str>) -> Reply {
-        let mut req = self
-            .agent
-            .post(&self.url(path))
-            .content_type("application/json");
-        if let Some(t) = token {
-            req = req.header("Authorization", &format!("Bearer {t}"));
-        }
-        reply(req.send(body).unwrap())
+        self.send_raw(self.agent.post(&self.url(path)), body, token)
     }
 
     /// PUT raw bytes as JSON with an optional bearer token.
     pub fn put_raw(&self, path: &str, body: &[u8], token: Option<&str>) -> Reply {
-        let mut req = self
-            .agent
-            .put(&self.url(path))
-            .content_type("application/json");
+        self.send_raw(self.agent.put(&self.url(path)), body, token)
+    }
+
+    fn send_raw(
+        &self,
+        req: ureq::RequestBuilder<ureq::typestate::WithBody>,
+        body: &[u8],
+        token: Option<&str>,
+    ) -> Reply {
+        let mut req = req.content_type("application/json");
         if let Some(t) = token {
             req = req.header("Authorization", &format!("Bearer {t}"));
         }
