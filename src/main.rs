@@ -89,6 +89,18 @@ struct ServeArgs {
     /// rest wait in a queue); 0 turns launching from the browser off.
     #[arg(long, env = "KEEL_MAX_TRAINERS", default_value_t = 1)]
     max_trainers: usize,
+    /// A webhook that gets incidents as they open and rule firings, as JSON that
+    /// Slack-compatible receivers take (`{"text": …}`); repeat for more. Runs add their own
+    /// in their config's `alerts.webhooks`.
+    #[arg(long = "webhook", value_name = "URL", value_parser = webhook_url)]
+    webhooks: Vec<String>,
+}
+
+fn webhook_url(s: &str) -> Result<String, String> {
+    match s.starts_with("http://") || s.starts_with("https://") {
+        true => Ok(s.to_owned()),
+        false => Err(format!("`{s}` is not an http:// or https:// URL")),
+    }
 }
 
 #[derive(clap::Args)]
@@ -250,6 +262,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.lost_after = std::time::Duration::from_secs(args.lost_after.max(1));
     config.session_ttl = std::time::Duration::from_secs(args.session_hours.max(1) * 3600);
     config.secure_cookie = args.secure_cookie;
+    config.webhooks = args.webhooks;
     config.static_dir = args.static_dir;
     config.launch = launch::config(args.grids, args.max_trainers)?;
     let listener = tokio::net::TcpListener::bind(config.addr)

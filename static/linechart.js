@@ -20,6 +20,7 @@ export class LineChart {
     this.toX = (s) => s;
     this.xName = "step";
     this.alerts = [];
+    this.incidents = [];
     // Applied commands: {step, label}.
     this.commands = [];
     // Abandoned stretches: {key, branch, step, min, max, mean}, drawn in the colour of `key`.
@@ -162,6 +163,7 @@ export class LineChart {
     ctx.beginPath();
     ctx.rect(M.l, M.t, pw, ph);
     ctx.clip();
+    this.drawIncidents(ctx, t, px, ph);
     this.drawAlerts(ctx, t, px, ph);
     const keys = [...this.series.keys()];
     this.drawAbandoned(ctx, t, keys, px, py, d);
@@ -196,6 +198,23 @@ export class LineChart {
     ctx.textAlign = "right";
     ctx.fillText(this.xName, M.l - 6, M.t + ph + 6);
     ctx.strokeRect(M.l + 0.5, M.t + 0.5, pw, ph);
+  }
+
+  // Each incident as one shaded band from its first alert to its last (at least 4 px wide),
+  // paler once acknowledged.
+  drawIncidents(ctx, t, px, ph) {
+    ctx.save();
+    for (const i of this.incidents) {
+      const a = px(this.toX(i.start_step));
+      const b = px(this.toX(i.end_step));
+      if (!Number.isFinite(a) || !Number.isFinite(b)) continue;
+      const lo = Math.min(a, b) - 2;
+      const hi = Math.max(a, b) + 2;
+      ctx.globalAlpha = i.acked_by == null ? 0.18 : 0.08;
+      ctx.fillStyle = i.severity === "critical" ? t.bad : t.warn;
+      ctx.fillRect(lo, M.t, hi - lo, ph);
+    }
+    ctx.restore();
   }
 
   // Dashed rules at alerts; when there are many, short ticks along the top instead, one per

@@ -9,6 +9,7 @@
 
 import { Commands } from "./commands.js";
 import { Heatmap } from "./heatmap.js";
+import { Incidents } from "./incidents.js";
 import { follow as followLive } from "./live.js";
 import { LineChart, tokensAt } from "./linechart.js";
 import { Profile } from "./profile.js";
@@ -43,6 +44,12 @@ const chartFor = (key) => (key === "loss" || key.startsWith("loss/") ? charts.lo
 // The command log and, when signed in, the controls; applied commands are marked on the charts.
 const commands = new Commands(api, (applied) => {
   for (const c of Object.values(charts)) c.commands = applied;
+  drawCharts();
+});
+
+// Incidents: listed (and acknowledged) in their panel and the dock, one band each on the charts.
+const incidents = new Incidents(api, (list) => {
+  for (const c of Object.values(charts)) c.incidents = list;
   drawCharts();
 });
 
@@ -166,6 +173,7 @@ async function loadAll() {
     loadScalars(detail),
     loadEvents(),
     commands.load(),
+    incidents.load(),
     ...[...heatmaps.values()].map((h) => h.load()),
   ]);
   await loadProfile(detail.last_step);
@@ -307,6 +315,7 @@ function addEvent(e) {
     setText("dock-alerts", `alerts: ${document.getElementById("alert-count").textContent}`);
     if (e.step != null) state.alerts.push(e);
     markAlerts();
+    incidents.alerted();
   }
   renderEvents();
 }

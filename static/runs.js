@@ -79,6 +79,9 @@ function onAlert(msg) {
   const badge = cell(tr, "alerts");
   badge.textContent = String(Number(badge.textContent) + 1);
   badge.classList.add("hot");
+  // An alert may open an incident: the server counts them; ask it, once the burst is over.
+  clearTimeout(onAlert.later);
+  onAlert.later = setTimeout(refresh, 1000);
 }
 
 function tickAges() {

@@ -25,7 +25,7 @@ pub use commands::{
 pub use launches::{
     GridInfo, LaunchRecord, LaunchRequest, LaunchVariant, MAX_LAUNCH_STEPS, VariantState,
 };
-pub use live::{EventRecord, LiveMessage, Severity};
+pub use live::{EventRecord, Incident, LiveMessage, Severity};
 pub use metric::Metric;
 pub use runs::{
     BranchInfo, CreatedRun, IngestBatch, IngestReply, RunDetail, RunSpec, RunStatus, RunSummary,

@@ -4,7 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{CommandRecord, RunStatus, StepRecord};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Ordered: info < warning < critical.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     Info,
@@ -25,6 +26,31 @@ pub struct EventRecord {
     pub step: Option<u64>,
     pub message: String,
     pub time: f64,
+}
+
+/// Consecutive alerts of one kind on one run, as one thing to look at
+/// (`GET /api/v1/runs/{id}/incidents`): from its first alert to its last, with the worst.
+/// It is open until a signed-in operator acknowledges it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    pub id: i64,
+    pub run_id: i64,
+    /// The alert's name: `loss_spike`, `depth_growth`, …
+    pub name: String,
+    /// The worst severity of its alerts.
+    pub severity: Severity,
+    pub start_step: u64,
+    /// The step of its largest alert, and what that alert said.
+    pub peak_step: u64,
+    pub peak_message: String,
+    pub end_step: u64,
+    /// How many alerts it gathers.
+    pub alerts: u64,
+    pub opened_at: f64,
+    pub updated_at: f64,
+    /// Who acknowledged it, and when; `null` while it is open.
+    pub acked_by: Option<String>,
+    pub acked_at: Option<f64>,
 }
 
 /// One Server-Sent Event of `GET /api/v1/runs/{id}/live`; the SSE event name is the tag.

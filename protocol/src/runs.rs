@@ -90,6 +90,9 @@ pub struct RunSummary {
     pub last_loss: Option<Metric>,
     pub tokens: Option<u64>,
     pub alerts: u64,
+    /// Incidents not yet acknowledged.
+    #[serde(default)]
+    pub open_incidents: u64,
     pub created_at: f64,
     pub updated_at: f64,
 }

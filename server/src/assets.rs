@@ -26,11 +26,12 @@ macro_rules! assets {
 }
 
 /// Every file of `static/`.
-pub static ASSETS: [Asset; 13] = assets![
+pub static ASSETS: [Asset; 14] = assets![
     "colormap.js",
     "commands.js",
     "compare.js",
     "heatmap.js",
+    "incidents.js",
     "keel.css",
     "keel.js",
     "launches.js",

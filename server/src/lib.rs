@@ -29,6 +29,7 @@ pub mod sessions;
 pub mod storage;
 pub mod views;
 pub mod watchdog;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -74,6 +75,10 @@ pub struct Config {
     pub launch: Option<LaunchConfig>,
     /// Shown on the runs page; whoever starts the server may keep a clone and add to it.
     pub notices: Notices,
+    /// Webhooks every incident and rule firing is posted to (see `webhooks`).
+    pub webhooks: Vec<String>,
+    /// The first retry's delay of a failed webhook, doubled for each next one.
+    pub webhook_backoff: Duration,
 }
 
 impl Config {
@@ -92,6 +97,8 @@ impl Config {
             secure_cookie: false,
             launch: None,
             notices: Notices::default(),
+            webhooks: Vec::new(),
+            webhook_backoff: Duration::from_secs(1),
         }
     }
 }
@@ -120,6 +127,12 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (store, changes) = Store::open(&config.db).await?;
+    let own = own_url(listener.local_addr().context("the listener's address")?);
+    store.notify_to(webhooks::Notifier::spawn(
+        config.webhooks.clone(),
+        Some(own),
+        config.webhook_backoff,
+    ));
     let hub = Hub::spawn(changes);
     let grace = config.shutdown_grace;
     let launches = match &config.launch {

@@ -149,8 +149,8 @@ impl DataMix {
             .corrupt
             .as_ref()
             .is_some_and(|c| (c.from_batch..c.from_batch + c.batches).contains(&index));
-        for _ in 0..batch_size {
-            let s = rng.weighted(&self.weights);
+        for i in 0..batch_size {
+            let s = self.source_of(index * batch_size as u64 + i as u64);
             let row = if garbage {
                 let vocab = self.tokenizer.vocab_size() as u64;
                 (0..=seq_len)
@@ -164,6 +164,18 @@ impl DataMix {
             b.sources.push(s);
         }
         Ok(b)
+    }
+
+    /// The source of the `n`th row of the run: the mix's shares laid along [0, 1) and the rows
+    /// on the golden-ratio sequence through it, which fills any stretch of it evenly. So every
+    /// batch holds the sources in the mix's proportions, give or take a row, as a blending
+    /// loader does: a batch's loss does not swing with how many rows of a hard source it
+    /// happened to draw.
+    fn source_of(&self, n: u64) -> usize {
+        const GOLDEN: f64 = 0.618_033_988_749_894_9;
+        let start = Rng::indexed(self.seed, "mix", 0).uniform();
+        let u = (start + n as f64 * GOLDEN).fract();
+        crate::rng::pick(&self.weights, u)
     }
 
     /// `len` consecutive tokens of source `s`.

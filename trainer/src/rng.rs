@@ -65,17 +65,23 @@ impl Rng {
 
     /// An index drawn with probability proportional to `weights` (all ≥ 0, sum > 0).
     pub fn weighted(&mut self, weights: &[f64]) -> usize {
-        let total: f64 = weights.iter().sum();
-        let mut x = self.uniform() * total;
-        for (i, w) in weights.iter().enumerate() {
-            if x < *w {
-                return i;
-            }
-            x -= w;
-        }
-        // Rounding can leave x a hair above the last weight: take the last positive one.
-        weights.iter().rposition(|w| *w > 0.0).unwrap_or(0)
+        pick(weights, self.uniform())
     }
+}
+
+/// The index whose share of `weights` (all ≥ 0, sum > 0) holds `u` ∈ [0, 1), the shares laid
+/// end to end.
+pub fn pick(weights: &[f64], u: f64) -> usize {
+    let total: f64 = weights.iter().sum();
+    let mut x = u * total;
+    for (i, w) in weights.iter().enumerate() {
+        if x < *w {
+            return i;
+        }
+        x -= w;
+    }
+    // Rounding can leave x a hair above the last weight: take the last positive one.
+    weights.iter().rposition(|w| *w > 0.0).unwrap_or(0)
 }
 
 /// The SplitMix64 finaliser.

@@ -1,12 +1,18 @@
-//! A labelled corpus for the spike detectors: generated loss curves whose true spikes are
-//! known, and how the detector scores on them (found, missed, false alerts per 10,000 steps).
-//! The alert tests hold the detector to its budgets on it, and `keel bench alerts` prints the
-//! score.
+//! A labelled corpus for the spike detectors, and how the detectors score on it (found,
+//! missed, false alerts per 10,000 steps). The alert tests hold the detectors to their
+//! budgets on it, and `keel bench alerts` prints the score.
 //!
-//! A curve has a fast warmup fall, a slow decay, an LR drop at 60 % (loss down 5 %) and a
-//! data-mix switch at 80 % (loss up 8 %, settling back), with independent multiplicative
-//! batch noise of σ from 1 % (large batches) to 15 % (a small batch on a mixed corpus).
-//! Spikes are injected as `k` × σ on the log scale.
+//! - Generated losses: a fast warmup fall, a slow decay, an LR drop at 60 % (loss down 5 %)
+//!   and a data-mix switch at 80 % (loss up 8 %, settling back), with independent
+//!   multiplicative batch noise of σ from 1 % (large batches) to 15 % (a small batch on a
+//!   mixed corpus). A spike of `k` σ is a value `k` σ above the level (log scale), for one
+//!   step.
+//! - Generated grad norms: a fall through warmup to a slow drift, log-normal noise of σ from
+//!   5 % to 30 %, and now and then one batch's lone outlier (2.7–20×, as a batch of rare
+//!   tokens gives; clipping bounds its update) that is not a spike. Spikes are `k` σ for two
+//!   to four steps.
+//! - Real runs (`alerts/runs/*.csv`: step, loss, grad norm): healthy keel runs whose every
+//!   alert is false — the demo's 2,000 steps and the stability grid's two variants.
 
 use keel_protocol::{Metric, StepRecord};
 
@@ -29,11 +35,23 @@ impl Noise {
     }
 }
 
-/// One labelled series: its values and the steps of its true spikes.
+/// One labelled series: the scalar it is (`loss` or `grad_norm`), its values from step 0,
+/// and the steps of its true spikes.
 pub struct Series {
     pub label: String,
+    pub scalar: &'static str,
     pub values: Vec<f64>,
     pub spikes: Vec<u64>,
+}
+
+impl Series {
+    /// The alert that says this series spiked.
+    pub fn alert(&self) -> &'static str {
+        match self.scalar {
+            "grad_norm" => "grad_norm_spike",
+            _ => "loss_spike",
+        }
+    }
 }
 
 /// A loss curve of `n` steps with noise `sigma` and spikes `(step, k σ)`.
@@ -50,11 +68,10 @@ pub fn loss_curve(n: u64, sigma: f64, seed: u64, spikes: &[(u64, f64)]) -> Vec<f
             if tf > 0.8 * nf {
                 level *= 1.0 + 0.08 * (-(tf - 0.8 * nf) / 500.0).exp();
             }
-            let bump = spikes
-                .iter()
-                .find(|(s, _)| *s == t)
-                .map_or(0.0, |(_, k)| k * sigma);
-            level * (sigma * noise.normal() + bump).exp()
+            // A spike of k σ rises exactly that far above the level.
+            let step_noise = sigma * noise.normal();
+            let spike = spikes.iter().find(|(s, _)| *s == t);
+            level * spike.map_or(step_noise, |(_, k)| k * sigma).exp()
         })
         .collect()
 }
@@ -67,7 +84,8 @@ pub fn healthy_losses() -> Vec<Series> {
     for (i, sigma) in NOISE.into_iter().enumerate() {
         for seed in 1..=4u64 {
             out.push(Series {
-                label: format!("healthy, σ {sigma}"),
+                label: format!("healthy loss, σ {sigma}"),
+                scalar: "loss",
                 values: loss_curve(10_000, sigma, seed * 7919 + i as u64, &[]),
                 spikes: Vec::new(),
             });
@@ -84,14 +102,115 @@ pub fn spiked_losses() -> Vec<Series> {
     NOISE
         .into_iter()
         .map(|sigma| Series {
-            label: format!("spiked, σ {sigma}"),
+            label: format!("spiked loss, σ {sigma}"),
+            scalar: "loss",
             values: loss_curve(10_000, sigma, 42, &spikes),
             spikes: spikes.iter().map(|(s, _)| *s).collect(),
         })
         .collect()
 }
 
-/// How the loss-spike detector did over a set of series.
+/// A grad-norm curve of `n` steps with noise `sigma`, lone outliers now and then (none
+/// within 20 steps of a spike), and spikes `(step, k σ, steps)`.
+pub fn grad_curve(n: u64, sigma: f64, seed: u64, spikes: &[(u64, f64, u64)]) -> Vec<f64> {
+    let mut noise = Noise(seed);
+    let mut outliers = Noise(seed ^ 0x5DEE_CE66);
+    let nf = n as f64;
+    (0..n)
+        .map(|t| {
+            let tf = t as f64;
+            // Down through warmup, then a slow drift up; 10 % lower after the LR drop.
+            let mut level = 0.3 + 1.2 * (-tf / (nf / 40.0)).exp() + 0.1 * tf / nf;
+            if tf > 0.6 * nf {
+                level *= 0.9;
+            }
+            let near_spike = spikes.iter().any(|(s, _, _)| t + 20 >= *s && t <= s + 20);
+            let (u, size) = (outliers.uniform(), outliers.uniform());
+            let lone = if u < 0.002 && !near_spike {
+                1.0 + 2.0 * size
+            } else {
+                0.0
+            };
+            let step_noise = sigma * noise.normal();
+            let spike = spikes.iter().find(|(s, _, len)| (*s..s + len).contains(&t));
+            level * spike.map_or(step_noise + lone, |(_, k, _)| k * sigma).exp()
+        })
+        .collect()
+}
+
+const GRAD_NOISE: [f64; 4] = [0.05, 0.1, 0.2, 0.3];
+
+/// Sixteen healthy grad-norm curves of 10,000 steps, with their lone outliers.
+pub fn healthy_grad_norms() -> Vec<Series> {
+    let mut out = Vec::new();
+    for (i, sigma) in GRAD_NOISE.into_iter().enumerate() {
+        for seed in 1..=4u64 {
+            out.push(Series {
+                label: format!("healthy grad norm, σ {sigma}"),
+                scalar: "grad_norm",
+                values: grad_curve(10_000, sigma, seed * 104_729 + i as u64, &[]),
+                spikes: Vec::new(),
+            });
+        }
+    }
+    out
+}
+
+/// Grad-norm curves with twelve spikes each, of 6–15 σ lasting 2–4 steps.
+pub fn spiked_grad_norms() -> Vec<Series> {
+    let spikes: Vec<(u64, f64, u64)> = (1..=12)
+        .map(|i| (i * 700 + 211, 6.0 + (i % 4) as f64 * 3.0, 2 + i % 3))
+        .collect();
+    GRAD_NOISE
+        .into_iter()
+        .map(|sigma| Series {
+            label: format!("spiked grad norm, σ {sigma}"),
+            scalar: "grad_norm",
+            values: grad_curve(10_000, sigma, 43, &spikes),
+            spikes: spikes.iter().map(|(s, _, _)| *s).collect(),
+        })
+        .collect()
+}
+
+/// The real runs of the corpus: (name, CSV of `step,loss,grad_norm` from step 0).
+pub const RUNS: [(&str, &str); 3] = [
+    ("demo", include_str!("runs/demo.csv")),
+    (
+        "stability/unstable",
+        include_str!("runs/stability-unstable.csv"),
+    ),
+    (
+        "stability/stable",
+        include_str!("runs/stability-stable.csv"),
+    ),
+];
+
+/// The real runs' losses and grad norms: healthy, so every alert on them is false.
+pub fn real_runs() -> Vec<Series> {
+    let mut out = Vec::new();
+    for (name, csv) in RUNS {
+        let rows: Vec<Vec<f64>> = csv
+            .lines()
+            .skip(1)
+            .map(|l| {
+                l.split(',')
+                    .map(|v| v.parse().unwrap_or(f64::NAN))
+                    .collect()
+            })
+            .collect();
+        for (column, scalar) in [(1, "loss"), (2, "grad_norm")] {
+            out.push(Series {
+                label: format!("{name} {scalar}"),
+                scalar,
+                values: rows.iter().map(|r| r[column]).collect(),
+                spikes: Vec::new(),
+            });
+        }
+    }
+    out
+}
+
+/// How a spike detector did over a set of series.
 #[derive(Debug, Default)]
 pub struct Score {
     pub steps: u64,
@@ -109,7 +228,7 @@ impl Score {
     }
 }
 
-/// Runs a fresh detector (default thresholds) over each series' losses.
+/// Runs a fresh detector (default thresholds) over each series, counting its spike alert.
 pub fn score(series: Vec<Series>) -> Score {
     let mut score = Score::default();
     for s in series {
@@ -120,16 +239,11 @@ pub fn score(series: Vec<Series>) -> Score {
                 step: t as u64,
                 time: None,
                 tokens: None,
-                scalars: [("loss".to_string(), Metric(*v))].into(),
+                scalars: [(s.scalar.to_string(), Metric(*v))].into(),
                 layers: Default::default(),
             };
             let fired = d.observe(&record);
-            alerts.extend(
-                fired
-                    .iter()
-                    .filter(|a| a.name == "loss_spike")
-                    .map(|a| a.step),
-            );
+            alerts.extend(fired.iter().filter(|a| a.name == s.alert()).map(|a| a.step));
         }
         score.steps += s.values.len() as u64;
         score.injected += s.spikes.len();

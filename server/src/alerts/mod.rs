@@ -27,9 +27,9 @@ pub const NAMES: [&str; 8] = [
 ];
 
 use keel_protocol::{Severity, StepRecord};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Thresholds {
     /// Steps of recent history a loss or grad-norm value is judged against, and the quiet
@@ -80,13 +80,42 @@ impl Default for Thresholds {
 }
 
 impl Thresholds {
+    /// Every threshold in its range: a value outside it would silence a detector or make it
+    /// fire on every step.
+    pub fn validate(&self) -> Result<(), String> {
+        let ranges: [(&str, f64, f64, f64); 9] = [
+            ("ema_steps", self.ema_steps, 20.0, 100_000.0),
+            ("loss_spike", self.loss_spike, 0.0, 100.0),
+            ("grad_norm_spike", self.grad_norm_spike, 1.0, 1e6),
+            ("spike_sigmas", self.spike_sigmas, 1.0, 1e3),
+            ("depth_growth", self.depth_growth, 1.0, 1e6),
+            ("depth_steadiness", self.depth_steadiness, 0.0, 1.0),
+            ("attn_logit_max", self.attn_logit_max, 0.0, 1e12),
+            ("throughput_drop", self.throughput_drop, 0.0, 1.0),
+            ("depth_window", self.depth_window as f64, 3.0, 100_000.0),
+        ];
+        for (name, v, lo, hi) in ranges {
+            if !(lo..=hi).contains(&v) {
+                return Err(format!("`{name}` is {v}: it goes from {lo} to {hi}"));
+            }
+        }
+        if self.warmup_steps > 10_000_000 || !(3..=100_000).contains(&self.throughput_window) {
+            return Err(
+                "`warmup_steps` goes to 10000000, `throughput_window` from 3 to 100000".into(),
+            );
+        }
+        Ok(())
+    }
+
     /// The `alerts` object of a run's config, or the defaults (also when it is malformed:
     /// a typo in a threshold must not stop a run from being recorded).
     pub fn from_config(config: &serde_json::Value) -> Thresholds {
-        // `alerts.rules` are the run's rules (see `storage::runs::rules`), not thresholds.
+        // `alerts.rules` are the run's rules (see `storage::runs::rules`) and
+        // `alerts.webhooks` where it notifies (see `webhooks`), not thresholds.
         let mut alerts = config.get("alerts").cloned().unwrap_or_default();
         if let Some(o) = alerts.as_object_mut() {
             o.remove("rules");
+            o.remove("webhooks");
         }
         serde_json::from_value(alerts).unwrap_or_default()
     }
@@ -98,37 +127,81 @@ pub struct Alert {
     pub severity: Severity,
     pub step: u64,
     pub message: String,
+    /// How far it went, in its own units (σ for a spike, growth for depth, …): of one kind's
+    /// alerts, the largest is an incident's peak.
+    pub size: f64,
 }
 
 /// A spike trigger judged against the series' own noise, on the log scale (loss and grad norm
 /// are positive and their noise is multiplicative), over the last `ema_steps` values:
 ///
 /// - the spread is the robust σ (1.4826 × the median absolute deviation) of each value less
-///   the median of its neighbourhood, so a trend (a decay, the fall of warmup) or a slow
-///   wander does not count as noise;
+///   the median of its eight neighbours, so a trend (a decay, the fall of warmup) or a slow
+///   wander does not count as noise; over the window or its newest [`RECENT_NOISE`] values,
+///   whichever is louder;
+/// - the noise's own tail counts too: a value must rise [`TAIL_MULTIPLE`] times as far as all
+///   but the top percent of the last [`TAIL_WINDOW`] residuals. Batch noise is rarely normal (a batch of
+///   a few sequences from a mixed corpus is sometimes all prose, sometimes all arithmetic),
+///   and a σ measured on its core alone would call its tail spikes;
 /// - the expected value is the median of the last few values carried forward by their trend,
 ///   so a spike during a fast fall is still seen above it.
 ///
-/// A value is a spike when it is both `spike_sigmas` σ above what was expected and at least
-/// `factor` times it (a near-constant series does not alert on tiny changes); the trigger
-/// re-arms once the signal is back within half of that. Medians ignore a few outliers, so a
-/// spike does not raise the bar for the next one.
+/// A value is a spike when it is above all of these bars and at least `factor` times the
+/// expected value (a near-constant series does not alert on tiny changes); the trigger
+/// re-arms once the signal is back within half of that. A spike's own rise is kept out of
+/// the noise, so one spike does not raise the bar for the next.
+///
+/// A [`Spike::lasting`] trigger (the grad norm's) also wants the next value still above half
+/// the bar: one batch's outlier, whose update clipping bounds, is not an alert, while a grad
+/// norm that jumps and stays up is, at the step it jumped.
 #[derive(Debug, Default)]
 struct Spike {
     history: std::collections::VecDeque<f64>,
-    /// Each value of the history (but the newest few) less the median of its neighbourhood.
+    /// Whether each value of the history was a spike (kept out of the noise).
+    spiked: std::collections::VecDeque<bool>,
+    /// Each value of the history (but the newest few) less the median of its neighbours.
     residuals: std::collections::VecDeque<f64>,
+    /// The last [`TAIL_WINDOW`] residuals, in arrival order and sorted: the noise's tail.
+    tail_order: std::collections::VecDeque<f64>,
+    tail_sorted: Vec<f64>,
     seen: u64,
     disarmed: bool,
+    lasting: bool,
+    /// A lasting trigger's candidate, waiting for the next value: (fired, its bar).
+    pending: Option<(Fired, f64)>,
+}
+
+/// A spike: its step, the value expected there, and by how many robust σ it rose.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Fired {
+    step: u64,
+    value: f64,
+    expected: f64,
+    sigmas: f64,
 }
 
 /// Robust σ of a normal sample: MAD × this.
 const MAD_TO_SIGMA: f64 = 1.4826;
 /// Values whose median is the recent level.
 const LEVEL_OF: usize = 9;
-/// A value less the median of the nine around it (itself among them) varies less than the
-/// noise: on normal noise its robust σ is this much smaller (measured over 10⁶ samples).
-const NEIGHBOURHOOD_TO_SIGMA: f64 = 1.33;
+/// A value less the median of the eight around it varies more than the noise (the median
+/// has noise of its own): on normal noise its robust σ is 1.086 σ (measured over 2·10⁵
+/// samples), so this many times it is σ.
+const NEIGHBOURHOOD_TO_SIGMA: f64 = 1.0 / 1.086;
+/// How much more a rise above the expected value varies than the noise itself: the expected
+/// value is made of medians of nine, whose own noise adds (measured on normal noise: 1.1).
+const EXPECTATION_TO_RISE: f64 = 1.1;
+/// The newest residuals whose spread is the noise when it is louder than the window's, and
+/// by how much louder it must be to count: the spread of 50 values is only good to ±17 %
+/// (one σ), so a spread up to 30 % above the window's is taken as the same noise.
+const RECENT_NOISE: usize = 50;
+const LOUDER: f64 = 1.3;
+/// The residuals whose quantile [`TAIL_QUANTILE`] stands for the noise's tail, and how many
+/// times it a spike must rise. On normal noise the bar this makes is about 4.6 σ, near
+/// [`Thresholds::spike_sigmas`]: it counts where the tail is heavier than normal.
+const TAIL_WINDOW: usize = 2000;
+const TAIL_QUANTILE: f64 = 0.99;
+const TAIL_MULTIPLE: f64 = 2.0;
 
 fn median_of(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
@@ -141,8 +214,16 @@ fn median_of(mut xs: Vec<f64>) -> f64 {
 }
 
 impl Spike {
-    /// When `v` is a new spike: the value expected there, and by how many robust σ it rose.
-    fn observe(&mut self, v: f64, factor: f64, t: &Thresholds) -> Option<(f64, f64)> {
+    fn lasting() -> Spike {
+        Spike {
+            lasting: true,
+            ..Default::default()
+        }
+    }
+
+    /// Judges value `v` at `step`: a spike that starts here, or (for a lasting trigger) the
+    /// one that started at the step before and is still up.
+    fn observe(&mut self, step: u64, v: f64, factor: f64, t: &Thresholds) -> Option<Fired> {
         if !(v.is_finite() && v > 0.0) {
             return None;
         }
@@ -150,49 +231,104 @@ impl Spike {
         self.seen += 1;
         let window = t.ema_steps.max(2.0 * LEVEL_OF as f64) as usize;
         let mut fired = None;
-        if self.seen > t.warmup_steps && self.history.len() >= LEVEL_OF * 2 {
-            let h = &self.history;
-            let n = h.len();
-            let last = |from: usize, to: usize| median_of(h.range(from..to).copied().collect());
-            // Noise: each value less the median of its neighbourhood, which follows a trend
-            // or a slow wander but not a step's own noise.
-            let centre = median_of(self.residuals.iter().copied().collect());
-            let spread = median_of(self.residuals.iter().map(|r| (r - centre).abs()).collect());
-            let sigma = spread * MAD_TO_SIGMA * NEIGHBOURHOOD_TO_SIGMA;
-            // Expected: the recent level carried forward by the recent trend.
-            let recent = last(n - LEVEL_OF, n);
-            let before = last(n - 2 * LEVEL_OF, n - LEVEL_OF);
-            let slope = (recent - before) / LEVEL_OF as f64;
-            let expected = recent + slope * (LEVEL_OF + 1) as f64 / 2.0;
-            let bar = (t.spike_sigmas * sigma).max(factor.ln());
+        let mut spiked = false;
+        if self.seen > t.warmup_steps && self.history.len() >= LEVEL_OF * 3 {
+            let (expected, sigma, bar) = self.bar(factor, t);
             let rise = x - expected;
-            if !self.disarmed && rise > bar {
+            if let Some((candidate, bar)) = self.pending.take() {
+                // A lasting trigger's candidate: still up, or one batch's outlier.
+                if x - candidate.expected.ln() > bar / 2.0 {
+                    fired = Some(candidate);
+                    spiked = true;
+                } else {
+                    self.disarmed = false;
+                }
+            } else if !self.disarmed && rise > bar {
                 self.disarmed = true;
+                spiked = true;
                 let sigmas = if sigma > 0.0 {
                     rise / sigma
                 } else {
                     f64::INFINITY
                 };
-                fired = Some((expected.exp(), sigmas));
+                let candidate = Fired {
+                    step,
+                    value: v,
+                    expected: expected.exp(),
+                    sigmas,
+                };
+                match self.lasting {
+                    true => self.pending = Some((candidate, bar)),
+                    false => fired = Some(candidate),
+                }
             } else if self.disarmed && rise <= bar / 2.0 {
                 self.disarmed = false;
             }
         }
         self.history.push_back(x);
+        self.spiked.push_back(spiked);
         if self.history.len() > window {
             self.history.pop_front();
+            self.spiked.pop_front();
         }
         // The value at the middle of the newest LEVEL_OF now has its whole neighbourhood.
         let n = self.history.len();
-        if n >= LEVEL_OF {
-            let around: Vec<f64> = self.history.range(n - LEVEL_OF..).copied().collect();
-            let middle = around[LEVEL_OF / 2];
-            self.residuals.push_back(middle - median_of(around));
+        if n >= LEVEL_OF && !self.spiked[n - 1 - LEVEL_OF / 2] {
+            let mut around: Vec<f64> = self.history.range(n - LEVEL_OF..).copied().collect();
+            let middle = around.remove(LEVEL_OF / 2);
+            let residual = middle - median_of(around);
+            self.residuals.push_back(residual);
             if self.residuals.len() > window {
                 self.residuals.pop_front();
             }
+            let at = self.tail_sorted.partition_point(|r| *r < residual);
+            self.tail_sorted.insert(at, residual);
+            self.tail_order.push_back(residual);
+            if self.tail_order.len() > TAIL_WINDOW {
+                let old = self.tail_order.pop_front().unwrap_or_default();
+                let at = self.tail_sorted.partition_point(|r| *r < old);
+                self.tail_sorted.remove(at);
+            }
         }
         fired
+    }
+
+    /// The value expected next (log scale), the noise's robust σ, and the rise above the
+    /// expected value that makes a spike.
+    fn bar(&self, factor: f64, t: &Thresholds) -> (f64, f64, f64) {
+        let h = &self.history;
+        let n = h.len();
+        let last = |from: usize, to: usize| median_of(h.range(from..to).copied().collect());
+        let centre = median_of(self.residuals.iter().copied().collect());
+        // The noise over the window, or over its newest part where that is louder: a loss
+        // whose noise grows (a mix's sources part as each is learnt) is judged by its noise
+        // now, not by its quieter past.
+        let spread = |from: usize| {
+            median_of(
+                self.residuals
+                    .range(from..)
+                    .map(|r| (r - centre).abs())
+                    .collect(),
+            )
+        };
+        let recent = self.residuals.len().saturating_sub(RECENT_NOISE);
+        let noise = spread(0).max(spread(recent) / LOUDER) * MAD_TO_SIGMA * NEIGHBOURHOOD_TO_SIGMA;
+        // A rise is the value less an expected value that has noise of its own.
+        let sigma = noise * EXPECTATION_TO_RISE;
+        let sorted = &self.tail_sorted;
+        let tail = sorted
+            .get((sorted.len().saturating_sub(1) as f64 * TAIL_QUANTILE) as usize)
+            .map_or(0.0, |q| (q - centre) * NEIGHBOURHOOD_TO_SIGMA);
+        // Expected: the recent level carried forward by the recent trend.
+        let recent = last(n - LEVEL_OF, n);
+        // The trend from the level two spans back: a slope over a longer base is less noisy.
+        let before = last(n - 3 * LEVEL_OF, n - 2 * LEVEL_OF);
+        let slope = (recent - before) / (2 * LEVEL_OF) as f64;
+        let expected = recent + slope * (LEVEL_OF + 1) as f64 / 2.0;
+        let bar = (t.spike_sigmas * sigma)
+            .max(TAIL_MULTIPLE * tail)
+            .max(factor.ln());
+        (expected, sigma, bar)
     }
 }
 
@@ -203,6 +339,7 @@ pub struct Detector {
     loss_non_finite: bool,
     grad_non_finite: bool,
     loss: Spike,
+    /// Lasting: a lone batch's outlier is not a grad-norm spike.
     grad: Spike,
     ratios: std::collections::VecDeque<f64>,
     depth_armed: bool,
@@ -224,8 +361,14 @@ impl Detector {
             depth_armed: true,
             attn_armed: true,
             throughput_armed: true,
+            grad: Spike::lasting(),
             ..Default::default()
         }
+    }
+
+    /// New thresholds, from the next step on; what the detector has seen stays.
+    pub fn set_thresholds(&mut self, thresholds: Thresholds) {
+        self.thresholds = thresholds;
     }
 
     /// Judges one step. Steps at or before one already judged are ignored (re-sends,
@@ -300,7 +443,13 @@ impl Detector {
                 "throughput fell to {recent:.0} tokens/s over the last {w} steps, {:.0} % of the {before:.0} before",
                 ratio * 100.0
             );
-            out.push(alert("throughput_drop", Severity::Warning, step, msg));
+            out.push(alert(
+                "throughput_drop",
+                Severity::Warning,
+                step,
+                1.0 / ratio,
+                msg,
+            ));
         } else if !self.throughput_armed && ratio >= (1.0 + limit) / 2.0 {
             self.throughput_armed = true;
         }
@@ -341,17 +490,27 @@ impl Detector {
                 "non_finite_loss",
                 Severity::Critical,
                 step,
+                0.0,
                 format!("the loss is {loss}"),
             ));
         }
         self.loss_non_finite = bad;
         let factor = 1.0 + self.thresholds.loss_spike;
-        if let Some((median, sigmas)) = self.loss.observe(loss, factor, &self.thresholds) {
+        if let Some(f) = self.loss.observe(step, loss, factor, &self.thresholds) {
             let msg = format!(
-                "loss {loss:.4} is {:.2}× the {median:.4} its recent course led to ({sigmas:.1} σ of its noise)",
-                loss / median
+                "loss {:.4} is {:.2}× the {:.4} its recent course led to ({:.1} σ of its noise)",
+                f.value,
+                f.value / f.expected,
+                f.expected,
+                f.sigmas
             );
-            out.push(alert("loss_spike", Severity::Warning, step, msg));
+            out.push(alert(
+                "loss_spike",
+                Severity::Warning,
+                f.step,
+                f.sigmas,
+                msg,
+            ));
         }
     }
 
@@ -362,19 +521,27 @@ impl Detector {
                 "non_finite_grad_norm",
                 Severity::Critical,
                 step,
+                0.0,
                 format!("the grad norm is {g}"),
             ));
         }
         self.grad_non_finite = bad;
-        if let Some((median, sigmas)) =
-            self.grad
-                .observe(g, self.thresholds.grad_norm_spike, &self.thresholds)
-        {
+        let factor = self.thresholds.grad_norm_spike;
+        if let Some(f) = self.grad.observe(step, g, factor, &self.thresholds) {
             let msg = format!(
-                "grad norm {g:.4} is {:.1}× the {median:.4} its recent course led to ({sigmas:.1} σ of its noise)",
-                g / median
+                "grad norm {:.4} is {:.1}× the {:.4} its recent course led to ({:.1} σ of its noise), and stayed up at {g:.4}",
+                f.value,
+                f.value / f.expected,
+                f.expected,
+                f.sigmas
             );
-            out.push(alert("grad_norm_spike", Severity::Warning, step, msg));
+            out.push(alert(
+                "grad_norm_spike",
+                Severity::Warning,
+                f.step,
+                f.sigmas,
+                msg,
+            ));
         }
     }
 
@@ -407,7 +574,7 @@ impl Detector {
             let msg = format!(
                 "last/first-layer hidden_var ratio rose {growth:.2}× over the last {w} steps, steadily (R² {r2:.2}); now {ratio:.3}"
             );
-            out.push(alert("depth_growth", Severity::Warning, step, msg));
+            out.push(alert("depth_growth", Severity::Warning, step, growth, msg));
         } else if !self.depth_armed && growth < 1.0 + (t.depth_growth - 1.0) / 2.0 {
             self.depth_armed = true;
         }
@@ -418,19 +585,26 @@ impl Detector {
         if self.attn_armed && (top > limit || top.is_nan()) {
             self.attn_armed = false;
             let msg = format!("an attention logit reached {top:.1} (limit {limit})");
-            out.push(alert("attn_logit_runaway", Severity::Warning, step, msg));
+            out.push(alert(
+                "attn_logit_runaway",
+                Severity::Warning,
+                step,
+                top,
+                msg,
+            ));
         } else if !self.attn_armed && top <= limit / 2.0 {
             self.attn_armed = true;
         }
     }
 }
 
-fn alert(name: &'static str, severity: Severity, step: u64, message: String) -> Alert {
+fn alert(name: &'static str, severity: Severity, step: u64, size: f64, message: String) -> Alert {
     Alert {
         name,
         severity,
         step,
         message,
+        size,
     }
 }
 
@@ -569,15 +743,15 @@ mod tests {
     }
 
     #[test]
-    fn a_grad_norm_spike_fires() {
-        let series = (0..300).map(|s| {
-            let mut r = healthy(s);
-            if s == 200 {
-                r.scalars.insert("grad_norm".into(), Metric(10.0));
-            }
-            r
-        });
-        assert_eq!(fired(series), vec![("grad_norm_spike", 200)]);
+    fn a_grad_norm_that_jumps_and_stays_up_fires_at_its_jump_and_a_lone_outlier_does_not() {
+        let series = |up: std::ops::Range<u64>| {
+            (0..300).map(move |s| match up.contains(&s) {
+                true => with(healthy(s), "grad_norm", 10.0),
+                false => healthy(s),
+            })
+        };
+        assert_eq!(fired(series(200..202)), vec![("grad_norm_spike", 200)]);
+        assert_eq!(fired(series(200..201)), vec![]);
     }
 
     #[test]
@@ -657,23 +831,53 @@ mod tests {
         assert_eq!(d.observe(&step(4, f64::NAN, 1.0, (1.0, 1.0), 1.0)).len(), 0);
     }
 
-    #[test]
-    fn healthy_noisy_losses_raise_at_most_one_false_spike_per_ten_thousand_steps() {
-        let score = corpus::score(corpus::healthy_losses());
+    /// The corpus's budgets: at most one false alert per 10,000 healthy steps, every
+    /// injected spike found at its step.
+    fn within_budget(name: &str, healthy: Vec<corpus::Series>, spiked: Vec<corpus::Series>) {
+        let healthy = corpus::score(healthy);
         assert!(
-            score.false_per_10k() <= 1.0,
-            "{:.2} false alerts per 10,000 steps: at {:?}",
-            score.false_per_10k(),
-            score.false_alerts
+            healthy.false_per_10k() <= 1.0,
+            "{name}: {:.2} false alerts per 10,000 healthy steps: at {:?}",
+            healthy.false_per_10k(),
+            healthy.false_alerts
+        );
+        let spiked = corpus::score(spiked);
+        assert!(
+            spiked.missed.is_empty(),
+            "{name}: missed {:?}",
+            spiked.missed
+        );
+        assert_eq!(spiked.found, spiked.injected, "{name}");
+        assert!(
+            spiked.false_per_10k() <= 1.0,
+            "{name}: {:?}",
+            spiked.false_alerts
         );
     }
 
     #[test]
-    fn every_spike_of_six_robust_sigmas_is_found_at_its_step() {
-        let score = corpus::score(corpus::spiked_losses());
-        assert!(score.missed.is_empty(), "missed: {:?}", score.missed);
-        assert_eq!(score.found, score.injected);
-        assert!(score.false_per_10k() <= 1.0, "{:?}", score.false_alerts);
+    fn loss_spikes_are_found_within_budget_on_the_generated_corpus() {
+        within_budget(
+            "loss_spike",
+            corpus::healthy_losses(),
+            corpus::spiked_losses(),
+        );
+    }
+
+    #[test]
+    fn grad_norm_spikes_are_found_within_budget_on_the_generated_corpus() {
+        within_budget(
+            "grad_norm_spike",
+            corpus::healthy_grad_norms(),
+            corpus::spiked_grad_norms(),
+        );
+    }
+
+    #[test]
+    #[ignore = "not met yet: the demo's and the stable variant's losses raise one false spike each, early (steps 100–140), as their sources part"]
+    fn real_healthy_runs_raise_no_spike_alert() {
+        let score = corpus::score(corpus::real_runs());
+        assert!(score.false_alerts.is_empty(), "{:?}", score.false_alerts);
     }
 
     fn with(mut r: StepRecord, key: &str, v: f64) -> StepRecord {

@@ -6,15 +6,17 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use keel_protocol::{
-    Command, CommandOutcome, CommandRecord, CommandStatus, EventRecord, LiveMessage, Rules,
+    Command, CommandOutcome, CommandRecord, CommandStatus, EventRecord, Incident, LiveMessage,
+    Rules,
 };
 use serde::Deserialize;
 
 use crate::AppState;
+use crate::alerts::Thresholds;
 use crate::auth::Operator;
 use crate::error::{ApiJson, ApiPath, ApiQuery, AppError, AppResult};
 use crate::routes::table::Routes;
-use crate::storage::{WriteOp, runs};
+use crate::storage::{WriteOp, incidents, runs};
 
 pub fn router() -> Routes {
     Routes::new()
@@ -25,6 +27,10 @@ pub fn router() -> Routes {
         .get("/api/v1/runs/{id}/events", events)
         .get("/api/v1/runs/{id}/rules", rules)
         .put("/api/v1/runs/{id}/rules", set_rules)
+        .get("/api/v1/runs/{id}/thresholds", thresholds)
+        .put("/api/v1/runs/{id}/thresholds", set_thresholds)
+        .get("/api/v1/runs/{id}/incidents", incidents)
+        .post("/api/v1/runs/{id}/incidents/{iid}/ack", acknowledge)
 }
 
 /// The longest a trainer's poll for commands is held open.
@@ -153,7 +159,7 @@ async fn rules(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> AppR
 /// Replaces the run's rules (they then take precedence over its config's `alerts.rules`).
 async fn set_rules(
     State(state): State<AppState>,
-    _op: Operator,
+    op: Operator,
     ApiPath(id): ApiPath<i64>,
     ApiJson(body): ApiJson<Rules>,
 ) -> AppResult<Json<Rules>> {
@@ -184,7 +190,59 @@ async fn set_rules(
     let rules = body.rules;
     state
         .store
-        .write(|r| WriteOp::SetRules(id, rules.clone(), r))
+        .write(|r| WriteOp::SetRules(id, rules.clone(), op.by, r))
         .await?;
     Ok(Json(Rules { rules }))
+}
+
+async fn thresholds(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> AppResult<Json<Thresholds>> {
+    Ok(Json(runs::thresholds(state.store.reader(), id).await?))
+}
+
+/// Replaces the run's alert thresholds; keys left out keep their defaults.
+async fn set_thresholds(
+    State(state): State<AppState>,
+    op: Operator,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(t): ApiJson<Thresholds>,
+) -> AppResult<Json<Thresholds>> {
+    t.validate().map_err(AppError::Invalid)?;
+    state
+        .store
+        .write(|r| WriteOp::SetThresholds(id, t.clone(), op.by, r))
+        .await?;
+    Ok(Json(t))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IncidentsQuery {
+    /// Only those not yet acknowledged.
+    #[serde(default)]
+    open: bool,
+}
+
+async fn incidents(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<IncidentsQuery>,
+) -> AppResult<Json<Vec<Incident>>> {
+    let db = state.store.reader();
+    runs::run_row(db, id).await?;
+    Ok(Json(incidents::list(db, id, q.open).await?))
+}
+
+async fn acknowledge(
+    State(state): State<AppState>,
+    op: Operator,
+    ApiPath((id, iid)): ApiPath<(i64, i64)>,
+) -> AppResult<Json<Incident>> {
+    let incident = state
+        .store
+        .write(|r| WriteOp::AckIncident(id, iid, op.by, r))
+        .await?;
+    Ok(Json(incident))
 }

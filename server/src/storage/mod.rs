@@ -17,6 +17,7 @@
 
 pub mod check;
 pub mod codec;
+pub mod incidents;
 pub mod launches;
 pub mod lock;
 pub mod runs;
@@ -26,6 +27,7 @@ pub mod writer;
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -94,6 +96,8 @@ pub struct Change {
 pub struct Store {
     read: SqlitePool,
     writer: mpsc::Sender<WriteOp>,
+    /// Where the writer sends its notices once they are committed (see [`Store::notify_to`]).
+    notifier: Arc<OnceLock<crate::webhooks::Notifier>>,
 }
 
 impl Store {
@@ -132,8 +136,19 @@ impl Store {
             .await
             .context("opening read connections")?;
         let (changes_tx, changes_rx) = mpsc::unbounded_channel();
-        let writer = writer::spawn(conn, changes_tx, lock).await?;
-        Ok((Store { read, writer }, changes_rx))
+        let notifier = Arc::new(OnceLock::new());
+        let writer = writer::spawn(conn, changes_tx, notifier.clone(), lock).await?;
+        let store = Store {
+            read,
+            writer,
+            notifier,
+        };
+        Ok((store, changes_rx))
+    }
+
+    /// Sends incidents and rule firings to `notifier` from now on (once: a second is ignored).
+    pub fn notify_to(&self, notifier: crate::webhooks::Notifier) {
+        let _ = self.notifier.set(notifier);
     }
 
     /// Sends one write to the writer task and waits for its committed result.

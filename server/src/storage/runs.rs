@@ -26,6 +26,9 @@ pub struct RunRow {
     pub tokens: Option<u64>,
     pub steps: u64,
     pub alerts: u64,
+    pub open_incidents: u64,
+    /// Alert thresholds set through the API (JSON), over the config's.
+    pub thresholds: Option<String>,
     pub created_at: f64,
     pub updated_at: f64,
     pub seen_at: f64,
@@ -46,6 +49,7 @@ impl RunRow {
             last_loss: self.last_loss.map(Metric::new),
             tokens: self.tokens,
             alerts: self.alerts,
+            open_incidents: self.open_incidents,
             created_at: self.created_at,
             updated_at: self.updated_at,
         }
@@ -55,7 +59,7 @@ impl RunRow {
 macro_rules! run_columns {
     () => {
         "id, name, grp, variant, tags, config, layers, status, branch, last_step, last_loss, \
-         tokens, steps, alerts, created_at, updated_at, seen_at"
+         tokens, steps, alerts, open_incidents, thresholds, created_at, updated_at, seen_at"
     };
 }
 
@@ -63,7 +67,8 @@ macro_rules! run_columns {
 macro_rules! list_columns {
     () => {
         "id, name, grp, variant, tags, '' AS config, layers, status, branch, last_step, \
-         last_loss, tokens, steps, alerts, created_at, updated_at, seen_at"
+         last_loss, tokens, steps, alerts, open_incidents, NULL AS thresholds, created_at, \
+         updated_at, seen_at"
     };
 }
 
@@ -86,6 +91,8 @@ fn run_from(row: &SqliteRow) -> RunRow {
         tokens: opt_u64("tokens"),
         steps: row.get::<i64, _>("steps") as u64,
         alerts: row.get::<i64, _>("alerts") as u64,
+        open_incidents: row.get::<i64, _>("open_incidents") as u64,
+        thresholds: row.get("thresholds"),
         created_at: row.get("created_at"),
         updated_at: row.get("updated_at"),
         seen_at: row.get("seen_at"),
@@ -138,6 +145,20 @@ pub async fn group_ids(db: impl SqliteExecutor<'_>, group: &str) -> StoreResult<
 
 /// A run's rules: those put through the API, else its config's `alerts.rules` (a malformed
 /// list is no rules, logged: it must not stop a run from being recorded).
+/// A run's alert thresholds: those put through the API, else its config's `alerts`.
+pub async fn thresholds(
+    db: impl SqliteExecutor<'_>,
+    run_id: i64,
+) -> StoreResult<crate::alerts::Thresholds> {
+    let run = run_row(db, run_id).await?;
+    let config = serde_json::from_str(&run.config).unwrap_or_default();
+    let set = run
+        .thresholds
+        .as_deref()
+        .and_then(|t| serde_json::from_str(t).ok());
+    Ok(set.unwrap_or_else(|| crate::alerts::Thresholds::from_config(&config)))
+}
+
 pub async fn rules(
     db: impl SqliteExecutor<'_>,
     run_id: i64,
@@ -295,7 +316,7 @@ pub fn severity_str(s: Severity) -> &'static str {
     }
 }
 
-fn severity_from(s: &str) -> Severity {
+pub fn severity_from(s: &str) -> Severity {
     match s {
         "warning" => Severity::Warning,
         "critical" => Severity::Critical,

@@ -12,6 +12,7 @@
 //! (`tails`) so that steady streaming reads each bucket back once, when it opens.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
 use keel_protocol::{
@@ -21,9 +22,11 @@ use keel_protocol::{
 use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
+use super::incidents;
 use super::summary::{LEVELS, Summary};
 use super::{Change, Cursor, StoreError, StoreResult, codec, now, runs};
 use crate::alerts::{Alert, Detector, Thresholds};
+use crate::webhooks::{self, Notice, Notifier, RunRef};
 
 /// Most writes applied in one transaction.
 const MAX_OPS: usize = 256;
@@ -60,8 +63,12 @@ pub enum WriteOp {
     /// Marks queued commands delivered and returns every command not yet applied or rejected.
     TakeCommands(i64, Reply<Vec<CommandRecord>>),
     Outcome(i64, i64, CommandOutcome, Reply<CommandRecord>),
-    /// Replaces a run's rules.
-    SetRules(i64, Vec<keel_protocol::Rule>, Reply<()>),
+    /// Replaces a run's rules; who did it goes in the audit log.
+    SetRules(i64, Vec<keel_protocol::Rule>, String, Reply<()>),
+    /// Replaces a run's alert thresholds (in force from its next step); audited.
+    SetThresholds(i64, Thresholds, String, Reply<()>),
+    /// Acknowledges an incident of a run, by whom; audited.
+    AckIncident(i64, i64, String, Reply<keel_protocol::Incident>),
     /// Writes a launch's record as it now stands.
     SaveLaunch(super::launches::StoredLaunch, Reply<()>),
     /// Forgets launches that ended before the time given; answers how many.
@@ -98,12 +105,16 @@ struct Writer {
     tails: HashMap<TailKey, (u64, Summary)>,
     /// Alert detectors of each (run, branch) that receives steps.
     detectors: HashMap<(i64, u32), Detector>,
+    notifier: Arc<OnceLock<Notifier>>,
+    /// Notices of the transaction under way: sent once it commits.
+    notices: Vec<Notice>,
 }
 
 /// Starts the writer task on `conn`; it holds the database's `lock` until it stops.
 pub async fn spawn(
     mut conn: SqliteConnection,
     changes: mpsc::UnboundedSender<Change>,
+    notifier: Arc<OnceLock<Notifier>>,
     lock: super::lock::DbLock,
 ) -> anyhow::Result<mpsc::Sender<WriteOp>> {
     let (seq, event): (i64, i64) = sqlx::query_as(
@@ -118,6 +129,8 @@ pub async fn spawn(
         series: HashMap::new(),
         tails: HashMap::new(),
         detectors: HashMap::new(),
+        notifier,
+        notices: Vec::new(),
     };
     let (tx, mut rx) = mpsc::channel::<WriteOp>(1024);
     tokio::spawn(async move {
@@ -160,6 +173,9 @@ impl Writer {
                 self.series.clear();
                 self.cursor = before;
                 changes.clear();
+                self.notices.clear();
+                // Thresholds set in the failed transaction may be in a detector: start afresh.
+                self.detectors.clear();
                 Some("the database refused the write")
             }
         };
@@ -169,6 +185,32 @@ impl Writer {
         for change in changes {
             let _ = self.changes.send(change);
         }
+        let notices = std::mem::take(&mut self.notices);
+        if let Some(notifier) = self.notifier.get() {
+            notices.into_iter().for_each(|n| notifier.send(n));
+        }
+    }
+
+    /// A notice about run `run_id`, sent if the transaction commits.
+    async fn notify(
+        &mut self,
+        tx: &mut SqliteConnection,
+        run_id: i64,
+        make: impl FnOnce(RunRef) -> Notice,
+    ) -> StoreResult<()> {
+        if self.notifier.get().is_none() {
+            return Ok(());
+        }
+        let run = runs::run_row(&mut *tx, run_id).await?;
+        let config = serde_json::from_str(&run.config).unwrap_or_default();
+        let run = RunRef {
+            id: run.id,
+            name: run.name,
+            url: None,
+            webhooks: webhooks::of_config(&config),
+        };
+        self.notices.push(make(run));
+        Ok(())
     }
 
     async fn one(
@@ -188,7 +230,7 @@ impl Writer {
                 Box::new(Answer(reply, refusal(result)?))
             }
             WriteOp::AddEvent(event, reply) => {
-                let result = self.add_event(tx, event, changes).await;
+                let result = self.add_event(tx, event, 0.0, changes).await;
                 Box::new(Answer(reply, Ok(result?)))
             }
             WriteOp::SetStatus(run_id, status, message, reply) => {
@@ -214,18 +256,31 @@ impl Writer {
                 let result = self.outcome(tx, run_id, id, outcome, changes).await;
                 Box::new(Answer(reply, refusal(result)?))
             }
-            WriteOp::SetRules(run_id, rules, reply) => {
+            WriteOp::SetRules(run_id, rules, by, reply) => {
                 let text = serde_json::to_string(&rules).map_err(anyhow::Error::from)?;
-                let done = sqlx::query("UPDATE runs SET rules = ? WHERE id = ?")
-                    .bind(text)
-                    .bind(run_id)
-                    .execute(&mut *tx)
-                    .await?;
-                let result = match done.rows_affected() {
-                    0 => Err(StoreError::NotFound(format!("run {run_id}"))),
-                    _ => Ok(()),
-                };
-                Box::new(Answer(reply, result))
+                let result = self
+                    .set_setting(tx, run_id, "rules", text, &by, changes)
+                    .await;
+                Box::new(Answer(reply, refusal(result)?))
+            }
+            WriteOp::SetThresholds(run_id, thresholds, by, reply) => {
+                let text = serde_json::to_string(&thresholds).map_err(anyhow::Error::from)?;
+                let result = self
+                    .set_setting(tx, run_id, "thresholds", text, &by, changes)
+                    .await;
+                if result.is_ok() {
+                    // In force from the next step: the detectors keep what they have seen.
+                    for ((run, _), d) in self.detectors.iter_mut() {
+                        if *run == run_id {
+                            d.set_thresholds(thresholds.clone());
+                        }
+                    }
+                }
+                Box::new(Answer(reply, refusal(result)?))
+            }
+            WriteOp::AckIncident(run_id, id, by, reply) => {
+                let result = self.ack_incident(tx, run_id, id, &by, changes).await;
+                Box::new(Answer(reply, refusal(result)?))
             }
             WriteOp::SaveLaunch(launch, reply) => {
                 super::launches::save(tx, &launch).await?;
@@ -313,7 +368,7 @@ impl Writer {
                 step: Some(a.step),
                 message: a.message,
             };
-            self.add_event(tx, event, changes).await?;
+            self.add_event(tx, event, a.size, changes).await?;
         }
         Ok(reply)
     }
@@ -325,7 +380,11 @@ impl Writer {
         }
         let detector = self.detectors.entry((run.id, branch)).or_insert_with(|| {
             let config = serde_json::from_str(&run.config).unwrap_or_default();
-            Detector::new(Thresholds::from_config(&config))
+            let set = run
+                .thresholds
+                .as_deref()
+                .and_then(|t| serde_json::from_str(t).ok());
+            Detector::new(set.unwrap_or_else(|| Thresholds::from_config(&config)))
         });
         let mut ordered: Vec<&StepRecord> = fresh.iter().collect();
         ordered.sort_by_key(|r| r.step);
@@ -514,15 +573,80 @@ impl Writer {
         Ok(())
     }
 
-    /// Stores an event; an alert then fires the run's rules that are on it.
+    /// Replaces one of a run's settings (`rules` or `thresholds`, columns of `runs`) and says
+    /// so in its events: who, and what it is now.
+    async fn set_setting(
+        &mut self,
+        tx: &mut SqliteConnection,
+        run_id: i64,
+        setting: &'static str,
+        text: String,
+        by: &str,
+        changes: &mut Vec<Change>,
+    ) -> StoreResult<()> {
+        let run = runs::run_row(&mut *tx, run_id).await?;
+        let sql = match setting {
+            "rules" => "UPDATE runs SET rules = ? WHERE id = ?",
+            _ => "UPDATE runs SET thresholds = ? WHERE id = ?",
+        };
+        sqlx::query(sql)
+            .bind(&text)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+        let event = NewEvent {
+            run_id,
+            kind: "settings".into(),
+            name: setting.into(),
+            severity: Severity::Info,
+            step: run.last_step,
+            message: format!("{setting} set by {by}: {text}"),
+        };
+        self.insert_event(tx, event, changes).await?;
+        Ok(())
+    }
+
+    async fn ack_incident(
+        &mut self,
+        tx: &mut SqliteConnection,
+        run_id: i64,
+        id: i64,
+        by: &str,
+        changes: &mut Vec<Change>,
+    ) -> StoreResult<keel_protocol::Incident> {
+        let incident = incidents::acknowledge(tx, run_id, id, by, now()).await?;
+        let event = NewEvent {
+            run_id,
+            kind: "incident".into(),
+            name: "acknowledged".into(),
+            severity: Severity::Info,
+            step: Some(incident.start_step),
+            message: format!(
+                "incident {id} ({}, steps {}–{}) acknowledged by {by}",
+                incident.name, incident.start_step, incident.end_step
+            ),
+        };
+        self.insert_event(tx, event, changes).await?;
+        Ok(incident)
+    }
+
+    /// Stores an event; an alert (of `size`, see [`crate::alerts::Alert::size`]) then joins
+    /// its incident and fires the run's rules that are on it.
     async fn add_event(
         &mut self,
         tx: &mut SqliteConnection,
         e: NewEvent,
+        size: f64,
         changes: &mut Vec<Change>,
     ) -> StoreResult<EventRecord> {
         let record = self.insert_event(tx, e, changes).await?;
         if record.kind == "alert" {
+            let (incident, new) = incidents::note(tx, &record, size).await?;
+            if new {
+                let run_id = record.run_id;
+                self.notify(tx, run_id, |run| Notice::Incident { run, incident })
+                    .await?;
+            }
             self.fire_rules(tx, &record, changes).await?;
         }
         Ok(record)
@@ -588,7 +712,9 @@ impl Writer {
                 step: alert.step,
                 message,
             };
-            self.insert_event(tx, event, changes).await?;
+            let event = self.insert_event(tx, event, changes).await?;
+            self.notify(tx, alert.run_id, |run| Notice::Rule { run, event })
+                .await?;
         }
         Ok(())
     }
@@ -677,7 +803,7 @@ impl Writer {
             step: run.last_step,
             message: message.unwrap_or_else(|| format!("the run is {}", status.as_str())),
         };
-        self.add_event(tx, event, changes).await?;
+        self.add_event(tx, event, 0.0, changes).await?;
         let message = LiveMessage::Status {
             status,
             branch: run.branch,

@@ -69,6 +69,8 @@ pub struct RunRow {
     pub updated_at: f64,
     pub age: String,
     pub alerts: u64,
+    /// Incidents not yet acknowledged.
+    pub open_incidents: u64,
 }
 
 impl RunsTablePartial {
@@ -120,6 +122,7 @@ impl RunRow {
             updated_at: r.updated_at,
             age: format::age(now, r.updated_at),
             alerts: r.alerts,
+            open_incidents: r.open_incidents,
         }
     }
 }

@@ -7,6 +7,7 @@ mod controls;
 mod export;
 mod fuzz;
 mod helpers;
+mod incidents;
 mod ingest;
 mod launches;
 mod live;
