@@ -80,13 +80,25 @@ const NOISE: [f64; 5] = [0.01, 0.03, 0.05, 0.08, 0.15];
 
 /// Twenty healthy curves of 10,000 steps: four seeds at each noise level.
 pub fn healthy_losses() -> Vec<Series> {
+    healthy("loss", &NOISE, 7919, |sigma, seed| {
+        loss_curve(10_000, sigma, seed, &[])
+    })
+}
+
+/// Four healthy curves of `scalar` at each noise level, one per seed (`seed × step + level`).
+fn healthy(
+    scalar: &'static str,
+    noise: &[f64],
+    step: u64,
+    curve: impl Fn(f64, u64) -> Vec<f64>,
+) -> Vec<Series> {
     let mut out = Vec::new();
-    for (i, sigma) in NOISE.into_iter().enumerate() {
+    for (i, &sigma) in noise.iter().enumerate() {
         for seed in 1..=4u64 {
             out.push(Series {
-                label: format!("healthy loss, σ {sigma}"),
-                scalar: "loss",
-                values: loss_curve(10_000, sigma, seed * 7919 + i as u64, &[]),
+                label: format!("healthy {}, σ {sigma}", scalar.replace('_', " ")),
+                scalar,
+                values: curve(sigma, seed * step + i as u64),
                 spikes: Vec::new(),
             });
         }
@@ -142,18 +154,9 @@ const GRAD_NOISE: [f64; 4] = [0.05, 0.1, 0.2, 0.3];
 
 /// Sixteen healthy grad-norm curves of 10,000 steps, with their lone outliers.
 pub fn healthy_grad_norms() -> Vec<Series> {
-    let mut out = Vec::new();
-    for (i, sigma) in GRAD_NOISE.into_iter().enumerate() {
-        for seed in 1..=4u64 {
-            out.push(Series {
-                label: format!("healthy grad norm, σ {sigma}"),
-                scalar: "grad_norm",
-                values: grad_curve(10_000, sigma, seed * 104_729 + i as u64, &[]),
-                spikes: Vec::new(),
-            });
-        }
-    }
-    out
+    healthy("grad_norm", &GRAD_NOISE, 104_729, |sigma, seed| {
+        grad_curve(10_000, sigma, seed, &[])
+    })
 }
 
 /// Grad-norm curves with twelve spikes each, of 6–15 σ lasting 2–4 steps.
