@@ -19,7 +19,8 @@ const CONFIRM = {
 };
 
 export class Commands {
-  // `onChange(applied)` is called with [{step, label}] whenever the applied commands change.
+  // `onChange(applied)` is called with [{step, label, by}] whenever the applied commands
+  // change (`by`: who issued it, `rule:<n>` for a rule).
   constructor(api, onChange) {
     this.api = api;
     this.onChange = onChange;
@@ -52,7 +53,7 @@ export class Commands {
     this.render();
     const applied = [...this.byId.values()]
       .filter((c) => c.status === "applied" && c.applied_step != null)
-      .map((c) => ({ step: c.applied_step, label: describe(c.command) }));
+      .map((c) => ({ step: c.applied_step, label: describe(c.command), by: c.issued_by }));
     this.onChange(applied);
   }
 

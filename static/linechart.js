@@ -286,10 +286,11 @@ export class LineChart {
   }
 
   // A solid rule and a triangle on the time axis at each applied command, so an LR change
-  // lines up with its effect.
+  // lines up with its effect; one a rule issued is labelled with the rule (`rule:0`).
   drawCommands(ctx, t, px, ph, pw) {
     ctx.strokeStyle = ctx.fillStyle = t.ok;
     ctx.lineWidth = 1;
+    ctx.textBaseline = "bottom";
     for (const c of this.commands) {
       const x = Math.round(px(this.toX(c.step))) + 0.5;
       if (x < M.l || x > M.l + pw) continue;
@@ -304,6 +305,7 @@ export class LineChart {
       ctx.lineTo(x - 4, M.t + ph);
       ctx.lineTo(x + 4, M.t + ph);
       ctx.fill();
+      if (c.by?.startsWith("rule:")) ctx.fillText(`${c.by} ${c.label}`, x + 6, M.t + ph - 1);
     }
   }
 

@@ -11,8 +11,10 @@
 //!   5 % to 30 %, and now and then one batch's lone outlier (2.7–20×, as a batch of rare
 //!   tokens gives; clipping bounds its update) that is not a spike. Spikes are `k` σ for two
 //!   to four steps.
-//! - Real runs (`alerts/runs/*.csv`: step, loss, grad norm): healthy keel runs whose every
-//!   alert is false — the demo's 2,000 steps and the stability grid's two variants.
+//! - Real runs (`alerts/runs/*.csv`: step, loss, grad norm, depth ratio, top attention
+//!   logit): keel runs whose losses and grad norms are healthy, so every spike alert on them
+//!   is false — the demo's 2,000 steps and the stability grid's two variants, of which the
+//!   unstable one must raise its depth alert and the others none.
 
 use keel_protocol::{Metric, StepRecord};
 
@@ -175,7 +177,9 @@ pub fn spiked_grad_norms() -> Vec<Series> {
         .collect()
 }
 
-/// The real runs of the corpus: (name, CSV of `step,loss,grad_norm` from step 0).
+/// The real runs of the corpus: (name, CSV from step 0 with the columns `step`, `loss`,
+/// `grad_norm`, `depth_ratio` (the deep half's median `hidden_var` over the first layer's)
+/// and `attn_logit_max` (the top layer's)), recorded by `scripts/record-alert-runs.sh`.
 pub const RUNS: [(&str, &str); 3] = [
     ("demo", include_str!("runs/demo.csv")),
     (
@@ -188,29 +192,75 @@ pub const RUNS: [(&str, &str); 3] = [
     ),
 ];
 
-/// The real runs' losses and grad norms: healthy, so every alert on them is false.
+/// One real run's steps as the trainer sent them (the depth ratio as a two-layer
+/// `hidden_var` of 1 and the ratio).
+pub fn real_run(csv: &str) -> Vec<StepRecord> {
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    lines
+        .map(|line| {
+            let mut r = StepRecord {
+                step: 0,
+                time: None,
+                tokens: None,
+                scalars: Default::default(),
+                layers: Default::default(),
+            };
+            for (name, v) in header.iter().zip(line.split(',')) {
+                let x: f64 = v.parse().unwrap_or(f64::NAN);
+                match *name {
+                    "step" => r.step = x as u64,
+                    "depth_ratio" => {
+                        r.layers
+                            .insert("hidden_var".into(), vec![Metric(1.0), Metric(x)]);
+                    }
+                    "attn_logit_max" => {
+                        r.layers.insert((*name).into(), vec![Metric(x)]);
+                    }
+                    scalar => {
+                        r.scalars.insert(scalar.into(), Metric(x));
+                    }
+                }
+            }
+            r
+        })
+        .collect()
+}
+
+/// The real runs' losses and grad norms: healthy, so every spike alert on them is false.
 pub fn real_runs() -> Vec<Series> {
     let mut out = Vec::new();
     for (name, csv) in RUNS {
-        let rows: Vec<Vec<f64>> = csv
-            .lines()
-            .skip(1)
-            .map(|l| {
-                l.split(',')
-                    .map(|v| v.parse().unwrap_or(f64::NAN))
-                    .collect()
-            })
-            .collect();
-        for (column, scalar) in [(1, "loss"), (2, "grad_norm")] {
+        let steps = real_run(csv);
+        for scalar in ["loss", "grad_norm"] {
             out.push(Series {
                 label: format!("{name} {scalar}"),
                 scalar,
-                values: rows.iter().map(|r| r[column]).collect(),
+                values: steps
+                    .iter()
+                    .map(|r| r.scalars.get(scalar).map_or(f64::NAN, |m| m.get()))
+                    .collect(),
                 spikes: Vec::new(),
             });
         }
     }
     out
+}
+
+/// Every alert (name, step) a fresh detector raises over each real run, all its series at
+/// once, as the server would.
+pub fn real_run_alerts() -> Vec<(&'static str, Vec<(&'static str, u64)>)> {
+    RUNS.iter()
+        .map(|(name, csv)| {
+            let mut d = Detector::new(Thresholds::default());
+            let alerts = real_run(csv)
+                .iter()
+                .flat_map(|r| d.observe(r))
+                .map(|a| (a.name, a.step))
+                .collect();
+            (*name, alerts)
+        })
+        .collect()
 }
 
 /// How a spike detector did over a set of series.

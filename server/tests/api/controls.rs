@@ -125,3 +125,112 @@ fn the_quick_controls_stay_in_view_below_the_last_heatmap_and_act_in_one_click()
     let commands = app.get(&format!("/api/v1/runs/{id}/commands")).body;
     assert_eq!(commands.as_array().unwrap().len(), 2, "one pause per click");
 }
+
+/// Where an element is against the viewport: `[top, bottom, viewport height]`.
+fn in_view(b: &Browser, selector: &str) -> Vec<f64> {
+    let v = b.eval(
+        "const r = document.querySelector(arguments[0]).getBoundingClientRect(); \
+         return [r.top, r.bottom, window.innerHeight];",
+        json!([selector]),
+    );
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn an_open_incident_is_acknowledged_from_the_dock_and_thresholds_are_edited_on_the_page() {
+    let app = TestApp::spawn();
+    let id = app.create_run("proxy-tiny", 8);
+    let batch: Vec<Value> = (0..80).map(|s| synthetic_step(s, 8, Some(60))).collect();
+    assert_eq!(app.ingest(id, json!(batch)).status, 200);
+    let Some(b) = Browser::start(1280, 900) else {
+        return;
+    };
+    b.goto(&app.url(&format!("/login?next=/runs/{id}")));
+    b.submit_login(TOKEN, PATIENCE);
+    b.wait_for(
+        "the open incident in the dock",
+        PATIENCE,
+        "return document.querySelector('#dock-incidents button[data-ack]')",
+    );
+    b.eval(
+        "const all = document.querySelectorAll('figure.heatmap'); all[all.length - 1].scrollIntoView();",
+        json!([]),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let v = in_view(&b, "#dock-incidents button[data-ack]");
+    assert!(
+        v[0] >= 0.0 && v[1] <= v[2],
+        "the Acknowledge button is in view below the last heatmap: {v:?}"
+    );
+    b.eval(
+        "document.querySelector('#dock-incidents button[data-ack]').click()",
+        json!([]),
+    );
+    b.wait_for(
+        "the dock to show no open incident",
+        PATIENCE,
+        "return document.getElementById('dock-incidents-count').textContent === 'no open incidents'",
+    );
+    let incidents = app.get(&format!("/api/v1/runs/{id}/incidents")).body;
+    let nan = incidents
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "non_finite_loss")
+        .expect("a non_finite_loss incident");
+    assert_eq!(nan["acked_by"], "browser", "{incidents}");
+    let panel = b.wait_for(
+        "the panel to say who acknowledged it",
+        PATIENCE,
+        "const e = document.querySelector('#incidents-list .acked'); return e && e.textContent",
+    );
+    assert!(panel.as_str().unwrap().contains("acknowledged by browser"));
+
+    // The thresholds editor: a value out of range is refused with its reason; a good one is
+    // saved and is what the API then answers.
+    b.eval(
+        "document.querySelector('#edit-thresholds').closest('details').open = true",
+        json!([]),
+    );
+    let save = |json: &str| {
+        b.eval(
+            "const f = document.getElementById('edit-thresholds'); \
+             f.querySelector('output').textContent = ''; \
+             f.querySelector('textarea').value = arguments[0]; \
+             f.querySelector('button[type=submit]').click()",
+            json!([json]),
+        );
+        b.wait_for(
+            "the editor's answer",
+            PATIENCE,
+            "const t = document.querySelector('#edit-thresholds output').textContent; return t || false",
+        )
+    };
+    let refused = save(r#"{"spike_sigmas": 0}"#);
+    assert!(
+        refused.as_str().unwrap().contains("spike_sigmas"),
+        "{refused}"
+    );
+    let saved = save(r#"{"spike_sigmas": 6, "depth_level": 50}"#);
+    assert!(saved.as_str().unwrap().starts_with("saved"), "{saved}");
+    let t = app.get(&format!("/api/v1/runs/{id}/thresholds")).body;
+    assert_eq!(
+        (t["spike_sigmas"].clone(), t["depth_level"].clone()),
+        (json!(6.0), json!(50.0))
+    );
+    // The refusal is in the console as a failed request; nothing else may be.
+    let errors: Vec<String> = b
+        .errors()
+        .into_iter()
+        .filter(|e| {
+            !e.contains(
+                "thresholds - Failed to load resource: the server responded with a status of 422",
+            )
+        })
+        .collect();
+    assert!(errors.is_empty(), "script errors: {errors:?}");
+}
