@@ -291,6 +291,7 @@ export class LineChart {
     ctx.strokeStyle = ctx.fillStyle = t.ok;
     ctx.lineWidth = 1;
     ctx.textBaseline = "bottom";
+    ctx.textAlign = "left";
     for (const c of this.commands) {
       const x = Math.round(px(this.toX(c.step))) + 0.5;
       if (x < M.l || x > M.l + pw) continue;

@@ -319,7 +319,8 @@ fn ingest_run(
     let config = json!({"model": {"d_model": 512, "n_layers": 16, "n_heads": 8, "qk_norm": false,
         "init": "normal_0.02", "wesar": false}, "optimizer": {"lr": 0.003, "betas": [0.9, 0.95],
         "eps": 1e-15, "weight_decay": 0.1, "grad_clip": 1.0}, "schedule": {"warmup": 200},
-        "data": {"code": 0.3, "math": 0.2, "prose": 0.5}, "seq_len": 1024, "batch": 64});
+        "data": {"code": 0.3, "math": 0.2, "prose": 0.5}, "seq_len": 1024, "batch": 64,
+        "alerts": {"rules": [{"on": "loss_spike", "do": {"kind": "checkpoint"}, "max_firings": 1}]}});
     let spec = json!({"name": name, "group": group, "layers": 16, "config": config});
     let id = app.post("/api/v1/runs", &spec).body["id"].as_i64().unwrap();
     for start in (0..steps).step_by(500) {
@@ -364,6 +365,26 @@ fn screenshots_of_the_pages() {
     };
     status(qk, "finished");
     status(lr, "failed");
+    // The trainer's part for the baseline's rule firing: it takes the checkpoint the rule
+    // issued at the spike and applies it at the next step, so the charts label it.
+    let pending = app
+        .get_with_token(&format!(
+            "/api/v1/runs/{id}/commands/pending?after=0&wait_ms=0"
+        ))
+        .body;
+    let fired = pending
+        .as_array()
+        .unwrap()
+        .first()
+        .expect("the rule's command")
+        .clone();
+    assert!(
+        fired["issued_by"].as_str().unwrap().starts_with("rule:"),
+        "{fired}"
+    );
+    let outcome = format!("/api/v1/runs/{id}/commands/{}/outcome", fired["id"]);
+    let r = app.post(&outcome, &json!({"status": "applied", "step": 2101}));
+    assert_eq!(r.status, 200);
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     let b = Browser::start(1440, 2080).expect("a browser");

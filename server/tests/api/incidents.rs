@@ -156,7 +156,7 @@ fn thresholds_set_through_the_api_are_checked_audited_and_judge_the_next_steps()
     let app = TestApp::spawn();
     let id = app.create_run("t", 1);
     let path = format!("/api/v1/runs/{id}/thresholds");
-    assert_eq!(app.get(&path).body["attn_logit_max"], 100.0);
+    assert_eq!(app.get(&path).body["attn_logit_max"], 1000.0);
     for bad in [
         json!({"spike_sigmas": -1.0}),
         json!({"throughput_drop": 2.0}),
