@@ -139,6 +139,19 @@ pub struct StepRecord {
     pub layers: BTreeMap<String, Vec<Metric>>,
 }
 
+impl StepRecord {
+    /// A record of `step` with nothing measured yet.
+    pub fn at(step: u64) -> StepRecord {
+        StepRecord {
+            step,
+            time: None,
+            tokens: None,
+            scalars: BTreeMap::new(),
+            layers: BTreeMap::new(),
+        }
+    }
+}
+
 /// `POST /api/v1/runs/{id}/steps`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -192,13 +192,7 @@ mod tests {
     }
 
     fn steps(values: usize) -> LiveMessage {
-        let mut r = StepRecord {
-            step: 0,
-            time: None,
-            tokens: None,
-            scalars: Default::default(),
-            layers: Default::default(),
-        };
+        let mut r = StepRecord::at(0);
         r.layers.insert(
             "hidden_var".into(),
             vec![keel_protocol::Metric(1.0); values],

@@ -199,13 +199,7 @@ pub fn real_run(csv: &str) -> Vec<StepRecord> {
     let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
     lines
         .map(|line| {
-            let mut r = StepRecord {
-                step: 0,
-                time: None,
-                tokens: None,
-                scalars: Default::default(),
-                layers: Default::default(),
-            };
+            let mut r = StepRecord::at(0);
             for (name, v) in header.iter().zip(line.split(',')) {
                 let x: f64 = v.parse().unwrap_or(f64::NAN);
                 match *name {
@@ -289,11 +283,8 @@ pub fn score(series: Vec<Series>) -> Score {
         let mut alerts = Vec::new();
         for (t, v) in s.values.iter().enumerate() {
             let record = StepRecord {
-                step: t as u64,
-                time: None,
-                tokens: None,
                 scalars: [(s.scalar.to_string(), Metric(*v))].into(),
-                layers: Default::default(),
+                ..StepRecord::at(t as u64)
             };
             let fired = d.observe(&record);
             alerts.extend(fired.iter().filter(|a| a.name == s.alert()).map(|a| a.step));

@@ -678,13 +678,7 @@ mod tests {
     use super::*;
 
     fn step(step: u64, loss: f64, grad: f64, var: (f64, f64), logit: f64) -> StepRecord {
-        let mut r = StepRecord {
-            step,
-            time: None,
-            tokens: None,
-            scalars: Default::default(),
-            layers: Default::default(),
-        };
+        let mut r = StepRecord::at(step);
         r.scalars.insert("loss".into(), Metric(loss));
         r.scalars.insert("grad_norm".into(), Metric(grad));
         r.layers.insert(

@@ -448,13 +448,7 @@ pub async fn steps_since(
 
 /// Rebuilds a step record from its blob, naming series with `series`.
 pub fn decode_step(step: u64, data: &[u8], series: &[SeriesRow]) -> StepRecord {
-    let mut record = StepRecord {
-        step,
-        time: None,
-        tokens: None,
-        scalars: Default::default(),
-        layers: Default::default(),
-    };
+    let mut record = StepRecord::at(step);
     for (id, raw) in codec::entries(data) {
         let Some(s) = series.iter().find(|s| s.id == id) else {
             continue;
