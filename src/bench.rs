@@ -598,28 +598,22 @@ fn alerts() -> anyhow::Result<()> {
         );
         ok &= score.false_alerts.is_empty();
     }
-    for (run, alerts) in corpus::real_run_alerts() {
-        let depth: Vec<String> = alerts
+    for run in corpus::real_run_alerts() {
+        let depth: Vec<String> = run
+            .depth()
             .iter()
-            .filter(|(n, _)| n.starts_with("depth_") || *n == "attn_logit_runaway")
             .map(|(n, s)| format!("{n} at {s}"))
             .collect();
-        let unstable = run == "stability/unstable";
-        let want = match unstable {
-            true => "depth_level",
-            false => "none",
-        };
         println!(
-            "| depth and attention alerts on the real run {run} | {want} | {} |",
+            "| depth and attention alerts on the real run {} | {} | {} |",
+            run.name,
+            run.depth_expected.unwrap_or("none"),
             match depth.is_empty() {
                 true => "none".to_string(),
                 false => depth.join(", "),
             }
         );
-        ok &= match unstable {
-            true => alerts.iter().any(|(n, _)| *n == "depth_level"),
-            false => depth.is_empty(),
-        };
+        ok &= run.depth_as_expected();
     }
     println!("| verdict: alerts | {} |", if ok { "pass" } else { "FAIL" });
     anyhow::ensure!(

@@ -177,17 +177,20 @@ pub fn spiked_grad_norms() -> Vec<Series> {
         .collect()
 }
 
-/// The real runs of the corpus: (name, CSV from step 0 with the columns `step`, `loss`,
-/// `grad_norm`, `depth_ratio` (the deep half's median `hidden_var` over the first layer's)
-/// and `attn_logit_max` (the top layer's)), recorded by `scripts/record-alert-runs.sh`.
-pub const RUNS: [(&str, &str); 3] = [
-    ("demo", include_str!("runs/demo.csv")),
+/// The real runs of the corpus: (name, the depth alert it must raise if any, CSV from step
+/// 0 with the columns `step`, `loss`, `grad_norm`, `depth_ratio` (the deep half's median
+/// `hidden_var` over the first layer's) and `attn_logit_max` (the top layer's)), recorded by
+/// `scripts/record-alert-runs.sh`.
+pub const RUNS: [(&str, Option<&str>, &str); 3] = [
+    ("demo", None, include_str!("runs/demo.csv")),
     (
         "stability/unstable",
+        Some("depth_level"),
         include_str!("runs/stability-unstable.csv"),
     ),
     (
         "stability/stable",
+        None,
         include_str!("runs/stability-stable.csv"),
     ),
 ];
@@ -224,7 +227,7 @@ pub fn real_run(csv: &str) -> Vec<StepRecord> {
 /// The real runs' losses and grad norms: healthy, so every spike alert on them is false.
 pub fn real_runs() -> Vec<Series> {
     let mut out = Vec::new();
-    for (name, csv) in RUNS {
+    for (name, _, csv) in RUNS {
         let steps = real_run(csv);
         for scalar in ["loss", "grad_norm"] {
             out.push(Series {
@@ -241,18 +244,49 @@ pub fn real_runs() -> Vec<Series> {
     out
 }
 
-/// Every alert (name, step) a fresh detector raises over each real run, all its series at
-/// once, as the server would.
-pub fn real_run_alerts() -> Vec<(&'static str, Vec<(&'static str, u64)>)> {
+/// A real run judged whole: every alert (name, step) a fresh detector raises over all its
+/// series at once, as the server would.
+pub struct RealRunAlerts {
+    pub name: &'static str,
+    /// The depth alert it must raise, if any.
+    pub depth_expected: Option<&'static str>,
+    pub alerts: Vec<(&'static str, u64)>,
+}
+
+impl RealRunAlerts {
+    /// Its depth and attention alerts: what the depth expectation is about.
+    pub fn depth(&self) -> Vec<(&'static str, u64)> {
+        self.alerts
+            .iter()
+            .copied()
+            .filter(|(n, _)| n.starts_with("depth_") || *n == "attn_logit_runaway")
+            .collect()
+    }
+
+    /// Exactly the expected depth alert (at least once), or none when none is.
+    pub fn depth_as_expected(&self) -> bool {
+        let depth = self.depth();
+        match self.depth_expected {
+            Some(want) => depth.iter().any(|(n, _)| *n == want),
+            None => depth.is_empty(),
+        }
+    }
+}
+
+pub fn real_run_alerts() -> Vec<RealRunAlerts> {
     RUNS.iter()
-        .map(|(name, csv)| {
+        .map(|&(name, depth_expected, csv)| {
             let mut d = Detector::new(Thresholds::default());
             let alerts = real_run(csv)
                 .iter()
                 .flat_map(|r| d.observe(r))
                 .map(|a| (a.name, a.step))
                 .collect();
-            (*name, alerts)
+            RealRunAlerts {
+                name,
+                depth_expected,
+                alerts,
+            }
         })
         .collect()
 }

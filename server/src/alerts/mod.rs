@@ -952,26 +952,19 @@ mod tests {
 
     #[test]
     fn the_unstable_grid_variant_raises_its_depth_alert_while_its_loss_looks_normal() {
-        for (run, alerts) in corpus::real_run_alerts() {
-            let depth: Vec<_> = alerts
-                .iter()
-                .filter(|(n, _)| n.starts_with("depth_") || *n == "attn_logit_runaway")
-                .collect();
-            if run != "stability/unstable" {
-                assert_eq!(depth, Vec::<&(&str, u64)>::new(), "{run}");
+        for run in corpus::real_run_alerts() {
+            let (name, alerts) = (run.name, &run.alerts);
+            assert!(run.depth_as_expected(), "{name}: {alerts:?}");
+            let Some(want) = run.depth_expected else {
                 continue;
-            }
-            let at = depth
-                .iter()
-                .find(|(n, _)| *n == "depth_level")
-                .map(|(_, s)| *s)
-                .unwrap_or_else(|| panic!("{run} raised no depth_level: {alerts:?}"));
-            assert!(at < 200, "{run}: depth_level at step {at}");
+            };
+            let at = alerts.iter().find(|(n, _)| *n == want).unwrap().1;
+            assert!(at < 200, "{name}: {want} at step {at}");
             let loss_before = alerts
                 .iter()
                 .filter(|(n, s)| n.contains("loss") && *s <= at)
                 .count();
-            assert_eq!(loss_before, 0, "{run}: its loss alerted first: {alerts:?}");
+            assert_eq!(loss_before, 0, "{name}: its loss alerted first: {alerts:?}");
         }
     }
 
