@@ -501,17 +501,14 @@ impl Detector {
     }
 
     fn loss_checks(&mut self, step: u64, loss: f64, out: &mut Vec<Alert>) {
-        let bad = !loss.is_finite();
-        if bad && !self.loss_non_finite {
-            out.push(alert(
-                "non_finite_loss",
-                Severity::Critical,
-                step,
-                0.0,
-                format!("the loss is {loss}"),
-            ));
-        }
-        self.loss_non_finite = bad;
+        non_finite(
+            &mut self.loss_non_finite,
+            "non_finite_loss",
+            "loss",
+            step,
+            loss,
+            out,
+        );
         let factor = 1.0 + self.thresholds.loss_spike;
         if let Some(f) = self.loss.observe(step, loss, factor, &self.thresholds) {
             let msg = format!(
@@ -532,17 +529,14 @@ impl Detector {
     }
 
     fn grad_checks(&mut self, step: u64, g: f64, out: &mut Vec<Alert>) {
-        let bad = !g.is_finite();
-        if bad && !self.grad_non_finite {
-            out.push(alert(
-                "non_finite_grad_norm",
-                Severity::Critical,
-                step,
-                0.0,
-                format!("the grad norm is {g}"),
-            ));
-        }
-        self.grad_non_finite = bad;
+        non_finite(
+            &mut self.grad_non_finite,
+            "non_finite_grad_norm",
+            "grad norm",
+            step,
+            g,
+            out,
+        );
         let factor = self.thresholds.grad_norm_spike;
         if let Some(f) = self.grad.observe(step, g, factor, &self.thresholds) {
             let msg = format!(
@@ -615,6 +609,24 @@ impl Detector {
             self.attn_armed = true;
         }
     }
+}
+
+/// A critical alert when `v` turns non-finite after being finite; `was` remembers which it
+/// was last.
+fn non_finite(
+    was: &mut bool,
+    name: &'static str,
+    what: &str,
+    step: u64,
+    v: f64,
+    out: &mut Vec<Alert>,
+) {
+    let bad = !v.is_finite();
+    if bad && !*was {
+        let msg = format!("the {what} is {v}");
+        out.push(alert(name, Severity::Critical, step, 0.0, msg));
+    }
+    *was = bad;
 }
 
 fn alert(name: &'static str, severity: Severity, step: u64, size: f64, message: String) -> Alert {
