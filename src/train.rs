@@ -46,6 +46,10 @@ pub struct TrainArgs {
     /// A checkpoint directory to continue from (same run, same step numbers).
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// With --resume: go on even if a data or tokenizer file changed since the checkpoint
+    /// (the run then trains on batches it was not trained on before).
+    #[arg(long, requires = "resume")]
+    allow_data_change: bool,
     /// Where checkpoints go (default: checkpoints/<run name>).
     #[arg(long)]
     checkpoint_dir: Option<PathBuf>,
@@ -117,6 +121,7 @@ fn options(args: TrainArgs) -> anyhow::Result<keel_trainer::TrainOptions> {
         _ => keel_trainer::TrainOptions {
             config: args.config.unwrap_or_default(),
             resume: args.resume,
+            allow_data_change: args.allow_data_change,
             checkpoint_dir: args.checkpoint_dir,
             run_name: args.name,
             group: args.group,

@@ -1,4 +1,5 @@
-//! Checkpoints on disk: `<dir>/step-00000150/` holds `model.safetensors` (parameters by name),
+//! Checkpoints on disk: `<dir>/step-00000150/` (branch 0) or `<dir>/step-00000150-b2/` (the
+//! history branch a rewind started) holds `model.safetensors` (parameters by name),
 //! `optim.safetensors` (AdamW moments `m.<name>`, `v.<name>`) and `state.json` (the
 //! [`RunState`]: step, schedule, data position, branch, run id, applied commands, config).
 //!
@@ -51,6 +52,9 @@ pub struct RunState {
     pub rope_theta: f64,
     pub grad_clip: f64,
     pub optimizer_steps: u64,
+    /// The data and tokenizer files the run reads, with the SHA-256 of each.
+    #[serde(default)]
+    pub data_files: BTreeMap<String, String>,
     pub applied: BTreeMap<i64, AppliedCommand>,
     pub config: TrainConfig,
 }
@@ -62,8 +66,21 @@ pub struct Loaded {
     pub state: RunState,
 }
 
-pub fn path_for(dir: &Path, step: u64) -> PathBuf {
-    dir.join(format!("step-{step:08}"))
+/// Where the checkpoint after `step` updates on `branch` goes. The branch is in the name, so a
+/// branch that passes a step again never overwrites the abandoned branch's checkpoint of it.
+pub fn path_for(dir: &Path, step: u64, branch: u32) -> PathBuf {
+    match branch {
+        0 => dir.join(format!("step-{step:08}")),
+        b => dir.join(format!("step-{step:08}-b{b}")),
+    }
+}
+
+/// A checkpoint found on disk.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Saved {
+    pub step: u64,
+    pub branch: u32,
+    pub path: PathBuf,
 }
 
 /// Marks a checkpoint an operator asked for: pruning never deletes it.
@@ -79,8 +96,8 @@ pub fn save(
     pinned: bool,
 ) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let target = path_for(dir, state.step);
-    let tmp = dir.join(format!(".tmp-step-{:08}", state.step));
+    let target = path_for(dir, state.step, state.branch);
+    let tmp = dir.join(format!(".tmp-step-{:08}-b{}", state.step, state.branch));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp)?;
     }
@@ -127,44 +144,52 @@ pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
     })
 }
 
-/// The checkpoints in `dir`, by step, oldest first.
-/// The branch a checkpoint was written on, from its state.
-pub fn branch_of(path: &Path) -> Option<u32> {
-    let text = std::fs::read_to_string(path.join("state.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v["branch"].as_u64().map(|b| b as u32)
-}
-
-pub fn list(dir: &Path) -> Vec<(u64, PathBuf)> {
+/// The checkpoints in `dir`, oldest step first (and, at one step, oldest branch first).
+pub fn list(dir: &Path) -> Vec<Saved> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    let mut out: Vec<(u64, PathBuf)> = entries
+    let mut out: Vec<Saved> = entries
         .filter_map(Result::ok)
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
-            let step = name.strip_prefix("step-")?.parse().ok()?;
-            e.path()
-                .join("state.json")
-                .exists()
-                .then(|| (step, e.path()))
+            let rest = name.strip_prefix("step-")?;
+            let (step, named_branch) = match rest.split_once("-b") {
+                Some((s, b)) => (s.parse().ok()?, Some(b.parse().ok()?)),
+                None => (rest.parse().ok()?, None),
+            };
+            let path = e.path();
+            if !path.join("state.json").exists() {
+                return None;
+            }
+            // Checkpoints written before branches were in the name say it in their state.
+            let branch = named_branch.or_else(|| branch_of(&path)).unwrap_or(0);
+            Some(Saved { step, branch, path })
         })
         .collect();
-    out.sort();
+    out.sort_by_key(|c| (c.step, c.branch));
     out
+}
+
+/// The branch a checkpoint was written on, from its state.
+fn branch_of(path: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(path.join("state.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["branch"].as_u64().map(|b| b as u32)
 }
 
 /// Delete all but the `keep` newest unpinned checkpoints (0 keeps everything).
 pub fn prune(dir: &Path, keep: usize) -> Result<()> {
     let all: Vec<_> = list(dir)
         .into_iter()
-        .filter(|(_, p)| !p.join(PINNED).exists())
+        .filter(|c| !c.path.join(PINNED).exists())
         .collect();
     if keep == 0 || all.len() <= keep {
         return Ok(());
     }
-    for (_, path) in &all[..all.len() - keep] {
-        std::fs::remove_dir_all(path).with_context(|| format!("pruning {}", path.display()))?;
+    for c in &all[..all.len() - keep] {
+        std::fs::remove_dir_all(&c.path)
+            .with_context(|| format!("pruning {}", c.path.display()))?;
     }
     Ok(())
 }

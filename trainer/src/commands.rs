@@ -9,6 +9,7 @@
 use keel_protocol::Command;
 
 use crate::checkpoint;
+use crate::memory;
 use crate::trainer::Trainer;
 
 /// What the loop must do after a command was applied.
@@ -80,13 +81,18 @@ impl Trainer {
         else {
             unreachable!("anneal called with {}", cmd.kind());
         };
-        // The mix is the only part that can still be refused: set it first.
+        // Everything that can be refused is checked before anything changes.
+        let step = self.state.step;
+        let mut schedule = self.state.schedule;
+        schedule.anneal(step, *steps, *shape, *final_lr)?;
+        if let Some(t) = seq_len {
+            self.check_seq_len(*t as usize)?;
+        }
         if let Some(mix) = data_mix {
             self.data.set_weights(mix)?;
             self.state.data_weights = self.data.weights();
         }
-        let step = self.state.step;
-        self.state.schedule.anneal(step, *steps, *shape, *final_lr);
+        self.state.schedule = schedule;
         if let Some(t) = seq_len {
             self.state.seq_len = *t as usize;
         }
@@ -101,35 +107,50 @@ impl Trainer {
         ))
     }
 
-    /// Go back to the checkpoint taken after `to_step` updates and skip `skip` batches.
-    ///
-    /// Weights, moments, step, tokens and data position come from the checkpoint; the
-    /// operator's current settings (LR level, decay, mix, clip, sequence length, RoPE θ) and
-    /// the record of applied commands are kept — the usual remedy for a spike is "lower the
-    /// LR, rewind, skip", and a rewind must not undo the first part. The branch goes up by one.
+    /// A new sequence length must be within the config's `max_seq_len`, and a step at that
+    /// length must fit in the memory the device has (see [`crate::memory`]).
+    fn check_seq_len(&self, len: usize) -> Result<(), String> {
+        let max = self.cfg.model.max_seq_len();
+        if len > max {
+            return Err(format!(
+                "seq_len {len} is above this run's model.max_seq_len of {max}"
+            ));
+        }
+        let dtype = self.params.dtype();
+        let available = memory::available_bytes(&self.device);
+        let batch = self.cfg.run.batch_size;
+        memory::check_fits(
+            &self.cfg.model,
+            batch,
+            (self.state.seq_len, len),
+            dtype,
+            available,
+        )
+    }
+
+    /// Whether a checkpoint is on the live history: written on this branch or an earlier one,
+    /// at a step no later rewind went back past. Branches form a chain (a rewind always starts
+    /// from the live one), so a checkpoint of an older branch past a later rewind's step was
+    /// abandoned.
+    fn is_live(&self, c: &checkpoint::Saved) -> bool {
+        c.branch <= self.state.branch
+            && self
+                .state
+                .forks
+                .iter()
+                .all(|&(started, from)| c.branch >= started || c.step <= from)
+    }
+
     /// The newest checkpoint at or before the run's step, and before `before` when given: what
     /// a rewind without `to_step` goes back to (a spike's rule: the last one before the spike).
     fn newest_checkpoint(&self, before: Option<u64>) -> Result<u64, String> {
         let limit = before.map_or(self.state.step, |b| {
             b.saturating_sub(1).min(self.state.step)
         });
-        let state = &self.state;
-        // Only the live history's: a checkpoint of an older branch past a later rewind's step
-        // belongs to an abandoned branch.
-        let live = |step: u64, path: &std::path::Path| match checkpoint::branch_of(path) {
-            Some(b) => {
-                b <= state.branch
-                    && state
-                        .forks
-                        .iter()
-                        .all(|&(started, from)| b >= started || step <= from)
-            }
-            None => false,
-        };
         checkpoint::list(&self.checkpoint_dir)
             .into_iter()
-            .filter(|(s, p)| *s <= limit && live(*s, p))
-            .map(|(s, _)| s)
+            .filter(|c| c.step <= limit && self.is_live(c))
+            .map(|c| c.step)
             .max()
             .ok_or_else(|| match before {
                 Some(b) => format!("no checkpoint before step {b} to rewind to"),
@@ -137,6 +158,12 @@ impl Trainer {
             })
     }
 
+    /// Go back to the live checkpoint taken after `to_step` updates and skip `skip` batches.
+    ///
+    /// Weights, moments, step, tokens and data position come from the checkpoint; the
+    /// operator's current settings (LR level, decay, mix, clip, sequence length, RoPE θ) and
+    /// the record of applied commands are kept — the usual remedy for a spike is "lower the
+    /// LR, rewind, skip", and a rewind must not undo the first part. The branch goes up by one.
     fn rewind(&mut self, to_step: u64, skip: u64) -> Result<Applied, String> {
         if to_step > self.state.step {
             return Err(format!(
@@ -144,21 +171,27 @@ impl Trainer {
                 self.state.step
             ));
         }
-        let path = checkpoint::path_for(&self.checkpoint_dir, to_step);
-        if !path.join("state.json").exists() {
-            let have: Vec<String> = checkpoint::list(&self.checkpoint_dir)
-                .iter()
-                .map(|(s, _)| s.to_string())
-                .collect();
+        let all = checkpoint::list(&self.checkpoint_dir);
+        let live: Vec<&checkpoint::Saved> = all.iter().filter(|c| self.is_live(c)).collect();
+        let Some(target) = live.iter().rev().find(|c| c.step == to_step) else {
+            let have: Vec<String> = live.iter().map(|c| c.step.to_string()).collect();
             let have = if have.is_empty() {
-                "none".into()
+                "none".to_string()
             } else {
                 have.join(", ")
             };
+            if let Some(dead) = all.iter().find(|c| c.step == to_step) {
+                return Err(format!(
+                    "the checkpoint at step {to_step} is of branch {}, which a rewind \
+                     abandoned; checkpoints on this run's live history: {have}",
+                    dead.branch
+                ));
+            }
             return Err(format!(
                 "no checkpoint at step {to_step}; checkpoints at: {have}"
             ));
-        }
+        };
+        let path = target.path.clone();
         let loaded = checkpoint::load(&path, &self.device).map_err(|e| format!("{e:#}"))?;
         let keep = self.state.clone();
         let offset = loaded.state.batch_offset + skip;

@@ -71,6 +71,8 @@ pub struct Batch {
 
 pub struct DataMix {
     names: Vec<String>,
+    /// Every data file read, by path, with the SHA-256 of its bytes.
+    files: BTreeMap<String, String>,
     origins: Vec<Origin>,
     weights: Vec<f64>,
     tokenizer: Tokenizer,
@@ -81,13 +83,18 @@ pub struct DataMix {
 impl DataMix {
     pub fn new(cfg: &DataConfig, seed: u64) -> Result<Self> {
         let tokenizer = Tokenizer::load(cfg.tokenizer.as_deref())?;
+        let mut files = BTreeMap::new();
+        if let Some(path) = &cfg.tokenizer {
+            files.insert(path.clone(), sha256_hex(&read_bytes(Path::new(path))?));
+        }
         let origins = cfg
             .sources
             .iter()
-            .map(|s| origin(s, &tokenizer))
+            .map(|s| origin(s, &tokenizer, &mut files))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             names: cfg.sources.iter().map(|s| s.name.clone()).collect(),
+            files,
             origins,
             weights: cfg.sources.iter().map(|s| s.weight).collect(),
             tokenizer,
@@ -98,6 +105,12 @@ impl DataMix {
 
     pub fn names(&self) -> &[String] {
         &self.names
+    }
+
+    /// The files this mix was read from (data and tokenizer), each with the SHA-256 of its
+    /// content: a checkpoint keeps them, so a resume can tell that its data changed.
+    pub fn files(&self) -> &BTreeMap<String, String> {
+        &self.files
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -206,13 +219,17 @@ fn window(tokens: &[u32], start: usize, len: usize) -> Vec<u32> {
         .collect()
 }
 
-fn origin(s: &SourceConfig, tok: &Tokenizer) -> Result<Origin> {
+fn origin(
+    s: &SourceConfig,
+    tok: &Tokenizer,
+    files: &mut BTreeMap<String, String>,
+) -> Result<Origin> {
     let documents = match s.kind {
         SourceKind::Arithmetic | SourceKind::Code | SourceKind::Prose => {
             return Ok(Origin::Generator(s.kind));
         }
-        SourceKind::Text => read_files(s, |text| Ok(vec![text]))?,
-        SourceKind::Jsonl => read_files(s, jsonl_texts)?,
+        SourceKind::Text => read_files(s, files, |text| Ok(vec![text]))?,
+        SourceKind::Jsonl => read_files(s, files, jsonl_texts)?,
     };
     let mut tokens = Vec::new();
     for doc in documents {
@@ -226,6 +243,7 @@ fn origin(s: &SourceConfig, tok: &Tokenizer) -> Result<Origin> {
 /// The documents of every file matched by the source's path (a file or a glob), in name order.
 fn read_files(
     s: &SourceConfig,
+    hashes: &mut BTreeMap<String, String>,
     split: impl Fn(String) -> Result<Vec<String>>,
 ) -> Result<Vec<String>> {
     let pattern = s.path.as_deref().context("source without a path")?;
@@ -239,13 +257,45 @@ fn read_files(
     }
     let mut docs = Vec::new();
     for f in files {
-        docs.extend(split(read(&f)?)?);
+        let bytes = read_bytes(&f)?;
+        hashes.insert(f.display().to_string(), sha256_hex(&bytes));
+        let text = String::from_utf8(bytes)
+            .with_context(|| format!("{} is not UTF-8 text", f.display()))?;
+        docs.extend(split(text)?);
     }
     Ok(docs)
 }
 
-fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// How the data files of a checkpoint differ from the files read now: one line per file that
+/// changed, disappeared or appeared. Empty when they are the same.
+pub fn file_changes(
+    then: &BTreeMap<String, String>,
+    now: &BTreeMap<String, String>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (path, hash) in then {
+        match now.get(path) {
+            None => out.push(format!("{path}: no longer read")),
+            Some(h) if h != hash => out.push(format!("{path}: content changed")),
+            Some(_) => {}
+        }
+    }
+    for path in now.keys().filter(|p| !then.contains_key(*p)) {
+        out.push(format!("{path}: new"));
+    }
+    out
 }
 
 /// The `text` field of every non-empty line.

@@ -9,6 +9,7 @@
 //! - [`optim`]: AdamW with parameter groups and saveable moments; global-norm clipping.
 //! - [`schedule`]: the warmup–stable–decay LR schedule as a pure function.
 //! - [`data`] and [`generators`]: the weighted data mix, tokenizers and built-in sources.
+//! - [`memory`]: a step's activation memory, checked before a context switch.
 //! - [`checkpoint`]: the on-disk checkpoint layout (safetensors + JSON run state).
 //! - [`trainer`]: one run in memory and its synchronous step.
 //! - [`commands`]: operator commands applied at step boundaries.
@@ -25,6 +26,7 @@ pub mod data;
 pub mod device;
 pub mod generators;
 pub mod link;
+pub mod memory;
 pub mod model;
 pub mod ops;
 pub mod optim;

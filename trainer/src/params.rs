@@ -73,6 +73,10 @@ impl Params {
         &self.device
     }
 
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
     pub fn get(&self, name: &str) -> Option<&Param> {
         self.entries.iter().find(|p| p.name == name)
     }

@@ -21,7 +21,7 @@ use crate::commands::Effect;
 use crate::config::{self, TrainConfig};
 use crate::device;
 use crate::link::{Client, Link, Outbound, Outbox, SendReport, Sent};
-use crate::trainer::Trainer;
+use crate::trainer::{DataCheck, Trainer};
 
 /// What `keel train` passes in. Everything but `config` and `device` is optional.
 #[derive(Clone, Debug, Default)]
@@ -37,6 +37,8 @@ pub struct TrainOptions {
     pub steps: Option<u64>,
     /// A checkpoint directory to continue from.
     pub resume: Option<PathBuf>,
+    /// Resume even when a data file changed since the checkpoint.
+    pub allow_data_change: bool,
     pub checkpoint_dir: Option<PathBuf>,
     pub run_name: Option<String>,
     pub group: Option<String>,
@@ -70,8 +72,15 @@ pub fn train(opts: TrainOptions, stop: Arc<AtomicBool>) -> Result<TrainSummary> 
         &opts.device
     })?;
     let mut t = match &opts.resume {
-        Some(path) => Trainer::resume(path, &dev, opts.checkpoint_dir.clone())
-            .with_context(|| format!("resuming from {}", path.display()))?,
+        Some(path) => {
+            let check = if opts.allow_data_change {
+                DataCheck::AllowChange
+            } else {
+                DataCheck::Same
+            };
+            Trainer::resume_with(path, &dev, opts.checkpoint_dir.clone(), check)
+                .with_context(|| format!("resuming from {}", path.display()))?
+        }
         None => {
             let cfg = match &opts.loaded {
                 Some(cfg) => cfg.clone(),

@@ -18,6 +18,15 @@ pub struct Decay {
     pub steps: u64,
     pub shape: DecayShape,
     pub final_lr: f64,
+    /// Where the decay starts, as a fraction of the stable level: 1 from the stable phase,
+    /// less when it begins inside the warmup or inside an earlier decay. A fraction and not an
+    /// LR, so a `set_lr` during the decay still scales it.
+    #[serde(default = "one")]
+    pub from: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -30,25 +39,27 @@ pub struct Schedule {
 
 impl Schedule {
     pub fn new(peak_lr: f64, cfg: &ScheduleConfig) -> Self {
-        Self {
+        let mut s = Self {
             stable_lr: peak_lr,
             warmup_steps: cfg.warmup_steps,
-            decay: cfg.decay_start.map(|start| Decay {
-                start,
-                steps: cfg.decay_steps.max(1),
-                shape: cfg.decay_shape,
-                final_lr: cfg.final_lr,
-            }),
-        }
+            decay: None,
+        };
+        s.decay = cfg.decay_start.map(|start| Decay {
+            start,
+            steps: cfg.decay_steps.max(1),
+            shape: cfg.decay_shape,
+            final_lr: cfg.final_lr,
+            // A decay planned inside the warmup starts from where the warmup got to.
+            from: s.warmup_factor(start),
+        });
+        s
     }
 
     /// The LR of step `step` (0-based): linear warmup to the stable level, flat, then decay.
     pub fn lr(&self, step: u64) -> f64 {
         match self.decay {
             Some(d) if step >= d.start => {
-                // Start the decay from where the LR was, so a decay begun inside the warmup
-                // does not jump up first.
-                let from = self.stable_lr * self.warmup_factor(d.start);
+                let from = self.stable_lr * d.from;
                 let progress = ((step - d.start) as f64 / d.steps.max(1) as f64).min(1.0);
                 d.final_lr + (from - d.final_lr) * decay_factor(d.shape, progress)
             }
@@ -64,14 +75,37 @@ impl Schedule {
         }
     }
 
-    /// `anneal`: begin a decay at `step`, replacing any decay that was planned.
-    pub fn anneal(&mut self, step: u64, steps: u64, shape: DecayShape, final_lr: f64) {
+    /// `anneal`: begin a decay at `step` from the LR the schedule has there, replacing any
+    /// decay that was planned or under way. A second anneal during a decay continues from
+    /// the decayed LR; an anneal never raises the LR, so a `final_lr` above the current LR is
+    /// refused (that is a `set_lr`).
+    pub fn anneal(
+        &mut self,
+        step: u64,
+        steps: u64,
+        shape: DecayShape,
+        final_lr: f64,
+    ) -> Result<(), String> {
+        let now = self.lr(step);
+        if final_lr > now {
+            return Err(format!(
+                "final_lr {final_lr} is above the current LR {now}: an anneal only lowers the \
+                 LR (use set_lr to raise it)"
+            ));
+        }
+        let from = if self.stable_lr > 0.0 {
+            now / self.stable_lr
+        } else {
+            0.0
+        };
         self.decay = Some(Decay {
             start: step,
             steps: steps.max(1),
             shape,
             final_lr,
+            from,
         });
+        Ok(())
     }
 }
 
@@ -156,10 +190,35 @@ mod tests {
     #[test]
     fn an_anneal_during_warmup_starts_from_the_current_lr() {
         let mut s = wsd(None, DecayShape::Linear);
-        s.anneal(1, 2, DecayShape::Linear, 0.0);
+        s.anneal(1, 2, DecayShape::Linear, 0.0).unwrap();
         assert_eq!(s.lr(0), 0.0025);
         assert_eq!(s.lr(1), 0.005);
         assert_eq!(s.lr(2), 0.0025);
         assert_eq!(s.lr(3), 0.0);
+    }
+
+    #[test]
+    fn a_second_anneal_during_a_decay_continues_from_the_decayed_lr() {
+        let mut s = wsd(None, DecayShape::Linear);
+        s.anneal(10, 4, DecayShape::Linear, 0.0).unwrap();
+        assert_eq!(s.lr(12), 0.005);
+        // Halfway down, a new decay over 2 steps: it starts at 0.005, never back at 0.01.
+        s.anneal(12, 2, DecayShape::Linear, 0.001).unwrap();
+        let lrs: Vec<f64> = (12..15).map(|i| s.lr(i)).collect();
+        assert_eq!(lrs, [0.005, 0.003, 0.001]);
+        assert!((10..40).all(|i| s.lr(i + 1) <= s.lr(i)));
+        // A set_lr during the decay still scales it.
+        s.stable_lr = 0.02;
+        assert!((s.lr(12) - 0.01).abs() < 1e-15);
+    }
+
+    #[test]
+    fn an_anneal_to_a_final_lr_above_the_current_one_is_refused_and_changes_nothing() {
+        let mut s = wsd(None, DecayShape::Linear);
+        s.anneal(10, 4, DecayShape::Linear, 0.0).unwrap();
+        let before = s;
+        let why = s.anneal(13, 4, DecayShape::Linear, 0.005).unwrap_err();
+        assert!(why.contains("0.0025"), "{why}");
+        assert_eq!(s, before);
     }
 }

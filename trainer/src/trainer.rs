@@ -17,7 +17,16 @@ use keel_protocol::{Metric, StepRecord};
 
 use crate::checkpoint::{self, FORMAT, RunState};
 use crate::config::TrainConfig;
-use crate::data::DataMix;
+use crate::data::{self, DataMix};
+
+/// Whether a resume insists on the data files it was trained on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataCheck {
+    /// Refuse a file whose content changed, went missing or was added.
+    Same,
+    /// Train on the files as they are now (`--allow-data-change`).
+    AllowChange,
+}
 use crate::model::{self, Model};
 use crate::optim::{AdamW, clip_factor};
 use crate::params::Params;
@@ -68,6 +77,7 @@ impl Trainer {
             rope_theta: cfg.model.rope_theta,
             grad_clip: cfg.optim.grad_clip,
             optimizer_steps: 0,
+            data_files: data.files().clone(),
             applied: Default::default(),
             config: cfg.clone(),
         };
@@ -85,14 +95,38 @@ impl Trainer {
         })
     }
 
-    /// Continue a run from a checkpoint: its config, weights, moments and state.
+    /// Continue a run from a checkpoint: its config, weights, moments and state. Refused when
+    /// a data file changed since the checkpoint (the batches would not be the ones it saw).
     pub fn resume(path: &Path, device: &Device, checkpoint_dir: Option<PathBuf>) -> Result<Self> {
+        Self::resume_with(path, device, checkpoint_dir, DataCheck::Same)
+    }
+
+    pub fn resume_with(
+        path: &Path,
+        device: &Device,
+        checkpoint_dir: Option<PathBuf>,
+        check: DataCheck,
+    ) -> Result<Self> {
         let loaded = checkpoint::load(path, device)?;
         let dir = checkpoint_dir
             .or_else(|| path.parent().map(Path::to_path_buf))
             .context("checkpoint path has no parent directory")?;
         let mut t = Self::new(loaded.state.config.clone(), device, dir)?;
+        let changes = data::file_changes(&loaded.state.data_files, t.data.files());
+        if !changes.is_empty() && check == DataCheck::Same {
+            anyhow::bail!(
+                "the data changed since this checkpoint, so the run would not see the batches \
+                 it was trained on:\n  {}\nresume with --allow-data-change to train on the \
+                 new data anyway",
+                changes.join("\n  ")
+            );
+        }
+        let now = t.data.files().clone();
         t.restore(loaded)?;
+        if !changes.is_empty() {
+            tracing::warn!("resuming on changed data: {}", changes.join("; "));
+            t.state.data_files = now;
+        }
         Ok(t)
     }
 

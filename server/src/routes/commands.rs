@@ -43,6 +43,20 @@ async fn issue(
     ApiJson(command): ApiJson<Command>,
 ) -> AppResult<(StatusCode, Json<CommandRecord>)> {
     command.validate().map_err(AppError::Invalid)?;
+    if let Command::Anneal {
+        seq_len: Some(len), ..
+    } = &command
+    {
+        let run = runs::run_row(state.store.reader(), id).await?;
+        let config = serde_json::from_str(&run.config).unwrap_or_default();
+        if let Some(max) = max_seq_len(&config)
+            && u64::from(*len) > max
+        {
+            return Err(AppError::Invalid(format!(
+                "seq_len {len} is above this run's model.max_seq_len of {max}"
+            )));
+        }
+    }
     let record = state
         .store
         .write(|reply| WriteOp::AddCommand {
@@ -53,6 +67,16 @@ async fn issue(
         })
         .await?;
     Ok((StatusCode::ACCEPTED, Json(record)))
+}
+
+/// The longest context a run's config allows, where it says: keel's trainer writes
+/// `model.max_seq_len`, and `null` there means `model.seq_len`.
+fn max_seq_len(config: &serde_json::Value) -> Option<u64> {
+    let model = config.get("model")?;
+    match model.get("max_seq_len")? {
+        serde_json::Value::Null => model.get("seq_len")?.as_u64(),
+        max => max.as_u64(),
+    }
 }
 
 async fn list(

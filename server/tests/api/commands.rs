@@ -107,6 +107,42 @@ fn commands_the_server_can_judge_are_refused_before_queueing() {
 }
 
 #[test]
+fn an_anneal_past_the_runs_max_seq_len_is_refused_before_queueing() {
+    let app = TestApp::spawn();
+    let run = |name: &str, model: serde_json::Value| {
+        let r = app.post(
+            "/api/v1/runs",
+            &json!({"name": name, "layers": 2, "config": {"model": model}}),
+        );
+        r.body["id"].as_i64().unwrap()
+    };
+    let anneal = |id: i64, len: u32| {
+        app.post(
+            &format!("/api/v1/runs/{id}/commands"),
+            &json!({"kind": "anneal", "steps": 100, "final_lr": 0.0, "shape": "linear", "seq_len": len}),
+        )
+    };
+    let capped = run("capped", json!({"seq_len": 128, "max_seq_len": 512}));
+    let r = anneal(capped, 28_672);
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(
+        r.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("model.max_seq_len of 512"),
+        "{}",
+        r.body
+    );
+    assert_eq!(anneal(capped, 512).status, 202);
+    // keel's trainer writes null for "no longer than seq_len".
+    let fixed = run("fixed", json!({"seq_len": 128, "max_seq_len": null}));
+    assert_eq!(anneal(fixed, 129).status, 422);
+    // A config that says nothing of it is the trainer's to judge.
+    let other = run("other", json!({"hidden": 64}));
+    assert_eq!(anneal(other, 28_672).status, 202);
+}
+
+#[test]
 fn a_silent_trainer_shows_as_lost_and_running_again_when_it_returns() {
     let dir = tempfile::tempdir().unwrap();
     let app = TestApp::on(dir.path().join("k.db"), |c| {

@@ -73,6 +73,9 @@ pub struct ModelConfig {
     pub n_kv_heads: Option<usize>,
     pub d_ffn: usize,
     pub seq_len: usize,
+    /// The longest sequence an `anneal` may switch to (YuLan-Mini: 4,096 → 28,672). Absent:
+    /// `seq_len`, so the context cannot grow unless the config says how far.
+    pub max_seq_len: Option<usize>,
     pub rope_theta: f64,
     pub norm_eps: f64,
 }
@@ -87,6 +90,7 @@ impl Default for ModelConfig {
             n_kv_heads: None,
             d_ffn: 320,
             seq_len: 128,
+            max_seq_len: None,
             rope_theta: 10_000.0,
             norm_eps: 1e-6,
         }
@@ -100,6 +104,10 @@ impl ModelConfig {
 
     pub fn head_dim(&self) -> usize {
         self.d_model / self.n_heads
+    }
+
+    pub fn max_seq_len(&self) -> usize {
+        self.max_seq_len.unwrap_or(self.seq_len)
     }
 }
 
@@ -347,6 +355,12 @@ impl TrainConfig {
         ensure!(
             m.seq_len > 0 && m.vocab_size > 0,
             "seq_len and vocab_size must be positive"
+        );
+        ensure!(
+            m.max_seq_len() >= m.seq_len,
+            "max_seq_len ({}) must be at least seq_len ({})",
+            m.max_seq_len(),
+            m.seq_len
         );
         ensure!(m.rope_theta > 0.0, "rope_theta must be positive");
         ensure!(self.run.batch_size > 0, "batch_size must be positive");

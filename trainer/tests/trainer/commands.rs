@@ -168,7 +168,7 @@ fn a_checkpoint_taken_on_command_survives_pruning_so_it_can_be_rewound_to() {
     }
     let steps: Vec<u64> = keel_trainer::checkpoint::list(dir.path())
         .iter()
-        .map(|(s, _)| *s)
+        .map(|c| c.step)
         .collect();
     assert_eq!(steps, [2, 5]);
     assert!(
@@ -228,4 +228,117 @@ fn a_rewind_without_a_step_goes_to_the_newest_checkpoint_before_the_one_named() 
         })
         .unwrap_err();
     assert!(why.contains("no checkpoint before step 3"), "{why}");
+}
+
+fn anneal(steps: u64, final_lr: f64, seq_len: Option<u32>) -> Command {
+    Command::Anneal {
+        steps,
+        shape: DecayShape::Linear,
+        final_lr,
+        data_mix: None,
+        seq_len,
+        rope_theta: None,
+    }
+}
+
+#[test]
+fn a_second_anneal_during_the_decay_continues_from_the_current_lr_and_never_rises() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = support::trainer(support::tiny(), dir.path());
+    losses(&mut t, 12);
+    t.apply(&anneal(4, 0.0, None)).unwrap();
+    losses(&mut t, 2);
+    // At step 14 the first decay is at 0.005; the second one starts there.
+    t.apply(&anneal(2, 0.001, None)).unwrap();
+    let lrs: Vec<f64> = (0..4)
+        .map(|_| t.step().unwrap().scalars["lr"].get())
+        .collect();
+    assert_eq!(lrs, [0.005, 0.003, 0.001, 0.001]);
+    // A final LR above the current one is not an anneal.
+    let before = t.state.clone();
+    let why = t.apply(&anneal(4, 0.002, None)).unwrap_err();
+    assert!(why.contains("set_lr"), "{why}");
+    assert_eq!(t.state, before);
+}
+
+#[test]
+fn an_anneal_to_a_context_beyond_max_seq_len_or_memory_is_refused_with_the_estimate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = support::tiny();
+    cfg.model.max_seq_len = Some(1 << 20);
+    let mut t = support::trainer(cfg, dir.path());
+    let before = t.state.clone();
+    // Past the config's limit.
+    let mut capped = support::tiny();
+    capped.model.max_seq_len = Some(64);
+    let mut c = support::trainer(capped, dir.path());
+    let why = c.apply(&anneal(4, 0.0, Some(65))).unwrap_err();
+    assert!(why.contains("max_seq_len of 64"), "{why}");
+    assert_eq!(c.state.seq_len, 32);
+    assert!(c.apply(&anneal(4, 0.0, Some(64))).is_ok());
+    // YuLan-Mini's own context switch on proxy-tiny: the score matrices alone are
+    // 2 × 2 heads × 4 × 28,672² floats per layer, far more than this machine has.
+    let why = t.apply(&anneal(4, 0.0, Some(28_672))).unwrap_err();
+    assert!(why.contains("needs about") && why.contains("GB"), "{why}");
+    assert_eq!(t.state, before);
+}
+
+#[test]
+fn an_explicit_rewind_never_loads_a_checkpoint_of_an_abandoned_branch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = support::trainer(support::tiny(), dir.path());
+    losses(&mut t, 4);
+    t.checkpoint().unwrap();
+    losses(&mut t, 4);
+    t.checkpoint().unwrap(); // step 8, branch 0
+    t.apply(&Command::Rewind {
+        to_step: Some(4),
+        before_step: None,
+        skip_batches: 3,
+    })
+    .unwrap();
+    losses(&mut t, 6); // at step 10 on branch 1, which has no checkpoint of its own
+    // Step 8 of branch 0 is not this run's history any more.
+    let why = t
+        .apply(&Command::Rewind {
+            to_step: Some(8),
+            before_step: None,
+            skip_batches: 0,
+        })
+        .unwrap_err();
+    assert!(
+        why.contains("abandoned") && why.contains("live history: 4"),
+        "{why}"
+    );
+    // A branch that reaches step 8 again: its checkpoint sits beside the old one.
+    t.apply(&Command::Rewind {
+        to_step: Some(4),
+        before_step: None,
+        skip_batches: 0,
+    })
+    .unwrap();
+    losses(&mut t, 4);
+    t.checkpoint().unwrap();
+    let saved: Vec<(u64, u32)> = keel_trainer::checkpoint::list(dir.path())
+        .iter()
+        .map(|c| (c.step, c.branch))
+        .collect();
+    assert_eq!(saved, [(4, 0), (8, 0), (8, 2)]);
+    losses(&mut t, 1);
+    let want = {
+        let mut again = keel_trainer::trainer::Trainer::resume(
+            &keel_trainer::checkpoint::path_for(dir.path(), 8, 2),
+            &candle_core::Device::Cpu,
+            None,
+        )
+        .unwrap();
+        losses(&mut again, 2)
+    };
+    t.apply(&Command::Rewind {
+        to_step: Some(8),
+        before_step: None,
+        skip_batches: 0,
+    })
+    .unwrap();
+    assert_eq!(losses(&mut t, 2), want);
 }

@@ -189,3 +189,99 @@ fn an_alerts_table_becomes_the_runs_config_alerts() {
     let plain = keel_trainer::load_config(std::path::Path::new("proxy-tiny")).unwrap();
     assert!(plain.to_json().get("alerts").is_none());
 }
+
+#[test]
+fn a_resume_after_an_anneal_a_mix_change_and_a_rewind_is_bit_identical() {
+    use keel_protocol::{Command, DecayShape};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = support::tiny();
+    cfg.model.max_seq_len = Some(48);
+    let mut t = support::trainer(cfg, dir.path());
+    losses(&mut t, 6);
+    t.checkpoint().unwrap();
+    losses(&mut t, 4);
+    let mix = |pairs: &[(&str, f64)]| pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    t.apply(&Command::Rewind {
+        to_step: Some(6),
+        before_step: None,
+        skip_batches: 3,
+    })
+    .unwrap();
+    losses(&mut t, 2);
+    t.apply(&Command::SetDataMix {
+        weights: mix(&[("code", 2.0), ("math", 1.0)]),
+    })
+    .unwrap();
+    losses(&mut t, 2);
+    t.apply(&Command::Anneal {
+        steps: 20,
+        shape: DecayShape::OneMinusSqrt,
+        final_lr: 0.0,
+        data_mix: Some(mix(&[("prose", 1.0), ("math", 1.0)])),
+        seq_len: Some(48),
+        rope_theta: Some(490_000.0),
+    })
+    .unwrap();
+    losses(&mut t, 3);
+    let saved = t.checkpoint().unwrap();
+    let record = |t: &mut Trainer| -> Vec<(u64, u64, f64, f64)> {
+        (0..8)
+            .map(|_| {
+                let r = t.step().unwrap();
+                (
+                    r.step,
+                    r.tokens.unwrap(),
+                    r.scalars["loss"].get(),
+                    r.scalars["lr"].get(),
+                )
+            })
+            .collect()
+    };
+    let want = record(&mut t);
+
+    let mut resumed = Trainer::resume(&saved, &Device::Cpu, None).unwrap();
+    assert_eq!((resumed.state.step, resumed.state.branch), (13, 1));
+    let got = record(&mut resumed);
+    // Exactly: the same bits, not merely close.
+    assert_eq!(got, want);
+    assert_eq!(resumed.state.seq_len, 48);
+}
+
+#[test]
+fn a_resume_refuses_a_changed_data_file_unless_told_to_allow_it() {
+    use keel_trainer::trainer::DataCheck;
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("corpus.txt");
+    std::fs::write(&text, "the quick brown fox ".repeat(20)).unwrap();
+    let mut cfg = support::tiny();
+    cfg.data = keel_trainer::config::DataConfig {
+        sources: vec![keel_trainer::config::SourceConfig {
+            name: "web".into(),
+            kind: keel_trainer::config::SourceKind::Text,
+            weight: 1.0,
+            path: Some(text.display().to_string()),
+        }],
+        ..Default::default()
+    };
+    let ckpts = dir.path().join("ckpt");
+    let mut t = support::trainer(cfg, &ckpts);
+    losses(&mut t, 2);
+    let saved = t.checkpoint().unwrap();
+    assert!(Trainer::resume(&saved, &Device::Cpu, None).is_ok());
+
+    std::fs::write(&text, "jumps over the lazy dog ".repeat(20)).unwrap();
+    let why = format!(
+        "{:#}",
+        Trainer::resume(&saved, &Device::Cpu, None).err().unwrap()
+    );
+    assert!(
+        why.contains("corpus.txt: content changed") && why.contains("--allow-data-change"),
+        "{why}"
+    );
+    let mut allowed =
+        Trainer::resume_with(&saved, &Device::Cpu, None, DataCheck::AllowChange).unwrap();
+    losses(&mut allowed, 1);
+    // The next checkpoint records the new content, so resuming from it is not refused.
+    let again = allowed.checkpoint().unwrap();
+    assert!(Trainer::resume(&again, &Device::Cpu, None).is_ok());
+}
