@@ -155,7 +155,11 @@ mod tests {
             exe: PathBuf::new(),
             folder: None,
         };
-        assert_eq!(built_in.grids().unwrap(), ["stability", "yulan-ladder"]);
+        assert_eq!(
+            built_in.grids().unwrap(),
+            ["mup-transfer", "stability", "yulan-ladder"]
+        );
+        assert_eq!(built_in.variants("mup-transfer").unwrap().len(), 24);
         assert_eq!(
             built_in.variants("stability").unwrap(),
             ["stable", "unstable"]
@@ -167,7 +171,10 @@ mod tests {
             exe: PathBuf::new(),
             folder: Some(dir.path().to_owned()),
         };
-        assert_eq!(both.grids().unwrap(), ["mine", "stability", "yulan-ladder"]);
+        assert_eq!(
+            both.grids().unwrap(),
+            ["mine", "mup-transfer", "stability", "yulan-ladder"]
+        );
         assert_eq!(both.variants("stability").unwrap(), ["only"]);
         assert!(both.spec("mine").is_absolute());
         assert_eq!(both.spec("yulan-ladder"), PathBuf::from("yulan-ladder"));

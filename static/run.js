@@ -39,7 +39,8 @@ const charts = {};
 for (const fig of document.querySelectorAll("figure.chart")) charts[fig.dataset.key] = new LineChart(fig);
 // For inspection from the console (and the browser tests).
 window.keelCharts = charts;
-const chartFor = (key) => (key === "loss" || key.startsWith("loss/") ? charts.loss : charts[key]);
+const chartFor = (key) =>
+  key === "loss" || key.startsWith("loss/") ? charts.loss : key.startsWith("val/") ? charts.val : charts[key];
 
 // The command log and, when signed in, the controls; applied commands are marked on the charts.
 const commands = new Commands(api, (applied) => {

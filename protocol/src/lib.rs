@@ -37,7 +37,7 @@ pub use series::{LayerMatrix, ScalarSeries};
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Layer statistics a keel trainer reports, one value per transformer block.
-pub const LAYER_STATS: [&str; 7] = [
+pub const LAYER_STATS: [&str; 8] = [
     "hidden_var",
     "hidden_rms",
     "act_absmax",
@@ -45,6 +45,7 @@ pub const LAYER_STATS: [&str; 7] = [
     "grad_norm",
     "param_norm",
     "update_ratio",
+    "norm_gain",
 ];
 
 /// Scalars a keel trainer reports every step (plus `loss/<source>` per data source).

@@ -210,7 +210,11 @@ fn a_copied_binary_runs_the_demo_with_styled_pages_charts_with_text_and_grids_to
         .iter()
         .filter_map(|g| g["name"].as_str())
         .collect();
-    assert_eq!(names, ["stability", "yulan-ladder"], "{grids}");
+    assert_eq!(
+        names,
+        ["mup-transfer", "stability", "yulan-ladder"],
+        "{grids}"
+    );
     let mut resp = agent
         .post(&format!("{}/api/v1/launches", demo.url))
         .header("Authorization", &format!("Bearer {TOKEN}"))

@@ -367,7 +367,10 @@ fn an_operator_launches_and_cancels_a_grid_from_the_runs_page() {
          return names.join(' ') + ' | ' + document.getElementById('launch-variants').textContent",
         json!([]),
     );
-    assert_eq!(hint, "stability tiny yulan-ladder | Variants: a, b, c");
+    assert_eq!(
+        hint,
+        "mup-transfer stability tiny yulan-ladder | Variants: a, b, c"
+    );
 
     b.eval(
         "document.getElementById('launch-steps').value = '5'; \

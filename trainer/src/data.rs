@@ -54,8 +54,12 @@ impl Tokenizer {
 /// Where one source's tokens come from.
 enum Origin {
     Generator(SourceKind),
-    /// Every document of the source, tokenised and joined.
-    Corpus(Vec<u32>),
+    /// Every document of the source, tokenised and joined; tokens from `train` on are held
+    /// out for validation.
+    Corpus {
+        tokens: Vec<u32>,
+        train: usize,
+    },
 }
 
 /// One batch: `inputs` and `targets` are `[batch, seq_len]` row-major; `sources[r]` is the
@@ -82,6 +86,11 @@ pub struct DataMix {
 
 impl DataMix {
     pub fn new(cfg: &DataConfig, seed: u64) -> Result<Self> {
+        Self::with_holdout(cfg, seed, 0.0)
+    }
+
+    /// A mix whose file sources keep the last `holdout` share of their tokens for validation.
+    pub fn with_holdout(cfg: &DataConfig, seed: u64, holdout: f64) -> Result<Self> {
         let tokenizer = Tokenizer::load(cfg.tokenizer.as_deref())?;
         let mut files = BTreeMap::new();
         if let Some(path) = &cfg.tokenizer {
@@ -90,7 +99,7 @@ impl DataMix {
         let origins = cfg
             .sources
             .iter()
-            .map(|s| origin(s, &tokenizer, &mut files))
+            .map(|s| origin(s, &tokenizer, &mut files, holdout))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             names: cfg.sources.iter().map(|s| s.name.clone()).collect(),
@@ -179,6 +188,41 @@ impl DataMix {
         Ok(b)
     }
 
+    /// Held-out batch `index` of source `s`, every row from that source: the tail of a file
+    /// source, a stream of its own for a generated one. `None` for a file source with nothing
+    /// held out.
+    pub fn val_batch(
+        &self,
+        s: usize,
+        index: u64,
+        batch_size: usize,
+        seq_len: usize,
+    ) -> Result<Option<Batch>> {
+        let mut rng = Rng::indexed(self.seed, "val", index * self.names.len() as u64 + s as u64);
+        let mut b = Batch {
+            inputs: Vec::with_capacity(batch_size * seq_len),
+            targets: Vec::with_capacity(batch_size * seq_len),
+            sources: vec![s; batch_size],
+            batch_size,
+            seq_len,
+        };
+        for _ in 0..batch_size {
+            let row = match &self.origins[s] {
+                Origin::Corpus { tokens, train } => {
+                    let held = &tokens[*train..];
+                    if held.is_empty() {
+                        return Ok(None);
+                    }
+                    window(held, rng.below(held.len()), seq_len + 1)
+                }
+                Origin::Generator(_) => self.row(s, &mut Rng::new(rng.next_u64()), seq_len + 1)?,
+            };
+            b.inputs.extend_from_slice(&row[..seq_len]);
+            b.targets.extend_from_slice(&row[1..]);
+        }
+        Ok(Some(b))
+    }
+
     /// The source of the `n`th row of the run: the mix's shares laid along [0, 1) and the rows
     /// on the golden-ratio sequence through it, which fills any stretch of it evenly. So every
     /// batch holds the sources in the mix's proportions, give or take a row, as a blending
@@ -194,7 +238,10 @@ impl DataMix {
     /// `len` consecutive tokens of source `s`.
     fn row(&self, s: usize, rng: &mut Rng, len: usize) -> Result<Vec<u32>> {
         match &self.origins[s] {
-            Origin::Corpus(tokens) => Ok(window(tokens, rng.below(tokens.len()), len)),
+            Origin::Corpus { tokens, train } => {
+                let part = &tokens[..*train];
+                Ok(window(part, rng.below(part.len()), len))
+            }
             Origin::Generator(kind) => {
                 // Start somewhere inside the first document, so rows are not all aligned.
                 let skip = rng.below(32);
@@ -223,6 +270,7 @@ fn origin(
     s: &SourceConfig,
     tok: &Tokenizer,
     files: &mut BTreeMap<String, String>,
+    holdout: f64,
 ) -> Result<Origin> {
     let documents = match s.kind {
         SourceKind::Arithmetic | SourceKind::Code | SourceKind::Prose => {
@@ -237,7 +285,10 @@ fn origin(
         tokens.extend(tok.encode("\n\n")?);
     }
     ensure!(tokens.len() > 1, "data source `{}` has no text", s.name);
-    Ok(Origin::Corpus(tokens))
+    // The end of the corpus is held out, whole: training windows never reach into it.
+    let held = ((tokens.len() as f64 * holdout).ceil() as usize).min(tokens.len() / 2);
+    let train = tokens.len() - held;
+    Ok(Origin::Corpus { tokens, train })
 }
 
 /// The documents of every file matched by the source's path (a file or a glob), in name order.

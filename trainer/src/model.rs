@@ -11,7 +11,7 @@
 use anyhow::Result;
 use candle_core::{D, DType, Device, Tensor};
 
-use crate::config::{ModelConfig, StabilityConfig};
+use crate::config::{InitScheme, ModelConfig, StabilityConfig};
 use crate::ops::Kernels;
 use crate::params::{Params, Role};
 
@@ -283,6 +283,15 @@ impl Model {
         self.cfg.rope_theta = theta;
     }
 
+    /// The output logits' multiplier: 1/m under µP with `mup_logits`, else 1.
+    pub fn logit_scale(&self) -> f64 {
+        if self.stab.init == InitScheme::Mup && self.stab.mup_logits {
+            self.stab.mup_base_width as f64 / self.cfg.d_model as f64
+        } else {
+            1.0
+        }
+    }
+
     /// depth-µP: each residual branch is scaled by 1.4/√L before it is added.
     pub fn residual_scale(&self) -> f64 {
         if self.stab.depth_mup {
@@ -312,9 +321,13 @@ impl Model {
         let x = self
             .kernels
             .rms_norm(&x, &self.final_norm, self.cfg.norm_eps)?;
-        let logits = x
+        let mut logits = x
             .reshape((b * t, self.cfg.d_model))?
             .matmul(&self.embed.t()?)?;
+        let scale = self.logit_scale();
+        if scale != 1.0 {
+            logits = (logits * scale)?;
+        }
         Ok(Forward {
             logits,
             taps: recorded,

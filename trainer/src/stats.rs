@@ -13,7 +13,7 @@ use candle_core::{DType, Tensor};
 use keel_protocol::Metric;
 
 use crate::model::BlockTaps;
-use crate::params::Params;
+use crate::params::{Kind, Params};
 
 /// Copy scalar tensors to the host in one transfer.
 pub fn to_host(scalars: &[Tensor]) -> Result<Vec<f64>> {
@@ -39,6 +39,68 @@ pub fn sq_norms<'a>(tensors: impl Iterator<Item = &'a Tensor>) -> Result<Vec<f64
         .map(|t| Ok(t.sqr()?.sum_all()?))
         .collect::<Result<Vec<_>>>()?;
     to_host(&sums)
+}
+
+/// Where each block's weights are, for the statistics of what the model computes with: the
+/// effective matrices (α·W̃ under WeSaR, where W̃ alone starts at σ 5e-5 and α carries the
+/// scale) and, apart, the RMSNorm gains.
+pub struct BlockWeights {
+    /// Per block: (matrix index, its α's index) for every weight matrix.
+    matrices: Vec<Vec<(usize, Option<usize>)>>,
+    /// Per block: the indices of its norm gains.
+    gains: Vec<Vec<usize>>,
+}
+
+impl BlockWeights {
+    pub fn new(params: &Params, n_layers: usize) -> Self {
+        let mut matrices = vec![Vec::new(); n_layers];
+        let mut gains = vec![Vec::new(); n_layers];
+        let index = |name: &str| params.entries.iter().position(|p| p.name == name);
+        for (i, p) in params.entries.iter().enumerate() {
+            let Some(b) = p.block else { continue };
+            match p.kind {
+                Kind::Matrix => {
+                    let alpha = p
+                        .name
+                        .strip_suffix(".weight")
+                        .and_then(|prefix| index(&format!("{prefix}.alpha")));
+                    matrices[b].push((i, alpha));
+                }
+                Kind::Norm => gains[b].push(i),
+                Kind::Alpha | Kind::Embedding => {}
+            }
+        }
+        Self { matrices, gains }
+    }
+
+    /// Each block's effective matrices, flattened into one vector (a copy: callers keep it
+    /// across an in-place update).
+    pub fn effective(&self, tensors: &[Tensor]) -> Result<Vec<Tensor>> {
+        self.matrices
+            .iter()
+            .map(|block| {
+                let parts = block
+                    .iter()
+                    .map(|&(w, alpha)| {
+                        let w = tensors[w].flatten_all()?;
+                        match alpha {
+                            Some(a) => w.broadcast_mul(&tensors[a]),
+                            None => Ok(w),
+                        }
+                    })
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Ok(Tensor::cat(&parts, 0)?.copy()?)
+            })
+            .collect()
+    }
+
+    /// The RMS of each block's norm gains (1 at the start), as scalars still on the device.
+    pub fn gain_rms(&self, tensors: &[Tensor]) -> Result<Vec<Tensor>> {
+        group_flat(&self.gains, tensors)?
+            .iter()
+            .map(|g| Ok(g.sqr()?.mean_all()?.sqrt()?))
+            .collect()
+    }
 }
 
 /// Parameter indices by block: `groups[i]` for block `i`, and a last group for the
@@ -124,18 +186,27 @@ pub fn taps_to_host(taps: &[BlockTaps]) -> Result<TapValues> {
 /// Everything measured per layer in one step, keyed by the contract's stat names.
 pub struct LayerStats {
     pub taps: TapValues,
-    /// ‖∇‖ of each block's parameters (before clipping).
+    /// ‖∇‖ of each block's parameters (before clipping): every tensor the optimizer updates
+    /// (W̃, α and gains under WeSaR).
     pub grad_norm: Vec<f64>,
-    /// ‖W‖ of each block's parameters before the update.
+    /// ‖W‖ of each block's effective matrices (α·W̃ under WeSaR) before the update.
     pub param_norm: Vec<f64>,
-    /// ‖ΔW‖/‖W‖ of each block's parameters.
+    /// ‖ΔW‖/‖W‖ of each block's effective matrices.
     pub update_ratio: Vec<f64>,
+    /// RMS of each block's RMSNorm gains, apart from the matrices.
+    pub norm_gain: Vec<f64>,
 }
 
 impl LayerStats {
     /// Combine per-block squared norms (as from [`group_sq_norms`]; extra groups after the
     /// blocks are ignored) into the per-block statistics.
-    pub fn new(taps: TapValues, grad_sq: &[f64], param_sq: &[f64], update_sq: &[f64]) -> Self {
+    pub fn new(
+        taps: TapValues,
+        grad_sq: &[f64],
+        param_sq: &[f64],
+        update_sq: &[f64],
+        norm_gain: Vec<f64>,
+    ) -> Self {
         let n = taps.hidden_var.len();
         let sqrt = |v: &[f64]| v[..n].iter().map(|x| x.sqrt()).collect::<Vec<_>>();
         let param_norm = sqrt(param_sq);
@@ -149,6 +220,7 @@ impl LayerStats {
             grad_norm: sqrt(grad_sq),
             param_norm,
             update_ratio,
+            norm_gain,
         }
     }
 
@@ -165,6 +237,7 @@ impl LayerStats {
             ("grad_norm".to_string(), metrics(self.grad_norm)),
             ("param_norm".to_string(), metrics(self.param_norm)),
             ("update_ratio".to_string(), metrics(self.update_ratio)),
+            ("norm_gain".to_string(), metrics(self.norm_gain)),
         ])
     }
 }

@@ -7,7 +7,7 @@
 //! applied between steps by [`crate::commands`], and the loop with its link lives in
 //! [`crate::run`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -42,8 +42,10 @@ pub struct Trainer {
     pub state: RunState,
     pub device: Device,
     pub checkpoint_dir: PathBuf,
-    /// Parameter indices per block (and one group outside blocks), for the norms.
+    /// Parameter indices per block (and one group outside blocks), for the gradient norms.
     groups: Vec<Vec<usize>>,
+    /// Each block's matrices (with their α) and gains, for the weight statistics.
+    blocks: stats::BlockWeights,
 }
 
 impl Trainer {
@@ -58,7 +60,7 @@ impl Trainer {
         checkpoint_dir: PathBuf,
         dtype: DType,
     ) -> Result<Self> {
-        let data = DataMix::new(&cfg.data, cfg.run.seed)?;
+        let data = DataMix::with_holdout(&cfg.data, cfg.run.seed, cfg.eval.holdout)?;
         // The tokenizer decides the vocabulary; the config value only matters for bytes.
         cfg.model.vocab_size = data.vocab_size();
         let (model, params) = Model::new(&cfg.model, &cfg.stability, cfg.run.seed, dtype, device)?;
@@ -82,8 +84,10 @@ impl Trainer {
             config: cfg.clone(),
         };
         let groups = stats::block_groups(&params, cfg.model.n_layers);
+        let blocks = stats::BlockWeights::new(&params, cfg.model.n_layers);
         Ok(Self {
             groups,
+            blocks,
             cfg,
             model,
             params,
@@ -218,12 +222,16 @@ impl Trainer {
         let grad_sq = stats::group_sq_norms(&self.groups, &grads_in_order)?;
         let grad_norm = grad_sq.iter().sum::<f64>().sqrt();
         let scale = clip_factor(grad_norm, self.state.grad_clip);
-        // ‖ΔW‖ needs the weights before the update: keep them, one flat copy per block (the
-        // parameter norms are taken from the same copy).
-        let before = if collect {
-            stats::group_flat(&self.groups, &self.weights())?
+        // ‖ΔW‖ needs the effective weights before the update: keep them, one flat copy per
+        // block (the parameter norms are taken from the same copy).
+        let (before, gains) = if collect {
+            let weights = self.weights();
+            (
+                self.blocks.effective(&weights)?,
+                self.blocks.gain_rms(&weights)?,
+            )
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
         let lr = self.state.schedule.lr(step);
         self.opt.step(&self.params, &grads, lr, scale)?;
@@ -233,11 +241,14 @@ impl Trainer {
         let host = stats::to_host_cat(&[Tensor::stack(&[&loss.ce, &loss.z], 0)?, rows])?;
         let layers = match fwd.taps {
             Some(taps) if collect => {
-                let after = stats::group_flat(&self.groups, &self.weights())?;
+                let after = self.blocks.effective(&self.weights())?;
                 let param_sq = stats::sq_norms(before.iter())?;
                 let update_sq = stats::diff_sq_norms(&after, &before)?;
+                let gains = stats::to_host(&gains)?;
                 let taps = stats::taps_to_host(&taps)?;
-                Some(LayerStats::new(taps, &grad_sq, &param_sq, &update_sq))
+                Some(LayerStats::new(
+                    taps, &grad_sq, &param_sq, &update_sq, gains,
+                ))
             }
             _ => None,
         };
@@ -265,7 +276,45 @@ impl Trainer {
         for (k, v) in scalars.into_iter().chain(per_source) {
             rec.scalars.insert(k, Metric::new(v));
         }
+        let every = self.cfg.eval.every;
+        if every > 0 && (step + 1).is_multiple_of(every) {
+            for (k, v) in self.evaluate()? {
+                rec.scalars.insert(k, Metric::new(v));
+            }
+        }
         Ok(rec)
+    }
+
+    /// The loss on held-out data: `val/loss/<source>` for every source (whatever its weight in
+    /// the mix, so a mix change shows on every domain), and `val/loss`, their plain mean, which
+    /// a mix change does not move by itself. The same rows every time, at the run's current
+    /// sequence length; no gradients, no statistics.
+    pub fn evaluate(&self) -> Result<BTreeMap<String, f64>> {
+        let (b, t) = (self.cfg.run.batch_size, self.state.seq_len);
+        let mut out = BTreeMap::new();
+        for (s, name) in self.data.names().iter().enumerate() {
+            let mut sum = 0.0;
+            let mut n = 0u64;
+            for index in 0..self.cfg.eval.batches {
+                let Some(batch) = self.data.val_batch(s, index, b, t)? else {
+                    break;
+                };
+                let inputs = Tensor::from_vec(batch.inputs, (b, t), &self.device)?;
+                let targets = Tensor::from_vec(batch.targets, b * t, &self.device)?;
+                let fwd = self.model.forward(&inputs, false)?;
+                let loss = model::loss(&fwd.logits, &targets, 0.0)?;
+                sum += loss.ce.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                n += 1;
+            }
+            if n > 0 {
+                out.insert(format!("val/loss/{name}"), sum / n as f64);
+            }
+        }
+        if !out.is_empty() {
+            let mean = out.values().sum::<f64>() / out.len() as f64;
+            out.insert("val/loss".into(), mean);
+        }
+        Ok(out)
     }
 }
 

@@ -13,7 +13,9 @@ use crate::AppState;
 use crate::error::{AppError, AppResult};
 use crate::routes::compare::compare_ids;
 use crate::routes::table::Routes;
+use crate::storage::series::{self, Window};
 use crate::storage::{now, runs};
+use crate::views::compare::FinalLoss;
 use crate::views::{ComparePage, LaunchPanel, RunPage, RunsPage, RunsTablePartial};
 
 pub fn router() -> Routes {
@@ -143,9 +145,45 @@ async fn compare_page(
 ) -> PageResult {
     let axum::extract::Query(q) = query.map_err(|r| AppError::BadRequest(r.body_text()))?;
     let mut details = Vec::new();
+    let mut finals = Vec::new();
     // Sequential reads: at most twenty small ones, and a missing run stops at once (404).
     for id in compare_ids(&state, q.runs.as_deref(), q.group.as_deref()).await? {
-        details.push(runs::run_detail(state.store.reader(), id).await?);
+        let detail = runs::run_detail(state.store.reader(), id).await?;
+        finals.push(final_loss(&state, &detail).await?);
+        details.push(detail);
     }
-    html(&ComparePage::new(&details, q.group.as_deref(), now()))
+    html(&ComparePage::new(&details, q.group.as_deref(), now()).with_final_losses(&finals))
+}
+
+/// What a run is judged by when runs are ranked: its last validation loss (`val/loss`) where
+/// it reports one, else the mean training loss over its last tenth (one step's loss is too
+/// noisy to rank by). `None` before any step, or when that value is not finite.
+async fn final_loss(
+    state: &AppState,
+    detail: &keel_protocol::RunDetail,
+) -> AppResult<Option<(f64, FinalLoss)>> {
+    let db = state.store.reader();
+    let (key, kind) = if detail.scalars.iter().any(|s| s == "val/loss") {
+        ("val/loss", FinalLoss::Validation)
+    } else if detail.scalars.iter().any(|s| s == "loss") {
+        ("loss", FinalLoss::TrainingTail)
+    } else {
+        return Ok(None);
+    };
+    let row = runs::run_row(db, detail.summary.id).await?;
+    let window = Window {
+        from: None,
+        to: None,
+        buckets: 10,
+        branch: None,
+    };
+    let s = series::scalar_series(db, &row, key, window).await?;
+    let value = match kind {
+        FinalLoss::Validation => s.last.last(),
+        FinalLoss::TrainingTail => s.mean.last(),
+    };
+    Ok(value
+        .map(|m| m.get())
+        .filter(|v| v.is_finite())
+        .map(|v| (v, kind)))
 }

@@ -27,16 +27,35 @@ pub struct ComparePage {
     pub sources: Vec<String>,
     /// Whether some run reports token counts (the tokens x axis).
     pub tokens: bool,
+    /// Whether some run reports a validation loss (`val/loss`).
+    pub val: bool,
     /// The runs as an export query (`runs=1,2,3` or `group=NAME`, URL-encoded): the export
     /// links start from it and the script adds the page's options.
     pub export: String,
     /// JSON for the page script.
     pub boot: String,
+    /// "Best LR per width", when the runs sweep the LR across widths (see [`super::sweep`]).
+    pub sweep: Vec<super::sweep::SweepTable>,
+    /// What the sweep's losses are: "validation loss" or "training loss, mean of the last
+    /// tenth".
+    pub sweep_metric: &'static str,
+    configs: Vec<Value>,
+}
+
+/// Which loss ranks a run (see the compare page handler).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinalLoss {
+    Validation,
+    TrainingTail,
 }
 
 pub struct CompareRun {
     pub row: RunRow,
     pub variant: String,
+    /// The loss the runs are ranked by (see [`ComparePage::with_final_losses`]), shown.
+    pub final_loss: String,
+    /// 1 for the lowest final loss; `None` without one.
+    pub rank: Option<usize>,
     /// The run's colour: an index into the page's series palette.
     pub index: usize,
 }
@@ -89,6 +108,8 @@ impl ComparePage {
                 .map(|(index, d)| CompareRun {
                     row: RunRow::new(&d.summary, now),
                     variant: d.summary.variant.clone().unwrap_or_default(),
+                    final_loss: String::new(),
+                    rank: None,
                     index,
                 })
                 .collect(),
@@ -97,9 +118,51 @@ impl ComparePage {
             stats,
             sources,
             tokens: scalars.iter().any(|s| s == "tokens"),
+            val: scalars.iter().any(|s| s == "val/loss"),
             export,
             boot: boot.to_string(),
+            sweep: Vec::new(),
+            sweep_metric: "",
+            configs: configs.into_iter().cloned().collect(),
         }
+    }
+
+    /// Rank the runs by their final losses (in `runs` order): fills the "best LR per width"
+    /// tables when the runs are such a sweep. When some runs have a validation loss, only
+    /// those are ranked: training and validation losses do not compare.
+    pub fn with_final_losses(mut self, finals: &[Option<(f64, FinalLoss)>]) -> Self {
+        let val = finals
+            .iter()
+            .any(|f| matches!(f, Some((_, FinalLoss::Validation))));
+        let wanted = if val {
+            FinalLoss::Validation
+        } else {
+            FinalLoss::TrainingTail
+        };
+        let losses: Vec<Option<f64>> = finals
+            .iter()
+            .map(|f| f.filter(|(_, k)| *k == wanted).map(|(v, _)| v))
+            .collect();
+        let mut order: Vec<(usize, f64)> = losses
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| l.map(|l| (i, l)))
+            .collect();
+        order.sort_by(|a, b| a.1.total_cmp(&b.1));
+        for (rank, (i, loss)) in order.into_iter().enumerate() {
+            if let Some(run) = self.runs.get_mut(i) {
+                run.final_loss = format!("{loss:.4}");
+                run.rank = Some(rank + 1);
+            }
+        }
+        let configs: Vec<&Value> = self.configs.iter().collect();
+        self.sweep = super::sweep::tables(&configs, &losses);
+        self.sweep_metric = if val {
+            "last validation loss"
+        } else {
+            "training loss, mean of the last tenth of the steps"
+        };
+        self
     }
 }
 

@@ -9,6 +9,7 @@ pub mod csv;
 pub mod format;
 pub mod run;
 pub mod runs;
+pub mod sweep;
 
 pub use compare::ComparePage;
 pub use run::RunPage;

@@ -36,12 +36,17 @@ pub struct ChartPanel {
 }
 
 /// The scalar charts every run page has, in reading order. The loss chart also draws every
-/// `loss/<source>` series.
-const CHARTS: [ChartPanel; 4] = [
+/// `loss/<source>` series, the validation chart `val/loss` and every `val/loss/<source>`.
+const CHARTS: [ChartPanel; 5] = [
     ChartPanel {
         id: "loss",
         title: "Loss",
         unit: "total and per source",
+    },
+    ChartPanel {
+        id: "val",
+        title: "Validation loss",
+        unit: "held-out data: the mean and per source",
     },
     ChartPanel {
         id: "lr",
@@ -62,7 +67,7 @@ const CHARTS: [ChartPanel; 4] = [
 
 /// Heatmaps in the order the stability recipe reads them: variance growth with depth first,
 /// then runaway logits, per-layer gradients and update sizes.
-const STAT_ORDER: [&str; 7] = [
+const STAT_ORDER: [&str; 8] = [
     "hidden_var",
     "attn_logit_max",
     "grad_norm",
@@ -70,6 +75,7 @@ const STAT_ORDER: [&str; 7] = [
     "hidden_rms",
     "act_absmax",
     "param_norm",
+    "norm_gain",
 ];
 
 /// The run's layer statistics, known ones in [`STAT_ORDER`], then the rest as they arrived.

@@ -35,9 +35,10 @@ const CONFIGS: [Builtin; 4] = [
     builtin!("spike-drill", "spike-drill.toml"),
 ];
 
-const GRIDS: [Builtin; 2] = [
+const GRIDS: [Builtin; 3] = [
     builtin!("stability", "ablations/stability.toml"),
     builtin!("yulan-ladder", "ablations/yulan-ladder.toml"),
+    builtin!("mup-transfer", "ablations/mup-transfer.toml"),
 ];
 
 /// The built-in training configs, smallest first, then the spike drill.
@@ -145,6 +146,9 @@ mod tests {
 
     #[test]
     fn names_are_listed_for_messages() {
-        assert_eq!(listed(grids()), "`stability` or `yulan-ladder`".to_string());
+        assert_eq!(
+            listed(grids()),
+            "`stability`, `yulan-ladder` or `mup-transfer`".to_string()
+        );
     }
 }

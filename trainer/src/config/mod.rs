@@ -28,6 +28,7 @@ pub struct TrainConfig {
     pub schedule: ScheduleConfig,
     pub data: DataConfig,
     pub stats: StatsConfig,
+    pub eval: EvalConfig,
     pub checkpoint: CheckpointConfig,
     /// The server's alert thresholds and rules for this run (`[alerts]`, `[[alerts.rules]]`),
     /// passed on as the run's `config.alerts`; the trainer itself reads nothing here.
@@ -131,7 +132,12 @@ pub enum InitScheme {
 #[serde(default, deny_unknown_fields)]
 pub struct StabilityConfig {
     pub init: InitScheme,
+    /// µP's base width: the width the LR and init were tuned at. A model of width d gets
+    /// m = d / base: hidden-matrix init variance ÷ m and (with `optim.mup_lr`) LR ÷ m.
     pub mup_base_width: usize,
+    /// Under µP, also divide the output logits by m (Cerebras µP). YuLan-Mini keeps them
+    /// unscaled.
+    pub mup_logits: bool,
     /// Scale each residual branch by 1.4/√L before it is added (depth-µP).
     pub depth_mup: bool,
     /// The token embedding is multiplied by this before the first block.
@@ -151,6 +157,7 @@ impl Default for StabilityConfig {
         Self {
             init: InitScheme::Mup,
             mup_base_width: 256,
+            mup_logits: false,
             depth_mup: true,
             emb_multiplier: 10.0,
             wesar: true,
@@ -311,6 +318,30 @@ impl Default for StatsConfig {
     }
 }
 
+/// Validation: the loss on held-out data of every source, reported as `val/loss/<source>` and
+/// their mean `val/loss`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Evaluate after every this many steps (0: never).
+    pub every: u64,
+    /// Batches of held-out rows per source; the same rows at every evaluation.
+    pub batches: u64,
+    /// The share of each file source's tokens (its end) kept out of training for validation.
+    /// Built-in sources are generated: theirs come from a stream of their own.
+    pub holdout: f64,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            every: 100,
+            batches: 2,
+            holdout: 0.02,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CheckpointConfig {
@@ -369,6 +400,15 @@ impl TrainConfig {
             "lr must be positive"
         );
         ensure!(self.stats.every > 0, "stats.every must be at least 1");
+        ensure!(
+            (0.0..0.5).contains(&self.eval.holdout),
+            "eval.holdout must be in [0, 0.5), got {}",
+            self.eval.holdout
+        );
+        ensure!(
+            self.eval.every == 0 || self.eval.batches > 0,
+            "eval.batches must be at least 1 when eval.every is set"
+        );
         ensure!(
             self.stability.mup_base_width > 0,
             "mup_base_width must be positive"

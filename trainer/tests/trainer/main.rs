@@ -3,6 +3,7 @@
 mod commands;
 mod gradients;
 mod link;
+mod mup;
 mod ops;
 mod stability;
 mod stats;

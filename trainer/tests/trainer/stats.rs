@@ -1,5 +1,6 @@
 //! Each statistic of a step record against a direct computation: a plain-Rust forward pass
-//! (loops over f64, no candle) of a tiny model with known weights, and norms taken by hand.
+//! (loops over f64, no candle) of a tiny model with known weights, and norms taken by hand —
+//! with YuLan-Mini's switches off, and with WeSaR, QK-norm and z-loss on, in f64 and f32.
 
 use std::collections::HashMap;
 
@@ -9,6 +10,22 @@ use keel_trainer::model;
 use keel_trainer::trainer::Trainer;
 
 use crate::support;
+
+/// The switches a check runs with.
+#[derive(Clone, Copy)]
+struct Switches {
+    wesar: bool,
+    qk_norm: bool,
+    z_loss: f64,
+    dtype: DType,
+}
+
+const PLAIN: Switches = Switches {
+    wesar: false,
+    qk_norm: false,
+    z_loss: 0.0,
+    dtype: DType::F64,
+};
 
 fn tiny_known() -> TrainConfig {
     let mut cfg = support::tiny();
@@ -34,9 +51,8 @@ fn set_known_weights(t: &Trainer) {
                 if norm { 1.0 + 0.2 * s } else { 0.6 * s }
             })
             .collect();
-        p.var
-            .set(&Tensor::from_vec(v, p.var.shape(), &Device::Cpu).unwrap())
-            .unwrap();
+        let t = Tensor::from_vec(v, p.var.shape(), &Device::Cpu).unwrap();
+        p.var.set(&t.to_dtype(p.var.dtype()).unwrap()).unwrap();
     }
 }
 
@@ -47,7 +63,13 @@ fn host(t: &Trainer) -> HashMap<String, Vec<f64>> {
         .map(|p| {
             (
                 p.name.clone(),
-                p.var.flatten_all().unwrap().to_vec1().unwrap(),
+                p.var
+                    .flatten_all()
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap(),
             )
         })
         .collect()
@@ -83,7 +105,20 @@ struct Reference {
     logits: Vec<Vec<f64>>,
 }
 
+/// The weights as the model uses them: WeSaR's α·W̃ folded into each matrix.
+fn effective(w: &HashMap<String, Vec<f64>>) -> HashMap<String, Vec<f64>> {
+    let mut out = w.clone();
+    for (name, a) in w {
+        if let Some(prefix) = name.strip_suffix(".alpha") {
+            let m = out.get_mut(&format!("{prefix}.weight")).unwrap();
+            m.iter_mut().for_each(|v| *v *= a[0]);
+        }
+    }
+    out
+}
+
 fn reference(cfg: &TrainConfig, w: &HashMap<String, Vec<f64>>, tokens: &[u32]) -> Reference {
+    let w = &effective(w);
     let m = &cfg.model;
     let (d, h, hd, kvh) = (m.d_model, m.n_heads, m.head_dim(), m.kv_heads());
     let rs = 1.4 / (m.n_layers as f64).sqrt();
@@ -107,6 +142,21 @@ fn reference(cfg: &TrainConfig, w: &HashMap<String, Vec<f64>>, tokens: &[u32]) -
         let mut q: Vec<_> = xn.iter().map(|r| linear(g("attn.q.weight"), r)).collect();
         let mut k: Vec<_> = xn.iter().map(|r| linear(g("attn.k.weight"), r)).collect();
         let v: Vec<_> = xn.iter().map(|r| linear(g("attn.v.weight"), r)).collect();
+        if cfg.stability.qk_norm {
+            let (qg, kg) = (g("attn.q_norm.weight"), g("attn.k_norm.weight"));
+            for r in q.iter_mut() {
+                *r = r
+                    .chunks(hd)
+                    .flat_map(|c| rms_norm(c, qg, m.norm_eps))
+                    .collect();
+            }
+            for r in k.iter_mut() {
+                *r = r
+                    .chunks(hd)
+                    .flat_map(|c| rms_norm(c, kg, m.norm_eps))
+                    .collect();
+            }
+        }
         for (pos, (qr, kr)) in q.iter_mut().zip(k.iter_mut()).enumerate() {
             qr.chunks_mut(hd).for_each(|c| rope(c, pos, m.rope_theta));
             kr.chunks_mut(hd).for_each(|c| rope(c, pos, m.rope_theta));
@@ -163,19 +213,41 @@ fn reference(cfg: &TrainConfig, w: &HashMap<String, Vec<f64>>, tokens: &[u32]) -
     }
 }
 
-fn close(got: f64, want: f64, what: &str) {
-    assert!(
-        (got - want).abs() <= 1e-9 * want.abs().max(1.0),
-        "{what}: got {got}, want {want}"
-    );
+fn close_within(tol: f64) -> impl Fn(f64, f64, &str) {
+    move |got, want, what| {
+        assert!(
+            (got - want).abs() <= tol * want.abs().max(1.0),
+            "{what}: got {got}, want {want}"
+        );
+    }
 }
 
 #[test]
 fn each_statistic_matches_a_direct_computation_on_a_tiny_model_with_known_weights() {
-    let cfg = tiny_known();
+    check_every_statistic(PLAIN);
+}
+
+#[test]
+fn the_statistics_hold_with_wesar_qk_norm_and_z_loss_on_in_f64_and_f32() {
+    for dtype in [DType::F64, DType::F32] {
+        check_every_statistic(Switches {
+            wesar: true,
+            qk_norm: true,
+            z_loss: 1e-2,
+            dtype,
+        });
+    }
+}
+
+fn check_every_statistic(sw: Switches) {
+    let mut cfg = tiny_known();
+    cfg.stability.wesar = sw.wesar;
+    cfg.stability.qk_norm = sw.qk_norm;
+    cfg.stability.z_loss = sw.z_loss;
+    let close = close_within(if sw.dtype == DType::F64 { 1e-9 } else { 2e-4 });
     let dir = tempfile::tempdir().unwrap();
     let mut t =
-        Trainer::with_dtype(cfg.clone(), &Device::Cpu, dir.path().into(), DType::F64).unwrap();
+        Trainer::with_dtype(cfg.clone(), &Device::Cpu, dir.path().into(), sw.dtype).unwrap();
     set_known_weights(&t);
     let (b, s) = (cfg.run.batch_size, cfg.model.seq_len);
     let batch = t.data.batch(0, b, s).unwrap();
@@ -185,7 +257,7 @@ fn each_statistic_matches_a_direct_computation_on_a_tiny_model_with_known_weight
     let x = Tensor::from_vec(batch.inputs.clone(), (b, s), &Device::Cpu).unwrap();
     let y = Tensor::from_vec(batch.targets.clone(), b * s, &Device::Cpu).unwrap();
     let f = t.model.forward(&x, false).unwrap();
-    let grads = model::loss(&f.logits, &y, 0.0)
+    let grads = model::loss(&f.logits, &y, sw.z_loss)
         .unwrap()
         .total
         .backward()
@@ -195,18 +267,28 @@ fn each_statistic_matches_a_direct_computation_on_a_tiny_model_with_known_weight
             .map(|r| r.split('.').next().unwrap().parse::<usize>().unwrap())
     };
     let mut grad_sq = vec![0.0; cfg.model.n_layers];
+    let mut global_sq = 0.0;
+    let mut grad_of = HashMap::new();
     for p in &t.params.entries {
+        let g: Vec<f64> = grads
+            .get(p.var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let sq = g.iter().map(|v| v * v).sum::<f64>();
+        global_sq += sq;
         if let Some(i) = block_of(&p.name) {
-            let g: Vec<f64> = grads
-                .get(p.var.as_tensor())
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            grad_sq[i] += g.iter().map(|v| v * v).sum::<f64>();
+            grad_sq[i] += sq;
         }
+        grad_of.insert(p.name.clone(), g);
     }
+    // Clip at half the norm: the step must say it clipped, and feed Adam the halved gradient.
+    let global_norm = global_sq.sqrt();
+    t.state.grad_clip = global_norm / 2.0;
 
     let rec = t.step().unwrap();
     let after = host(&t);
@@ -247,18 +329,26 @@ fn each_statistic_matches_a_direct_computation_on_a_tiny_model_with_known_weight
         close(layer("grad_norm")[i], block_grad_sq.sqrt(), "grad_norm");
     }
 
-    // Parameter norms before the update, and the update's relative size.
+    // Parameter norms of the effective matrices (α·W̃) before the update, the update's
+    // relative size, and the RMS of the block's norm gains, apart.
+    let (eff_before, eff_after) = (effective(&before), effective(&after));
     for i in 0..cfg.model.n_layers {
-        let (mut w2, mut d2) = (0.0, 0.0);
-        for (name, w) in &before {
-            if block_of(name) == Some(i) {
-                w2 += w.iter().map(|v| v * v).sum::<f64>();
-                d2 += w
-                    .iter()
-                    .zip(&after[name])
-                    .map(|(a, b)| (a - b).powi(2))
-                    .sum::<f64>();
+        let (mut w2, mut d2, mut g2, mut gn) = (0.0, 0.0, 0.0, 0.0);
+        for (name, w) in &eff_before {
+            if block_of(name) != Some(i) || name.ends_with(".alpha") {
+                continue;
             }
+            if name.contains("norm") {
+                g2 += w.iter().map(|v| v * v).sum::<f64>();
+                gn += w.len() as f64;
+                continue;
+            }
+            w2 += w.iter().map(|v| v * v).sum::<f64>();
+            d2 += w
+                .iter()
+                .zip(&eff_after[name])
+                .map(|(a, b)| (a - b).powi(2))
+                .sum::<f64>();
         }
         close(layer("param_norm")[i], w2.sqrt(), "param_norm");
         close(
@@ -266,27 +356,51 @@ fn each_statistic_matches_a_direct_computation_on_a_tiny_model_with_known_weight
             d2.sqrt() / w2.sqrt(),
             "update_ratio",
         );
+        close(layer("norm_gain")[i], (g2 / gn).sqrt(), "norm_gain");
+    }
+
+    // The global gradient norm is taken before clipping, over every parameter.
+    close(rec.scalars["grad_norm"].get(), global_norm, "grad_norm");
+    assert_eq!(rec.scalars["grad_clipped"].get(), 1.0);
+    // Adam's first moment after one step is (1 − β1)·g·(clip / norm).
+    let moments = t.opt.state_tensors();
+    for (name, g) in &grad_of {
+        let m: Vec<f64> = moments[&format!("m.{name}")]
+            .flatten_all()
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for (m, g) in m.iter().zip(g) {
+            let want = (1.0 - cfg.optim.beta1) * g * 0.5;
+            assert!(
+                (m - want).abs() <= 1e-3 * want.abs() + 1e-12,
+                "{name}: m {m}, want {want}"
+            );
+        }
     }
 
     // The loss is the mean cross-entropy of the plain forward's logits.
-    let mut ce = 0.0;
+    // The z-loss term is ζ·mean(logsumexp²) of the same logits.
+    let (mut ce, mut lse_sq) = (0.0, 0.0);
     for (r, reference) in rows.iter().enumerate() {
         for (pos, l) in reference.logits.iter().enumerate() {
             let mx = l.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let lse = mx + l.iter().map(|v| (v - mx).exp()).sum::<f64>().ln();
             ce += lse - l[batch.targets[r * s + pos] as usize];
+            lse_sq += lse * lse;
         }
     }
-    close(rec.scalars["loss"].get(), ce / (b * s) as f64, "loss");
-    let names: Vec<&String> = rec.scalars.keys().collect();
-    for k in [
-        "lr",
-        "grad_norm",
-        "grad_clipped",
+    let n = (b * s) as f64;
+    close(rec.scalars["loss"].get(), ce / n, "loss");
+    close(
+        rec.scalars["z_loss"].get(),
+        sw.z_loss * lse_sq / n,
         "z_loss",
-        "tokens_per_s",
-        "step_time_s",
-    ] {
+    );
+    let names: Vec<&String> = rec.scalars.keys().collect();
+    for k in ["lr", "tokens_per_s", "step_time_s"] {
         assert!(rec.scalars.contains_key(k), "missing {k} in {names:?}");
     }
     assert_eq!(rec.layers.len(), keel_protocol::LAYER_STATS.len());

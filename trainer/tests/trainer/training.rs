@@ -285,3 +285,55 @@ fn a_resume_refuses_a_changed_data_file_unless_told_to_allow_it() {
     let again = allowed.checkpoint().unwrap();
     assert!(Trainer::resume(&again, &Device::Cpu, None).is_ok());
 }
+
+#[test]
+fn validation_loss_comes_every_eval_every_steps_from_held_out_data_of_each_source() {
+    // A file source whose last quarter is all `Z`: with eval.holdout 0.25 exactly that tail is
+    // held out (75 `a`, 23 `Z`, then the "\n\n" every document ends with: 100 tokens).
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("web.txt");
+    std::fs::write(&text, format!("{}{}", "a".repeat(75), "Z".repeat(23))).unwrap();
+    let mut cfg = support::tiny();
+    cfg.data.sources.push(keel_trainer::config::SourceConfig {
+        name: "web".into(),
+        kind: keel_trainer::config::SourceKind::Text,
+        weight: 1.0,
+        path: Some(text.display().to_string()),
+    });
+    cfg.eval.every = 3;
+    cfg.eval.holdout = 0.25;
+    let mix = DataMix::with_holdout(&cfg.data, 1, 0.25).unwrap();
+    let web = mix.names().iter().position(|n| n == "web").unwrap();
+    let z = u32::from(b'Z');
+    for index in 0..50 {
+        let b = mix.batch(index, 8, 16).unwrap();
+        for (row, s) in b.sources.iter().enumerate() {
+            if *s == web {
+                let r = &b.inputs[row * 16..(row + 1) * 16];
+                assert!(!r.contains(&z), "a training row reached the held-out tail");
+            }
+        }
+    }
+    let val = mix.val_batch(web, 0, 4, 16).unwrap().unwrap();
+    assert!(val.inputs.iter().all(|t| *t == z || *t == u32::from(b'\n')));
+    assert!(val.sources.iter().all(|s| *s == web));
+
+    let mut t = support::trainer(cfg, dir.path());
+    let recs: Vec<_> = (0..6).map(|_| t.step().unwrap()).collect();
+    let has_val: Vec<bool> = recs
+        .iter()
+        .map(|r| r.scalars.contains_key("val/loss"))
+        .collect();
+    assert_eq!(has_val, [false, false, true, false, false, true]);
+    let r = &recs[2];
+    let sources = ["code", "math", "prose", "web"];
+    let per: Vec<f64> = sources
+        .iter()
+        .map(|s| r.scalars[&format!("val/loss/{s}")].get())
+        .collect();
+    assert!(per.iter().all(|v| v.is_finite() && *v > 0.0), "{per:?}");
+    let mean = per.iter().sum::<f64>() / 4.0;
+    assert!((r.scalars["val/loss"].get() - mean).abs() < 1e-12);
+    // The same held-out rows every time: an evaluation without a step in between repeats.
+    assert_eq!(t.evaluate().unwrap(), t.evaluate().unwrap());
+}
