@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
+use keel_trainer::optim::GradScale;
 use keel_trainer::trainer::Trainer;
 use keel_trainer::{load_config, model, stats};
 
@@ -41,10 +42,15 @@ fn main() -> anyhow::Result<()> {
         .collect();
     for _ in 0..3 {
         let start = Instant::now();
-        stats::group_sq_norms(&groups, &w)?;
+        stats::Transfer::default().read()?;
+        let mut out = stats::Transfer::default();
+        out.push_scalars(&stats::group_sq_norms(&groups, &w)?)?;
+        out.read()?;
         let grouped = ms(start);
         let start = Instant::now();
-        stats::sq_norms(w.iter())?;
+        let mut out = stats::Transfer::default();
+        out.push_scalars(&stats::sq_norms(w.iter())?)?;
+        out.read()?;
         println!(
             "norms of all weights: grouped {grouped:.2} ms, per parameter {:.2} ms",
             ms(start)
@@ -56,7 +62,9 @@ fn main() -> anyhow::Result<()> {
         let l = model::loss(&f.logits, &y, cfg.stability.z_loss)?;
         l.ce.to_scalar::<f32>()?;
         if let Some(taps) = f.taps {
-            stats::taps_to_host(&taps)?;
+            let mut out = stats::Transfer::default();
+            stats::TapValues::push(&taps, &mut out)?;
+            out.read()?;
         }
         let fwd = ms(start);
         let start = Instant::now();
@@ -75,11 +83,19 @@ fn main() -> anyhow::Result<()> {
         } else {
             Vec::new()
         };
-        t.opt.step(&t.params, &g, 1e-3, 1.0)?;
+        let grads: Vec<Tensor> = t
+            .params
+            .entries
+            .iter()
+            .map(|p| g.get(p.var.as_tensor()).unwrap().detach())
+            .collect();
+        t.opt.step(&t.params, &grads, 1e-3, &GradScale::Host(1.0))?;
         if on {
             let after = stats::group_flat(&groups, &weights(&t))?;
-            stats::sq_norms(before.iter())?;
-            stats::diff_sq_norms(&after, &before)?;
+            let mut out = stats::Transfer::default();
+            out.push_scalars(&stats::sq_norms(before.iter())?)?;
+            out.push_scalars(&stats::diff_sq_norms(&after, &before)?)?;
+            out.read()?;
         }
         let opt = ms(start);
         println!(

@@ -118,7 +118,8 @@ impl Trainer {
         }
         let dtype = self.params.dtype();
         let available = memory::available_bytes(&self.device);
-        let batch = self.cfg.run.batch_size;
+        // With gradient accumulation only one slice's activations are alive at a time.
+        let batch = self.cfg.run.batch_size / self.cfg.run.micro_batches.max(1);
         memory::check_fits(
             &self.cfg.model,
             batch,

@@ -33,6 +33,19 @@ fn cuda(_ordinal: usize) -> Result<Device> {
     bail!("this keel was built without CUDA; rebuild with --features cuda")
 }
 
+/// Let f32 matrix products use TF32 where the device has it (NVIDIA Ampere and later); the CPU
+/// has no TF32 and computes f32.
+pub fn allow_tf32(device: &Device) {
+    #[cfg(feature = "cuda")]
+    if device.is_cuda() {
+        candle_core::cuda::set_gemm_reduced_precision_f32(true);
+        return;
+    }
+    if device.is_cpu() {
+        tracing::info!("dtype tf32 on the CPU computes in f32");
+    }
+}
+
 /// The environment for candle's CPU backend on a machine shared with other busy processes.
 ///
 /// candle sizes its thread pools from `CANDLE_NUM_THREADS` and `RAYON_NUM_THREADS` the first

@@ -33,15 +33,38 @@ impl Linear {
         Ok(Self { w, alpha })
     }
 
-    /// `x @ (α·W̃)ᵀ` over the last dimension of a `[b, t, in]` input.
+    /// `x @ (α·W̃)ᵀ` over the last dimension of a `[b, t, in]` input, in the input's dtype
+    /// (bf16 compute casts the f32 master weights here, and the gradient flows back to them).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
+        let w = like(&self.w, x)?;
         let w = match &self.alpha {
-            Some(a) => self.w.broadcast_mul(a)?,
-            None => self.w.clone(),
+            Some(a) => w.broadcast_mul(&like(a, x)?)?,
+            None => w,
         };
         let y = x.reshape((b * t, d))?.matmul(&w.t()?)?;
         Ok(y.reshape((b, t, w.dim(0)?))?)
+    }
+}
+
+/// `t` in the dtype of `x`: a no-op unless the model computes in a lower precision than its
+/// master weights.
+fn like(t: &Tensor, x: &Tensor) -> Result<Tensor> {
+    if t.dtype() == x.dtype() {
+        Ok(t.clone())
+    } else {
+        Ok(t.to_dtype(x.dtype())?)
+    }
+}
+
+/// RMSNorm in at least f32, as YuLan-Mini computes it: a bf16 input is normalised in f32 and
+/// cast back.
+fn norm(k: Kernels, x: &Tensor, g: &Tensor, eps: f64) -> Result<Tensor> {
+    if x.dtype() == DType::BF16 {
+        let y = k.rms_norm(&x.to_dtype(DType::F32)?, &g.to_dtype(DType::F32)?, eps)?;
+        Ok(y.to_dtype(DType::BF16)?)
+    } else {
+        Ok(k.rms_norm(x, &like(g, x)?, eps)?)
     }
 }
 
@@ -132,10 +155,45 @@ impl Block {
     }
 }
 
+/// What every layer of a forward at one length reads: the RoPE tables and, for the composed
+/// softmax, the causal mask. Built once per (length, θ, dtype) and kept on the device, not
+/// rebuilt and uploaded by every layer of every step.
+pub struct Tables {
+    key: (usize, u64, DType),
+    rope: Rope,
+    mask: Option<Tensor>,
+}
+
+impl Tables {
+    fn new(
+        t: usize,
+        cfg: &ModelConfig,
+        kernels: Kernels,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Self> {
+        // The softmax runs in at least f32 (see `Block::attention`), and so does its mask.
+        let mask_dtype = if dtype == DType::BF16 {
+            DType::F32
+        } else {
+            dtype
+        };
+        let mask = match kernels {
+            Kernels::Composed => Some(crate::ops::composed::causal_mask(t, mask_dtype, dev)?),
+            Kernels::Fused => None,
+        };
+        Ok(Self {
+            key: (t, cfg.rope_theta.to_bits(), dtype),
+            rope: Rope::new(t, cfg.head_dim(), cfg.rope_theta, dtype, dev)?,
+            mask,
+        })
+    }
+}
+
 /// Per-forward context shared by every block: shapes, tables and the ops' implementation.
 struct Ctx<'a> {
     cfg: &'a ModelConfig,
-    rope: &'a Rope,
+    tables: &'a Tables,
     kernels: Kernels,
     residual_scale: f64,
 }
@@ -143,16 +201,20 @@ struct Ctx<'a> {
 impl Block {
     fn forward(&self, x: &Tensor, cx: &Ctx, taps: Option<&mut Vec<BlockTaps>>) -> Result<Tensor> {
         let (eps, k) = (cx.cfg.norm_eps, cx.kernels);
-        let h = k.rms_norm(x, &self.attn_norm, eps)?;
+        let h = norm(k, x, &self.attn_norm, eps)?;
         let (attn, logit_max) = self.attention(&h, cx, taps.is_some())?;
         let x = (x + (attn * cx.residual_scale)?)?;
-        let h = k.rms_norm(&x, &self.mlp_norm, eps)?;
+        let h = norm(k, &x, &self.mlp_norm, eps)?;
         let mlp = self
             .down
             .forward(&k.swiglu(&self.gate.forward(&h)?, &self.up.forward(&h)?)?)?;
         let out = (x + (mlp * cx.residual_scale)?)?;
         if let (Some(taps), Some(logit_max)) = (taps, logit_max) {
-            taps.push(residual_taps(&out.detach(), logit_max)?);
+            let detached = match out.dtype() {
+                DType::BF16 => out.detach().to_dtype(DType::F32)?,
+                _ => out.detach(),
+            };
+            taps.push(residual_taps(&detached, logit_max)?);
         }
         Ok(out)
     }
@@ -169,22 +231,34 @@ impl Block {
         let v = heads(self.v.forward(x)?, kvh)?;
         let kern = cx.kernels;
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
-            q = kern.rms_norm(&q, qn, cx.cfg.norm_eps)?;
-            k = kern.rms_norm(&k, kn, cx.cfg.norm_eps)?;
+            q = norm(kern, &q, qn, cx.cfg.norm_eps)?;
+            k = norm(kern, &k, kn, cx.cfg.norm_eps)?;
         }
-        let q = cx.rope.apply(kern, &q)?;
+        let rope = &cx.tables.rope;
+        let q = rope.apply(kern, &q)?;
         let (k, v) = (
-            repeat_kv(cx.rope.apply(kern, &k)?, h / kvh)?,
+            repeat_kv(rope.apply(kern, &k)?, h / kvh)?,
             repeat_kv(v, h / kvh)?,
         );
-        // The 1/√d scale and the causal mask are applied inside the softmax.
+        // The 1/√d scale and the causal mask are applied inside the softmax, which also hands
+        // back the largest logit when the taps are recorded.
         let scores = q.matmul(&k.t()?)?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let probs = kern.causal_softmax(&scores, scale)?;
-        // A separate pass over the (detached) scores, only when the taps are recorded.
-        let logit_max = tap
-            .then(|| kern.causal_logit_max(&scores, scale))
-            .transpose()?;
+        // bf16 scores go through the softmax in f32 (as flash attention accumulates), and the
+        // probabilities come back in bf16 for the product with V.
+        let low = scores.dtype() == DType::BF16;
+        let scores = if low {
+            scores.to_dtype(DType::F32)?
+        } else {
+            scores
+        };
+        let (probs, logit_max) =
+            kern.attention_softmax(&scores, scale, cx.tables.mask.as_ref(), tap)?;
+        let probs = if low {
+            probs.to_dtype(DType::BF16)?
+        } else {
+            probs
+        };
         let y = probs.matmul(&v)?;
         let y = y.transpose(1, 2)?.reshape((b, t, d))?;
         Ok((self.o.forward(&y)?, logit_max))
@@ -229,6 +303,11 @@ pub struct Model {
     blocks: Vec<Block>,
     final_norm: Tensor,
     kernels: Kernels,
+    /// The tables of the last length seen (a run changes length only on `anneal`).
+    tables: std::sync::Mutex<Option<std::sync::Arc<Tables>>>,
+    /// The dtype activations are computed in: the parameters' own, or bf16 over f32 master
+    /// weights (see [`Model::set_compute_dtype`]).
+    compute: DType,
 }
 
 /// The result of a forward pass: logits `[b·t, vocab]` and, when asked, one tap set per block.
@@ -259,6 +338,8 @@ impl Model {
             blocks,
             final_norm,
             kernels: Kernels::for_device(dev),
+            tables: Default::default(),
+            compute: dtype,
         };
         Ok((model, p))
     }
@@ -276,6 +357,37 @@ impl Model {
     /// The fused kernels exist for the CPU only.
     pub fn set_kernels(&mut self, kernels: Kernels) {
         self.kernels = kernels;
+        *self.tables.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Compute activations in `dtype` over the master weights (bf16 over f32): weights are cast
+    /// as each op reads them, gradients flow back to the master copies in their dtype, and
+    /// RMSNorm, the attention softmax, the loss and the taps run in f32. The fused kernels
+    /// are f32 and f64 only, so bf16 runs the composed ops.
+    pub fn set_compute_dtype(&mut self, dtype: DType) {
+        self.compute = dtype;
+        if dtype == DType::BF16 {
+            self.kernels = Kernels::Composed;
+        }
+        *self.tables.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    pub fn compute_dtype(&self) -> DType {
+        self.compute
+    }
+
+    /// The tables for length `t` at the current θ: the kept ones when they fit, else new ones
+    /// (which are then kept).
+    fn tables(&self, t: usize) -> Result<std::sync::Arc<Tables>> {
+        let (dtype, dev) = (self.compute, self.embed.device());
+        let key = (t, self.cfg.rope_theta.to_bits(), dtype);
+        let mut kept = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = kept.as_ref().filter(|k| k.key == key) {
+            return Ok(t.clone());
+        }
+        let fresh = std::sync::Arc::new(Tables::new(t, &self.cfg, self.kernels, dtype, dev)?);
+        *kept = Some(fresh.clone());
+        Ok(fresh)
     }
 
     /// Change RoPE θ (annealing's context extension); parameters are unaffected.
@@ -304,26 +416,30 @@ impl Model {
     /// Logits for `tokens` `[b, t]` (u32); records the taps when `taps` is true.
     pub fn forward(&self, tokens: &Tensor, taps: bool) -> Result<Forward> {
         let (b, t) = tokens.dims2()?;
-        let (dtype, dev) = (self.embed.dtype(), self.embed.device());
-        let rope = Rope::new(t, self.cfg.head_dim(), self.cfg.rope_theta, dtype, dev)?;
+        let tables = self.tables(t)?;
         let cx = Ctx {
             cfg: &self.cfg,
-            rope: &rope,
+            tables: &tables,
             kernels: self.kernels,
             residual_scale: self.residual_scale(),
         };
         let mut recorded = taps.then(|| Vec::with_capacity(self.blocks.len()));
-        let emb = self.embed.index_select(&tokens.flatten_all()?, 0)?;
+        let embed = if self.compute == self.embed.dtype() {
+            self.embed.clone()
+        } else {
+            self.embed.to_dtype(self.compute)?
+        };
+        let emb = embed.index_select(&tokens.flatten_all()?, 0)?;
         let mut x = (emb * self.stab.emb_multiplier)?.reshape((b, t, self.cfg.d_model))?;
         for block in &self.blocks {
             x = block.forward(&x, &cx, recorded.as_mut())?;
         }
-        let x = self
-            .kernels
-            .rms_norm(&x, &self.final_norm, self.cfg.norm_eps)?;
-        let mut logits = x
-            .reshape((b * t, self.cfg.d_model))?
-            .matmul(&self.embed.t()?)?;
+        let x = norm(self.kernels, &x, &self.final_norm, self.cfg.norm_eps)?;
+        let mut logits = x.reshape((b * t, self.cfg.d_model))?.matmul(&embed.t()?)?;
+        // The loss is taken in the master dtype (f32 under bf16 compute).
+        if logits.dtype() != self.embed.dtype() {
+            logits = logits.to_dtype(self.embed.dtype())?;
+        }
         let scale = self.logit_scale();
         if scale != 1.0 {
             logits = (logits * scale)?;

@@ -56,8 +56,48 @@ impl Kernels {
         match self {
             Self::Fused => scores
                 .contiguous()?
-                .apply_op1(softmax::CausalSoftmax { scale }),
+                .apply_op1(softmax::CausalSoftmax { scale, top: None }),
             Self::Composed => composed::causal_softmax(scores, scale),
+        }
+    }
+
+    /// The causal softmax as the model runs it: `mask` is the composed form's `[t, t]` mask,
+    /// kept by the caller (the fused kernel needs none). With `tap`, also the largest unmasked
+    /// `scores · scale` as a detached scalar, taken from the row maxima the softmax computes
+    /// anyway, so it costs no pass over the scores of its own.
+    pub fn attention_softmax(
+        self,
+        scores: &Tensor,
+        scale: f64,
+        mask: Option<&Tensor>,
+        tap: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        match (self, mask) {
+            (Self::Composed, Some(mask)) => {
+                let (probs, top) = composed::causal_softmax_masked(scores, scale, mask)?;
+                Ok((probs, tap.then_some(top)))
+            }
+            (Self::Composed, None) => {
+                let t = scores.dim(candle_core::D::Minus1)?;
+                let mask = composed::causal_mask(t, scores.dtype(), scores.device())?;
+                self.attention_softmax(scores, scale, Some(&mask), tap)
+            }
+            (Self::Fused, _) => {
+                let cell = tap.then(|| std::sync::Arc::new(std::sync::Mutex::new(f64::NAN)));
+                let op = softmax::CausalSoftmax {
+                    scale,
+                    top: cell.clone(),
+                };
+                let probs = scores.contiguous()?.apply_op1(op)?;
+                let top = match cell {
+                    Some(c) => {
+                        let v = *c.lock().unwrap_or_else(|p| p.into_inner());
+                        Some(Tensor::new(v, scores.device())?.to_dtype(scores.dtype())?)
+                    }
+                    None => None,
+                };
+                Ok((probs, top))
+            }
         }
     }
 

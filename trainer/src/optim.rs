@@ -5,13 +5,13 @@
 //! correction, coupled decay w ← w − lr·λ·w), decays only what should be decayed (matrices,
 //! optionally the embedding; never norms or WeSaR α), divides the hidden matrices' LR by µP's
 //! width ratio, and exposes its moments by parameter name for checkpoints. Clipping folds the
-//! clip factor into the gradient read, so it costs no extra pass.
+//! clip factor (a scalar still on the device, see [`crate::stats::clip_scale`]) into the
+//! gradient read, so it costs no extra pass and no read of the gradient norm.
 
 use std::collections::HashMap;
 
 use anyhow::{Context, Result};
 use candle_core::Tensor;
-use candle_core::backprop::GradStore;
 
 use crate::config::{InitScheme, OptimConfig, StabilityConfig};
 use crate::params::{Kind, Param, Params};
@@ -69,22 +69,20 @@ impl AdamW {
         }
     }
 
-    /// One update at base LR `lr`, gradients multiplied by `grad_scale` (the clip factor).
+    /// One update at base LR `lr`; `grads` are in parameter order, multiplied by the clip
+    /// factor.
     pub fn step(
         &mut self,
         params: &Params,
-        grads: &GradStore,
+        grads: &[Tensor],
         lr: f64,
-        grad_scale: f64,
+        grad_scale: &GradScale,
     ) -> Result<()> {
         self.steps += 1;
         let t = self.steps as i32;
         let bc1 = 1.0 - self.cfg.beta1.powi(t);
         let bc2 = 1.0 - self.cfg.beta2.powi(t);
-        for p in &params.entries {
-            let Some(g) = grads.get(p.var.as_tensor()) else {
-                continue;
-            };
+        for (p, g) in params.entries.iter().zip(grads) {
             let (mult, wd) = self.group(p);
             self.update_one(p, g, lr * mult, wd, grad_scale, (bc1, bc2))?;
         }
@@ -97,7 +95,7 @@ impl AdamW {
         g: &Tensor,
         lr: f64,
         wd: f64,
-        grad_scale: f64,
+        grad_scale: &GradScale,
         (bc1, bc2): (f64, f64),
     ) -> Result<()> {
         let (b1, b2, eps) = (self.cfg.beta1, self.cfg.beta2, self.cfg.eps);
@@ -106,10 +104,10 @@ impl AdamW {
         // the intermediate gradients), so the moments would chain every step's forward graph
         // and keep it alive: memory grew by the size of a whole step's activations per step.
         let g = g.detach();
-        let g = if grad_scale == 1.0 {
-            g
-        } else {
-            (g * grad_scale)?
+        let g = match grad_scale {
+            GradScale::Host(s) if *s == 1.0 => g,
+            GradScale::Host(s) => (g * *s)?,
+            GradScale::Device(s) => g.broadcast_mul(&s.to_dtype(g.dtype())?)?,
         };
         st.m = (st.m.affine(b1, 0.0)? + g.affine(1.0 - b1, 0.0)?)?;
         st.v = (st.v.affine(b2, 0.0)? + g.sqr()?.affine(1.0 - b2, 0.0)?)?;
@@ -149,6 +147,15 @@ impl AdamW {
         self.steps = steps;
         Ok(())
     }
+}
+
+/// The clip factor as the update takes it: a number on the host (the CPU, where reading the
+/// norm first costs nothing), or a scalar tensor still on the device (a GPU, where reading it
+/// would stop the step to wait).
+#[derive(Clone, Debug)]
+pub enum GradScale {
+    Host(f64),
+    Device(Tensor),
 }
 
 /// The factor that brings a gradient of norm `norm` down to `max_norm` (1 when within it,

@@ -15,30 +15,68 @@ use keel_protocol::Metric;
 use crate::model::BlockTaps;
 use crate::params::{Kind, Params};
 
-/// Copy scalar tensors to the host in one transfer.
-pub fn to_host(scalars: &[Tensor]) -> Result<Vec<f64>> {
-    if scalars.is_empty() {
-        return Ok(Vec::new());
+/// One step's numbers gathered on the device and read back to the host in one transfer: on a
+/// GPU each read is a synchronisation, so a step makes one, after the update.
+#[derive(Default)]
+pub struct Transfer {
+    parts: Vec<Tensor>,
+    lens: Vec<usize>,
+}
+
+impl Transfer {
+    /// Add a 1-D tensor or a scalar; returns its slot for [`Read::get`].
+    pub fn push(&mut self, t: &Tensor) -> Result<usize> {
+        let flat = t.flatten_all()?.to_dtype(DType::F64)?;
+        self.lens.push(flat.elem_count());
+        self.parts.push(flat);
+        Ok(self.lens.len() - 1)
     }
-    let stacked = Tensor::stack(scalars, 0)?.to_dtype(DType::F64)?;
-    Ok(stacked.to_vec1::<f64>()?)
+
+    /// Add scalar tensors as one slot.
+    pub fn push_scalars(&mut self, scalars: &[Tensor]) -> Result<usize> {
+        if scalars.is_empty() {
+            self.lens.push(0);
+            return Ok(self.lens.len() - 1);
+        }
+        let flat: Vec<Tensor> = scalars
+            .iter()
+            .map(|t| t.flatten_all()?.to_dtype(DType::F64))
+            .collect::<candle_core::Result<_>>()?;
+        self.push(&Tensor::cat(&flat, 0)?)
+    }
+
+    /// The one transfer.
+    pub fn read(self) -> Result<Read> {
+        let values = if self.parts.is_empty() {
+            Vec::new()
+        } else {
+            Tensor::cat(&self.parts, 0)?.to_vec1::<f64>()?
+        };
+        let mut starts = Vec::with_capacity(self.lens.len());
+        let mut at = 0;
+        for n in &self.lens {
+            starts.push(at..at + n);
+            at += n;
+        }
+        Ok(Read { values, starts })
+    }
 }
 
-/// Concatenate 1-D tensors and copy them to the host in one transfer.
-pub fn to_host_cat(parts: &[Tensor]) -> Result<Vec<f64>> {
-    let parts = parts
-        .iter()
-        .map(|t| t.to_dtype(DType::F64))
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    Ok(Tensor::cat(&parts, 0)?.to_vec1::<f64>()?)
+/// What a [`Transfer`] brought back, by slot.
+pub struct Read {
+    values: Vec<f64>,
+    starts: Vec<std::ops::Range<usize>>,
 }
 
-/// ‖t‖² of each tensor, on the host.
-pub fn sq_norms<'a>(tensors: impl Iterator<Item = &'a Tensor>) -> Result<Vec<f64>> {
-    let sums = tensors
-        .map(|t| Ok(t.sqr()?.sum_all()?))
-        .collect::<Result<Vec<_>>>()?;
-    to_host(&sums)
+impl Read {
+    pub fn get(&self, slot: usize) -> &[f64] {
+        &self.values[self.starts[slot].clone()]
+    }
+}
+
+/// ‖t‖² of each tensor, as scalars on the device.
+pub fn sq_norms<'a>(tensors: impl Iterator<Item = &'a Tensor>) -> Result<Vec<Tensor>> {
+    tensors.map(|t| Ok(t.sqr()?.sum_all()?)).collect()
 }
 
 /// Where each block's weights are, for the statistics of what the model computes with: the
@@ -136,20 +174,32 @@ pub fn group_flat(groups: &[Vec<usize>], tensors: &[Tensor]) -> Result<Vec<Tenso
         .collect()
 }
 
-/// ‖·‖² of each group of tensors, on the host.
-pub fn group_sq_norms(groups: &[Vec<usize>], tensors: &[Tensor]) -> Result<Vec<f64>> {
+/// ‖·‖² of each group of tensors, as scalars on the device.
+pub fn group_sq_norms(groups: &[Vec<usize>], tensors: &[Tensor]) -> Result<Vec<Tensor>> {
     let flat = group_flat(groups, tensors)?;
     sq_norms(flat.iter())
 }
 
-/// ‖a − b‖² of each pair of flattened groups, on the host.
-pub fn diff_sq_norms(a: &[Tensor], b: &[Tensor]) -> Result<Vec<f64>> {
-    let sums = a
-        .iter()
+/// ‖a − b‖² of each pair of flattened groups, as scalars on the device.
+pub fn diff_sq_norms(a: &[Tensor], b: &[Tensor]) -> Result<Vec<Tensor>> {
+    a.iter()
         .zip(b)
         .map(|(a, b)| Ok((a - b)?.sqr()?.sum_all()?))
-        .collect::<Result<Vec<_>>>()?;
-    to_host(&sums)
+        .collect()
+}
+
+/// The factor that clips a gradient of global norm `norm` (a scalar on the device) to
+/// `max_norm`, computed on the device so that clipping needs no read of the norm first:
+/// `max_norm / (norm + 1e-6)` when the norm is finite and above the limit, else 1 (a NaN or
+/// infinite norm is left alone, as [`crate::optim::clip_factor`] says why). `None` when
+/// clipping is off.
+pub fn clip_scale(norm: &Tensor, max_norm: f64) -> Result<Option<Tensor>> {
+    if max_norm <= 0.0 {
+        return Ok(None);
+    }
+    let clip = norm.gt(max_norm)?.mul(&norm.lt(f64::INFINITY)?)?;
+    let factor = ((norm + 1e-6)?.recip()? * max_norm)?;
+    Ok(Some(clip.where_cond(&factor, &norm.ones_like()?)?))
 }
 
 /// The residual-stream and attention taps of every block, as four host vectors.
@@ -160,27 +210,34 @@ pub struct TapValues {
     pub attn_logit_max: Vec<f64>,
 }
 
-pub fn taps_to_host(taps: &[BlockTaps]) -> Result<TapValues> {
-    let mut all = Vec::with_capacity(taps.len() * 4);
-    for t in taps {
-        all.extend(
-            [
-                &t.hidden_var,
-                &t.hidden_rms,
-                &t.act_absmax,
-                &t.attn_logit_max,
-            ]
-            .map(Clone::clone),
-        );
+impl TapValues {
+    /// Queue every block's four taps on `transfer` (block after block); one slot.
+    pub fn push(taps: &[BlockTaps], transfer: &mut Transfer) -> Result<usize> {
+        let mut all = Vec::with_capacity(taps.len() * 4);
+        for t in taps {
+            all.extend(
+                [
+                    &t.hidden_var,
+                    &t.hidden_rms,
+                    &t.act_absmax,
+                    &t.attn_logit_max,
+                ]
+                .map(Clone::clone),
+            );
+        }
+        transfer.push_scalars(&all)
     }
-    let v = to_host(&all)?;
-    let column = |k: usize| v.iter().skip(k).step_by(4).copied().collect();
-    Ok(TapValues {
-        hidden_var: column(0),
-        hidden_rms: column(1),
-        act_absmax: column(2),
-        attn_logit_max: column(3),
-    })
+
+    /// The four columns of a slot queued by [`TapValues::push`].
+    pub fn from_host(v: &[f64]) -> Self {
+        let column = |k: usize| v.iter().skip(k).step_by(4).copied().collect();
+        TapValues {
+            hidden_var: column(0),
+            hidden_rms: column(1),
+            act_absmax: column(2),
+            attn_logit_max: column(3),
+        }
+    }
 }
 
 /// Everything measured per layer in one step, keyed by the contract's stat names.
@@ -264,6 +321,23 @@ pub fn per_source_loss(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_device_clip_scale_is_the_host_clip_factor() {
+        let dev = candle_core::Device::Cpu;
+        for norm in [0.2, 1.0, 1.5, 40.0, f64::NAN, f64::INFINITY] {
+            let t = Tensor::new(norm, &dev).unwrap();
+            for max in [1.0, 0.5] {
+                let got: f64 = clip_scale(&t, max).unwrap().unwrap().to_scalar().unwrap();
+                let want = crate::optim::clip_factor(norm, max);
+                assert!(
+                    (got - want).abs() < 1e-12,
+                    "norm {norm} max {max}: {got} vs {want}"
+                );
+            }
+            assert!(clip_scale(&t, 0.0).unwrap().is_none());
+        }
+    }
 
     #[test]
     fn per_source_loss_averages_only_the_rows_of_each_source() {

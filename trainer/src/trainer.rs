@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use keel_protocol::{Metric, StepRecord};
 
 use crate::checkpoint::{self, FORMAT, RunState};
-use crate::config::TrainConfig;
+use crate::config::{Precision, TrainConfig};
 use crate::data::{self, DataMix};
 
 /// Whether a resume insists on the data files it was trained on.
@@ -28,10 +28,10 @@ pub enum DataCheck {
     AllowChange,
 }
 use crate::model::{self, Model};
-use crate::optim::{AdamW, clip_factor};
+use crate::optim::{AdamW, GradScale, clip_factor};
 use crate::params::Params;
 use crate::schedule::Schedule;
-use crate::stats::{self, LayerStats};
+use crate::stats::{self, LayerStats, TapValues};
 
 pub struct Trainer {
     pub cfg: TrainConfig,
@@ -46,6 +46,9 @@ pub struct Trainer {
     groups: Vec<Vec<usize>>,
     /// Each block's matrices (with their α) and gains, for the weight statistics.
     blocks: stats::BlockWeights,
+    /// Clip with a factor computed on the device (no read of the gradient norm before the
+    /// update); on by default off the CPU.
+    pub clip_on_device: bool,
 }
 
 impl Trainer {
@@ -63,7 +66,13 @@ impl Trainer {
         let data = DataMix::with_holdout(&cfg.data, cfg.run.seed, cfg.eval.holdout)?;
         // The tokenizer decides the vocabulary; the config value only matters for bytes.
         cfg.model.vocab_size = data.vocab_size();
-        let (model, params) = Model::new(&cfg.model, &cfg.stability, cfg.run.seed, dtype, device)?;
+        let (mut model, params) =
+            Model::new(&cfg.model, &cfg.stability, cfg.run.seed, dtype, device)?;
+        match cfg.run.dtype {
+            Precision::F32 => {}
+            Precision::Tf32 => crate::device::allow_tf32(device),
+            Precision::Bf16 => model.set_compute_dtype(DType::BF16),
+        }
         let opt = AdamW::new(&cfg.optim, &cfg.stability, &params)?;
         let state = RunState {
             format: FORMAT,
@@ -86,6 +95,7 @@ impl Trainer {
         let groups = stats::block_groups(&params, cfg.model.n_layers);
         let blocks = stats::BlockWeights::new(&params, cfg.model.n_layers);
         Ok(Self {
+            clip_on_device: !device.is_cpu(),
             groups,
             blocks,
             cfg,
@@ -197,31 +207,69 @@ impl Trainer {
     }
 
     /// Run one training step and return its record.
+    ///
+    /// With `run.micro_batches` = k the batch goes through in k slices, each forward and
+    /// backward on its own with its loss scaled by 1/k and the gradients summed, so the update
+    /// is that of the whole batch while the activations are those of one slice; the taps come
+    /// from the first slice. Everything the record reports is gathered on the device and read
+    /// back in one transfer after the update (on the CPU the gradient norm is read before it,
+    /// where that costs nothing).
     pub fn step(&mut self) -> Result<StepRecord> {
         let started = Instant::now();
         let step = self.state.step;
         let collect = self.collects(step);
         let (b, t) = (self.cfg.run.batch_size, self.state.seq_len);
+        let k = self.cfg.run.micro_batches.max(1);
+        let mb = b / k;
         let batch = self.data.batch(step + self.state.batch_offset, b, t)?;
-        let inputs = Tensor::from_vec(batch.inputs, (b, t), &self.device)?;
-        let targets = Tensor::from_vec(batch.targets, b * t, &self.device)?;
-
-        let fwd = self.model.forward(&inputs, collect)?;
-        let loss = model::loss(&fwd.logits, &targets, self.cfg.stability.z_loss)?;
-        let grads = loss.total.backward()?;
-        let grads_in_order = self
-            .params
-            .entries
-            .iter()
-            .map(|p| {
-                let g = grads.get(p.var.as_tensor());
-                g.cloned()
-                    .with_context(|| format!("no gradient for {}", p.name))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let grad_sq = stats::group_sq_norms(&self.groups, &grads_in_order)?;
-        let grad_norm = grad_sq.iter().sum::<f64>().sqrt();
-        let scale = clip_factor(grad_norm, self.state.grad_clip);
+        let mut grads: Vec<Tensor> = Vec::new();
+        let (mut ces, mut zs, mut rows) = (Vec::new(), Vec::new(), Vec::new());
+        let mut taps = None;
+        for i in 0..k {
+            let span = i * mb * t..(i + 1) * mb * t;
+            let inputs =
+                Tensor::from_vec(batch.inputs[span.clone()].to_vec(), (mb, t), &self.device)?;
+            let targets = Tensor::from_vec(batch.targets[span].to_vec(), mb * t, &self.device)?;
+            let fwd = self.model.forward(&inputs, collect && i == 0)?;
+            let loss = model::loss(&fwd.logits, &targets, self.cfg.stability.z_loss)?;
+            let objective = if k == 1 {
+                loss.total.clone()
+            } else {
+                loss.total.affine(1.0 / k as f64, 0.0)?
+            };
+            let store = objective.backward()?;
+            for (j, p) in self.params.entries.iter().enumerate() {
+                let g = store
+                    .get(p.var.as_tensor())
+                    .with_context(|| format!("no gradient for {}", p.name))?
+                    .detach();
+                if i == 0 {
+                    grads.push(g);
+                } else {
+                    grads[j] = (&grads[j] + g)?;
+                }
+            }
+            ces.push(loss.ce);
+            zs.push(loss.z);
+            rows.push(loss.per_token.reshape((mb, t))?.mean(1)?);
+            if i == 0 {
+                taps = fwd.taps;
+            }
+        }
+        let grad_sq = stats::group_sq_norms(&self.groups, &grads)?;
+        let grad_sq = Tensor::stack(&grad_sq, 0)?;
+        let max_norm = self.state.grad_clip;
+        let scale = if self.clip_on_device {
+            let norm = grad_sq.sum_all()?.sqrt()?;
+            stats::clip_scale(&norm, max_norm)?.map_or(GradScale::Host(1.0), GradScale::Device)
+        } else {
+            let norm = grad_sq
+                .to_dtype(DType::F64)?
+                .to_vec1::<f64>()?
+                .iter()
+                .sum::<f64>();
+            GradScale::Host(clip_factor(norm.sqrt(), max_norm))
+        };
         // ‖ΔW‖ needs the effective weights before the update: keep them, one flat copy per
         // block (the parameter norms are taken from the same copy).
         let (before, gains) = if collect {
@@ -234,24 +282,49 @@ impl Trainer {
             (Vec::new(), Vec::new())
         };
         let lr = self.state.schedule.lr(step);
-        self.opt.step(&self.params, &grads, lr, scale)?;
+        self.opt.step(&self.params, &grads, lr, &scale)?;
 
-        // Scalars in one transfer: ce, z, then the mean loss of each row.
-        let rows = loss.per_token.reshape((b, t))?.mean(1)?;
-        let host = stats::to_host_cat(&[Tensor::stack(&[&loss.ce, &loss.z], 0)?, rows])?;
-        let layers = match fwd.taps {
+        // Everything the record reports, in one transfer.
+        let mut out = stats::Transfer::default();
+        let loss_slot = out.push_scalars(&[
+            Tensor::stack(&ces, 0)?.mean_all()?,
+            Tensor::stack(&zs, 0)?.mean_all()?,
+        ])?;
+        let rows_slot = out.push(&Tensor::cat(&rows, 0)?)?;
+        let grad_slot = out.push(&grad_sq)?;
+        let scale_slot = match &scale {
+            GradScale::Device(s) => Some(out.push(s)?),
+            GradScale::Host(_) => None,
+        };
+        let layer_slots = match taps {
             Some(taps) if collect => {
                 let after = self.blocks.effective(&self.weights())?;
-                let param_sq = stats::sq_norms(before.iter())?;
-                let update_sq = stats::diff_sq_norms(&after, &before)?;
-                let gains = stats::to_host(&gains)?;
-                let taps = stats::taps_to_host(&taps)?;
-                Some(LayerStats::new(
-                    taps, &grad_sq, &param_sq, &update_sq, gains,
+                Some((
+                    out.push_scalars(&stats::sq_norms(before.iter())?)?,
+                    out.push_scalars(&stats::diff_sq_norms(&after, &before)?)?,
+                    out.push_scalars(&gains)?,
+                    TapValues::push(&taps, &mut out)?,
                 ))
             }
             _ => None,
         };
+        let host = out.read()?;
+        let grad_sq = host.get(grad_slot);
+        let grad_norm = grad_sq.iter().sum::<f64>().sqrt();
+        let factor = match (&scale, scale_slot) {
+            (_, Some(slot)) => host.get(slot)[0],
+            (GradScale::Host(f), None) => *f,
+            (GradScale::Device(_), None) => unreachable!("a device factor has a slot"),
+        };
+        let layers = layer_slots.map(|(param, update, gains, taps)| {
+            LayerStats::new(
+                TapValues::from_host(host.get(taps)),
+                grad_sq,
+                host.get(param),
+                host.get(update),
+                host.get(gains).to_vec(),
+            )
+        });
         self.state.step += 1;
         self.state.tokens += (b * t) as u64;
         let elapsed = started.elapsed().as_secs_f64();
@@ -262,11 +335,13 @@ impl Trainer {
             scalars: Default::default(),
             layers: layers.map(LayerStats::into_map).unwrap_or_default(),
         };
-        let clipped = if scale < 1.0 { 1.0 } else { 0.0 };
-        let per_source = stats::per_source_loss(&host[2..], &batch.sources, self.data.names());
+        let clipped = if factor < 1.0 { 1.0 } else { 0.0 };
+        let losses = host.get(loss_slot);
+        let per_source =
+            stats::per_source_loss(host.get(rows_slot), &batch.sources, self.data.names());
         let scalars = [
-            ("loss".to_string(), host[0]),
-            ("z_loss".to_string(), host[1]),
+            ("loss".to_string(), losses[0]),
+            ("z_loss".to_string(), losses[1]),
             ("lr".to_string(), lr),
             ("grad_norm".to_string(), grad_norm),
             ("grad_clipped".to_string(), clipped),

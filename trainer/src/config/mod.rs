@@ -44,6 +44,11 @@ pub struct RunConfig {
     /// Total optimizer steps; `--steps` overrides it.
     pub steps: u64,
     pub batch_size: usize,
+    /// The precision of the step (master weights and optimizer moments stay f32).
+    pub dtype: Precision,
+    /// Gradient accumulation: the batch goes through in this many slices of
+    /// `batch_size / micro_batches` rows (activations of one slice, the update of the whole).
+    pub micro_batches: usize,
     /// Print a progress line every this many steps.
     pub log_every: u64,
     pub tags: Vec<String>,
@@ -56,10 +61,26 @@ impl Default for RunConfig {
             seed: 0,
             steps: 1000,
             batch_size: 8,
+            dtype: Precision::F32,
+            micro_batches: 1,
             log_every: 10,
             tags: Vec::new(),
         }
     }
+}
+
+/// What a training step computes in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 everywhere.
+    #[default]
+    F32,
+    /// f32 tensors, matrix products in TF32 on a GPU that has it (the CPU computes f32).
+    Tf32,
+    /// Activations and matrix products in bf16 over f32 master weights and moments; RMSNorm,
+    /// the attention softmax, the loss and the statistics in f32.
+    Bf16,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -395,6 +416,13 @@ impl TrainConfig {
         );
         ensure!(m.rope_theta > 0.0, "rope_theta must be positive");
         ensure!(self.run.batch_size > 0, "batch_size must be positive");
+        ensure!(
+            self.run.micro_batches > 0
+                && self.run.batch_size.is_multiple_of(self.run.micro_batches),
+            "run.micro_batches ({}) must divide run.batch_size ({})",
+            self.run.micro_batches,
+            self.run.batch_size
+        );
         ensure!(
             self.optim.lr > 0.0 && self.optim.eps >= 0.0,
             "lr must be positive"

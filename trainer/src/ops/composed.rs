@@ -32,10 +32,28 @@ fn masked_logits(scores: &Tensor, scale: f64) -> Result<Tensor> {
 /// Causal softmax of `scores · scale` over the last dimension. The row max is detached: softmax
 /// does not depend on it, so its gradient is exactly zero.
 pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
-    let x = masked_logits(scores, scale)?;
+    let t = scores.dim(D::Minus1)?;
+    let mask = causal_mask(t, scores.dtype(), scores.device())?;
+    Ok(causal_softmax_masked(scores, scale, &mask)?.0)
+}
+
+/// As [`causal_softmax`] with the mask given (built once per length and kept on the device),
+/// and the largest masked logit, detached: the attention-logit tap, from the row maxima
+/// `[.., t, 1]` the softmax subtracts (a reduction over t values per row instead of another
+/// pass over the `t × t` scores). candle's max skips NaN; a NaN logit makes its row's sum NaN,
+/// and the sum of the row sums carries it into the tap.
+pub fn causal_softmax_masked(
+    scores: &Tensor,
+    scale: f64,
+    mask: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    let x = (scores * scale)?.broadcast_add(mask)?;
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
-    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+    let sums = e.sum_keepdim(D::Minus1)?;
+    let probs = e.broadcast_div(&sums)?;
+    let top = (max.flatten_all()?.max(0)? + (sums.detach().sum_all()? * 0.0)?)?;
+    Ok((probs, top))
 }
 
 /// The largest unmasked entry of `scores · scale`, detached (masked entries are −∞).

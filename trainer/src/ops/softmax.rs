@@ -12,6 +12,9 @@ use super::{Float, blocks, blocks_mut, by_dtype, contiguous, dot, fold8, max, su
 
 pub struct CausalSoftmax {
     pub scale: f64,
+    /// Where the forward leaves the largest unmasked `scores · scale` (NaN if any row has a
+    /// NaN): the attention-logit tap, from the row maxima the softmax takes anyway.
+    pub top: Option<std::sync::Arc<std::sync::Mutex<f64>>>,
 }
 
 impl CustomOp1 for CausalSoftmax {
@@ -20,7 +23,11 @@ impl CustomOp1 for CausalSoftmax {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        by_dtype!(self.name(), s.dtype(), forward(s, l, self.scale))
+        let (out, top) = by_dtype!(self.name(), s.dtype(), forward(s, l, self.scale))?;
+        if let Some(cell) = &self.top {
+            *cell.lock().unwrap_or_else(|p| p.into_inner()) = top;
+        }
+        Ok(out)
     }
 
     fn bwd(&self, _scores: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
@@ -37,11 +44,13 @@ fn square(l: &Layout) -> Result<usize> {
     }
 }
 
-fn forward<T: Float>(s: &CpuStorage, l: &Layout, scale: f64) -> Result<(CpuStorage, Shape)> {
+/// The softmax, and the largest scaled logit of all rows (NaN when a row holds a NaN).
+fn forward<T: Float>(s: &CpuStorage, l: &Layout, scale: f64) -> Result<((CpuStorage, Shape), f64)> {
     let (x, t) = (contiguous::<T>(s, l)?, square(l)?);
     let scale = T::from_f64(scale);
     let mut y = vec![T::zero(); x.len()];
-    blocks_mut(&mut y, t, |row0, out| {
+    let tops = blocks_mut(&mut y, t, |row0, out| {
+        let mut top = T::neg_infinity();
         for (r, yr) in out.chunks_exact_mut(t).enumerate() {
             let row = row0 + r;
             let len = row % t + 1;
@@ -53,11 +62,21 @@ fn forward<T: Float>(s: &CpuStorage, l: &Layout, scale: f64) -> Result<(CpuStora
             for (y, &x) in yr.iter_mut().zip(xr) {
                 *y = (x * scale - max).fast_exp();
             }
-            let inv = sum(yr).recip();
+            let total = sum(yr);
+            // A NaN logit makes the row's sum NaN: the tap must show it.
+            top = if total.is_nan() && !max.is_infinite() {
+                total
+            } else {
+                nan_max(top, max)
+            };
+            let inv = total.recip();
             yr.iter_mut().for_each(|y| *y *= inv);
         }
+        top
     });
-    Ok((T::to_cpu_storage_owned(y), l.shape().clone()))
+    let top = tops.into_iter().fold(T::neg_infinity(), nan_max);
+    let top = num_traits::ToPrimitive::to_f64(&top).unwrap_or(f64::NAN);
+    Ok(((T::to_cpu_storage_owned(y), l.shape().clone()), top))
 }
 
 /// The backward kernel: `(y, dy)` → `dx`.

@@ -136,6 +136,46 @@ fn the_fused_logit_max_is_exactly_the_composed_one() {
 }
 
 #[test]
+fn the_softmax_hands_back_the_logit_max_of_its_own_row_maxima_exactly() {
+    for (i, s) in SHAPES.iter().enumerate() {
+        let t = s[2];
+        // Large values above the diagonal, where the mask is: reading one would show.
+        let above: Vec<f64> = (0..t * t)
+            .map(|j| if j % t > j / t { 100.0 } else { 0.0 })
+            .collect();
+        let above = Tensor::from_vec(above, (t, t), &Device::Cpu).unwrap();
+        let scores = randn(&[s[0], s[1], t, t], 50 + i as u64)
+            .broadcast_add(&above)
+            .unwrap();
+        let want = Kernels::Composed
+            .causal_logit_max(&scores, 0.3)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        for k in [Kernels::Fused, Kernels::Composed] {
+            let (probs, top) = k.attention_softmax(&scores, 0.3, None, true).unwrap();
+            assert_eq!(
+                top.unwrap().to_scalar::<f64>().unwrap(),
+                want,
+                "{k:?} {s:?}"
+            );
+            let plain = k.causal_softmax(&scores, 0.3).unwrap();
+            assert_eq!(rel_diff(&probs, &plain), 0.0, "{k:?} {s:?}");
+            let (_, none) = k.attention_softmax(&scores, 0.3, None, false).unwrap();
+            assert!(none.is_none());
+        }
+    }
+    // A NaN logit shows in the tap of both forms.
+    let mut v = vec![0.5f64; 16];
+    v[5] = f64::NAN;
+    let x = Tensor::from_vec(v, (1, 1, 4, 4), &Device::Cpu).unwrap();
+    for k in [Kernels::Fused, Kernels::Composed] {
+        let (_, top) = k.attention_softmax(&x, 1.0, None, true).unwrap();
+        assert!(top.unwrap().to_scalar::<f64>().unwrap().is_nan(), "{k:?}");
+    }
+}
+
+#[test]
 fn fused_rope_matches_the_composed_one_with_its_gradients_in_f64() {
     for (i, s) in SHAPES.iter().enumerate() {
         let (t, half) = (s[2], s[3] / 2);

@@ -337,3 +337,100 @@ fn validation_loss_comes_every_eval_every_steps_from_held_out_data_of_each_sourc
     // The same held-out rows every time: an evaluation without a step in between repeats.
     assert_eq!(t.evaluate().unwrap(), t.evaluate().unwrap());
 }
+
+#[test]
+fn micro_batches_give_the_update_of_the_whole_batch() {
+    let run = |k: usize| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = support::tiny();
+        cfg.run.micro_batches = k;
+        let mut t = Trainer::with_dtype(
+            cfg,
+            &Device::Cpu,
+            dir.path().into(),
+            candle_core::DType::F64,
+        )
+        .unwrap();
+        (0..5)
+            .map(|_| {
+                let r = t.step().unwrap();
+                (r.scalars["loss"].get(), r.scalars["grad_norm"].get())
+            })
+            .collect::<Vec<_>>()
+    };
+    let whole = run(1);
+    for k in [2, 4] {
+        for ((l1, g1), (lk, gk)) in whole.iter().zip(run(k)) {
+            assert!((l1 - lk).abs() < 1e-9 * l1, "k={k}: loss {l1} vs {lk}");
+            assert!((g1 - gk).abs() < 1e-9 * g1, "k={k}: grad norm {g1} vs {gk}");
+        }
+    }
+    let mut cfg = support::tiny();
+    cfg.run.micro_batches = 3;
+    let why = cfg.validate().unwrap_err().to_string();
+    assert!(why.contains("must divide run.batch_size (4)"), "{why}");
+}
+
+#[test]
+fn clipping_with_the_factor_on_the_device_trains_as_clipping_on_the_host() {
+    let run = |on_device: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = support::tiny();
+        cfg.optim.grad_clip = 0.3;
+        let mut t = support::trainer(cfg, dir.path());
+        t.clip_on_device = on_device;
+        (0..8)
+            .map(|_| {
+                let r = t.step().unwrap();
+                (r.scalars["loss"].get(), r.scalars["grad_clipped"].get())
+            })
+            .collect::<Vec<_>>()
+    };
+    let (host, device) = (run(false), run(true));
+    assert!(
+        host.iter().any(|(_, c)| *c == 1.0),
+        "the clip bites: {host:?}"
+    );
+    for ((lh, ch), (ld, cd)) in host.iter().zip(&device) {
+        assert_eq!(ch, cd);
+        assert!((lh - ld).abs() < 1e-4 * lh, "{lh} vs {ld}");
+    }
+}
+
+#[test]
+fn bf16_computes_over_f32_master_weights_and_follows_the_f32_losses() {
+    let run = |dtype: keel_trainer::config::Precision| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = support::tiny();
+        cfg.run.dtype = dtype;
+        let mut t = support::trainer(cfg, dir.path());
+        let recs: Vec<_> = (0..20).map(|_| t.step().unwrap()).collect();
+        for p in &t.params.entries {
+            assert_eq!(
+                p.var.dtype(),
+                candle_core::DType::F32,
+                "{} is a master weight",
+                p.name
+            );
+        }
+        for (name, m) in t.opt.state_tensors() {
+            assert_eq!(m.dtype(), candle_core::DType::F32, "{name}");
+        }
+        recs
+    };
+    let f32s = run(keel_trainer::config::Precision::F32);
+    let bf16s = run(keel_trainer::config::Precision::Bf16);
+    for (a, b) in f32s.iter().zip(&bf16s) {
+        let (la, lb) = (a.scalars["loss"].get(), b.scalars["loss"].get());
+        assert!(
+            (la - lb).abs() < 0.03 * la,
+            "step {}: f32 {la}, bf16 {lb}",
+            a.step
+        );
+        for (stat, values) in &b.layers {
+            assert!(values.iter().all(|v| v.get().is_finite()), "{stat}");
+        }
+    }
+    // The loss falls in bf16 as in f32.
+    assert!(bf16s[19].scalars["loss"].get() < bf16s[0].scalars["loss"].get() - 1.0);
+}
