@@ -18,11 +18,16 @@
 //! - `alerts`: the loss-spike detector on the labelled corpus of `keel_server::alerts::corpus`:
 //!   spikes found and missed, false alerts per 10,000 steps, against the budgets.
 //!
+//! - `trainer`: a training step on `--device` in `--dtype` — tokens/s, MFU, the statistics'
+//!   cost, host reads per step, peak memory, losses against the CPU (see [`trainer`]). Not in
+//!   `all`; `scripts/gpu-check.sh` runs it on a GPU.
+//!
 //! `--quick` shrinks every size tenfold for a smoke run. Sizes print with the results.
 
 mod compare;
 mod limits;
 mod load;
+mod trainer;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,7 +41,7 @@ use keel_server::storage::{Store, WriteOp, runs};
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// Which benchmark: ingest, query, memory, commands, compare, alerts, all (those six),
-    /// reads, bodies or load.
+    /// reads, bodies, load or trainer.
     #[arg(default_value = "all")]
     which: String,
     /// Ten times smaller sizes, for a quick check.
@@ -45,10 +50,13 @@ pub struct BenchArgs {
     /// Keep the databases here instead of a temporary directory.
     #[arg(long)]
     dir: Option<PathBuf>,
+    #[command(flatten)]
+    trainer: trainer::TrainerBenchArgs,
 }
 
-const BENCHES: [&str; 10] = [
+const BENCHES: [&str; 11] = [
     "all", "ingest", "query", "memory", "commands", "compare", "reads", "bodies", "load", "alerts",
+    "trainer",
 ];
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -58,6 +66,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.which,
         BENCHES.join(", ")
     );
+    if args.which == "trainer" {
+        println!("| load average before | {} |", load_average());
+        trainer::run(args.trainer)?;
+        println!("| load average after | {} |", load_average());
+        return Ok(());
+    }
     let tmp = tempfile::tempdir()?;
     let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_owned());
     std::fs::create_dir_all(&dir)?;

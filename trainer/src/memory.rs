@@ -32,10 +32,37 @@ pub fn activation_bytes(m: &ModelConfig, batch: usize, seq_len: usize, dtype: DT
 }
 
 /// Memory the device can still give this process, in bytes; `None` where it cannot be read.
-/// On the CPU: the kernel's `MemAvailable` (what can be allocated without swapping).
+/// On the CPU: the kernel's `MemAvailable` (what can be allocated without swapping); on a CUDA
+/// device: the driver's free memory.
 pub fn available_bytes(device: &Device) -> Option<u64> {
     match device {
         Device::Cpu => mem_available(&std::fs::read_to_string("/proc/meminfo").ok()?),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(d) => {
+            let (free, _total) = d.cuda_stream().context().mem_get_info().ok()?;
+            Some(free as u64)
+        }
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
+/// Memory in use on the device, for a peak: on a CUDA device the driver's total less its free
+/// memory; on the CPU this process's peak resident memory (`VmHWM`).
+pub fn device_used_bytes(device: &Device) -> Option<u64> {
+    match device {
+        Device::Cpu => {
+            let status = std::fs::read_to_string("/proc/self/status").ok()?;
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(d) => {
+            let (free, total) = d.cuda_stream().context().mem_get_info().ok()?;
+            Some((total - free) as u64)
+        }
+        #[allow(unreachable_patterns)]
         _ => None,
     }
 }

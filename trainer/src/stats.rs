@@ -15,6 +15,16 @@ use keel_protocol::Metric;
 use crate::model::BlockTaps;
 use crate::params::{Kind, Params};
 
+/// Reads from the device to the host the trainer has made (its steps' transfers, the CPU's
+/// gradient-norm read, evaluations): what `keel bench trainer` counts per step. On a GPU each
+/// is a synchronisation that stalls the step.
+pub static HOST_READS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Count one read of [`HOST_READS`].
+pub fn count_host_read() {
+    HOST_READS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// One step's numbers gathered on the device and read back to the host in one transfer: on a
 /// GPU each read is a synchronisation, so a step makes one, after the update.
 #[derive(Default)]
@@ -50,6 +60,7 @@ impl Transfer {
         let values = if self.parts.is_empty() {
             Vec::new()
         } else {
+            count_host_read();
             Tensor::cat(&self.parts, 0)?.to_vec1::<f64>()?
         };
         let mut starts = Vec::with_capacity(self.lens.len());

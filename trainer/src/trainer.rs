@@ -263,6 +263,7 @@ impl Trainer {
             let norm = grad_sq.sum_all()?.sqrt()?;
             stats::clip_scale(&norm, max_norm)?.map_or(GradScale::Host(1.0), GradScale::Device)
         } else {
+            stats::count_host_read();
             let norm = grad_sq
                 .to_dtype(DType::F64)?
                 .to_vec1::<f64>()?
@@ -378,6 +379,7 @@ impl Trainer {
                 let targets = Tensor::from_vec(batch.targets, b * t, &self.device)?;
                 let fwd = self.model.forward(&inputs, false)?;
                 let loss = model::loss(&fwd.logits, &targets, 0.0)?;
+                stats::count_host_read();
                 sum += loss.ce.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                 n += 1;
             }
