@@ -65,7 +65,13 @@ impl Trainer {
     ) -> Result<Self> {
         let data = DataMix::with_holdout(&cfg.data, cfg.run.seed, cfg.eval.holdout)?;
         // The tokenizer decides the vocabulary; the config value only matters for bytes.
-        cfg.model.vocab_size = data.vocab_size();
+        cfg.model.vocab_size = match cfg.data.tokenizer {
+            // A tokenizer's vocabulary is its own.
+            Some(_) => data.vocab_size(),
+            // Bytes fit any vocabulary of at least 256: a config may keep a real tokenizer's
+            // size (YuLan-Mini's 99,000) so the model has its shape before one is configured.
+            None => cfg.model.vocab_size.max(data.vocab_size()),
+        };
         let (mut model, params) =
             Model::new(&cfg.model, &cfg.stability, cfg.run.seed, dtype, device)?;
         match cfg.run.dtype {

@@ -86,7 +86,8 @@ pub enum Precision {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
-    /// 256 for the byte-level tokenizer; taken from `tokenizer.json` when one is configured.
+    /// Taken from `tokenizer.json` when one is configured. With bytes, at least 256: a larger
+    /// value keeps a real tokenizer's embedding shape (the ids used stay below 256).
     pub vocab_size: usize,
     pub d_model: usize,
     pub n_layers: usize,

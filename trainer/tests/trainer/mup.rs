@@ -272,3 +272,14 @@ fn the_ladders_rungs_differ_the_way_the_report_says() {
         }
     }
 }
+
+#[test]
+fn the_yulan_proxy_has_the_reports_shape_and_vocabulary() {
+    let cfg = keel_trainer::load_config(Path::new("yulan-proxy-0.05b")).unwrap();
+    assert_eq!(cfg.run.dtype, keel_trainer::config::Precision::Bf16);
+    let (_, p) = Model::new(&cfg.model, &cfg.stability, 1, DType::F32, &Device::Cpu).unwrap();
+    // 99,000 × 256 tied embedding, 32 blocks of d 256 and FFN 640: the 0.05B proxy.
+    assert_eq!(p.get("embed.weight").unwrap().var.dims(), [99_000, 256]);
+    assert_eq!(p.count(), 49_478_112);
+    assert_eq!(p.width_ratio(), 1.0);
+}
