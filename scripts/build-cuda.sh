@@ -4,7 +4,8 @@
 # PyPI, installed into a virtualenv cached outside the repository.
 #
 #   scripts/build-cuda.sh            # target/cuda/release/keel (about 45 min on 2 cores)
-#   scripts/build-cuda.sh check      # cargo check --features cuda only (what CI runs)
+#   scripts/build-cuda.sh check      # clippy (cargo check and lints) with --features cuda:
+#                                    # what CI runs, so the CUDA code cannot rot
 #
 # Settings (environment):
 #   KEEL_CUDA_CACHE   where the virtualenv goes (default ~/.cache/keel-cuda, about 1.1 GB)
@@ -25,7 +26,10 @@ export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
 
 if [ ! -x "$cache/venv/bin/pip" ]; then
   mkdir -p "$cache"
-  python3 -m venv "$cache/venv"
+  python3 -m venv "$cache/venv" || {
+    echo "python3 -m venv failed: on Debian, apt-get install python3-venv" >&2
+    exit 1
+  }
 fi
 "$cache/venv/bin/pip" install -q --disable-pip-version-check \
   nvidia-cuda-nvcc==13.2.78 nvidia-cuda-crt==13.2.78 nvidia-nvvm==13.2.78 \
@@ -61,7 +65,7 @@ nvcc --version | tail -2
 
 start=$(date +%s)
 case $mode in
-  check) cargo check --locked --features cuda --all-targets ;;
+  check) cargo clippy --locked --features cuda --all-targets -- -D warnings ;;
   build) cargo build --locked --release --features cuda ;;
   *) echo "usage: $0 [build|check]" >&2; exit 2 ;;
 esac

@@ -59,6 +59,13 @@ const BENCHES: [&str; 11] = [
     "trainer",
 ];
 
+impl BenchArgs {
+    /// Whether this benchmark trains (and so runs with the trainer's settings).
+    pub fn trains(&self) -> bool {
+        self.which == "trainer"
+    }
+}
+
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         BENCHES.contains(&args.which.as_str()),

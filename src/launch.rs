@@ -159,7 +159,7 @@ mod tests {
             built_in.grids().unwrap(),
             ["mup-transfer", "stability", "yulan-ladder"]
         );
-        assert_eq!(built_in.variants("mup-transfer").unwrap().len(), 24);
+        assert_eq!(built_in.variants("mup-transfer").unwrap().len(), 18);
         assert_eq!(
             built_in.variants("stability").unwrap(),
             ["stable", "unstable"]

@@ -161,12 +161,42 @@ fn main() -> anyhow::Result<()> {
             runtime()?.block_on(serve(args))
         }
         Cmd::Demo(args) => runtime()?.block_on(demo::run(args)),
-        Cmd::Train(args) => train::run(args),
-        Cmd::Ablate(args) => ablate::run(args),
+        Cmd::Train(args) => {
+            with_trainer_env();
+            train::run(args)
+        }
+        Cmd::Ablate(args) => {
+            with_trainer_env();
+            ablate::run(args)
+        }
         Cmd::Configs(args) => configs::run(args),
         Cmd::Check(args) => runtime()?.block_on(check(args)),
         Cmd::Sync(args) => sync::run(args),
-        Cmd::Bench(args) => bench::run(args),
+        Cmd::Bench(args) => {
+            // The trainer's figures are those of `keel train`'s own settings.
+            if args.trains() {
+                with_trainer_env();
+            }
+            bench::run(args)
+        }
+    }
+}
+
+/// Runs this process again, in place (same pid), with the thread and allocator settings a
+/// trainer is fastest with ([`keel_trainer::device::recommended_thread_env`]), unless candle's
+/// thread count is set already: so `keel train`'s defaults are its fastest settings, with no
+/// environment variable to know about. Should that fail, training goes on as it is.
+fn with_trainer_env() {
+    #[cfg(unix)]
+    if !keel_trainer::device::thread_env_is_set() {
+        use std::os::unix::process::CommandExt;
+        let error = std::env::current_exe().map(|exe| {
+            std::process::Command::new(exe)
+                .args(std::env::args_os().skip(1))
+                .envs(keel_trainer::device::recommended_thread_env())
+                .exec()
+        });
+        tracing::warn!("training with candle's default threads: {error:?}");
     }
 }
 

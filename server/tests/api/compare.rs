@@ -399,3 +399,72 @@ fn the_pages_place_heatmap_buckets_by_the_servers_rule_and_leave_gaps_empty() {
     );
     assert!(has[200..].iter().all(|&h| h == 1));
 }
+
+/// A run of a width × LR sweep: 20 steps of training loss, validation loss at steps 9 and 19.
+fn sweep_run(app: &TestApp, init: &str, d: u64, lr: f64, val: f64) -> i64 {
+    let config = json!({"model": {"d_model": d, "n_layers": 4}, "optim": {"lr": lr},
+        "stability": {"init": init}});
+    let spec = json!({"name": format!("{init}-d{d}-lr{lr}"), "group": "transfer",
+        "variant": format!("{init}-d{d}-lr{lr}"), "layers": 4, "config": config});
+    let r = app.post("/api/v1/runs", &spec);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.body["id"].as_i64().unwrap();
+    let steps: Vec<Value> = (0..20u64)
+        .map(|s| {
+            let mut scalars = json!({"loss": val + 0.5});
+            if s % 10 == 9 {
+                scalars["val/loss"] = json!(val + if s == 9 { 0.3 } else { 0.0 });
+            }
+            json!({"step": s, "scalars": scalars})
+        })
+        .collect();
+    assert_eq!(app.ingest(id, json!(steps)).status, 200);
+    id
+}
+
+#[test]
+fn a_width_by_lr_sweep_shows_the_best_lr_per_width_and_ranks_runs_by_validation_loss() {
+    let app = TestApp::spawn();
+    // µP's best LR stays at 0.01; the standard parametrisation's moves to 0.003 at d 64.
+    for (init, d, lr, val) in [
+        ("mup", 32, 0.003, 0.72),
+        ("mup", 32, 0.01, 0.71),
+        ("mup", 64, 0.003, 0.67),
+        ("mup", 64, 0.01, 0.66),
+        ("sp", 32, 0.003, 0.72),
+        ("sp", 32, 0.01, 0.71),
+        ("sp", 64, 0.003, 0.65),
+        ("sp", 64, 0.01, 0.70),
+    ] {
+        sweep_run(&app, init, d, lr, val);
+    }
+    let (status, html) = page(&app, "/compare?group=transfer");
+    assert_eq!(status, 200);
+    assert!(html.contains("Best LR per width"), "{html}");
+    assert!(html.contains("last validation loss"));
+    assert!(
+        html.contains("<caption>init=mup</caption>") && html.contains("<caption>init=sp</caption>")
+    );
+    // The winning cells, marked; each table's best-LR column.
+    assert!(
+        html.contains(r#"<td class="num best">0.6600</td>"#),
+        "{html}"
+    );
+    assert!(html.contains(r#"<td class="num best">0.6500</td>"#));
+    let best: Vec<&str> = html
+        .match_indices("<td class=\"num\"><b>")
+        .map(|(i, m)| {
+            let rest = &html[i + m.len()..];
+            &rest[..rest.find('<').unwrap()]
+        })
+        .collect();
+    assert_eq!(best, ["0.01", "0.01", "0.01", "0.003"]);
+    // Ranked by the last validation loss, not the first.
+    assert!(html.contains(r#"data-field="final">0.6500</td>"#));
+    assert!(html.contains(r#"data-field="rank">#1</td>"#));
+    // The validation loss has its chart.
+    assert!(html.contains(r#"data-key="val/loss""#));
+    // Runs that are not a sweep get no table.
+    let (_, plain) = page(&app, "/compare?runs=1,2");
+    assert!(!plain.contains("Best LR per width"));
+}
