@@ -19,6 +19,27 @@ use crate::checkpoint::{self, FORMAT, RunState};
 use crate::config::{Precision, TrainConfig};
 use crate::data::{self, DataMix};
 
+/// One step's forward and backward passes: the summed gradients in parameter order, and per
+/// slice the mean cross-entropy, the z-loss term and each row's mean loss.
+#[derive(Default)]
+struct Pass {
+    grads: Vec<Tensor>,
+    ce: Vec<Tensor>,
+    z: Vec<Tensor>,
+    rows: Vec<Tensor>,
+    taps: Option<Vec<crate::model::BlockTaps>>,
+}
+
+/// What [`Trainer::read_back`] brought to the host.
+struct Readings {
+    loss: f64,
+    z_loss: f64,
+    row_loss: Vec<f64>,
+    grad_norm: f64,
+    clip_factor: f64,
+    layers: Option<LayerStats>,
+}
+
 /// Whether a resume insists on the data files it was trained on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DataCheck {
@@ -225,12 +246,127 @@ impl Trainer {
         let step = self.state.step;
         let collect = self.collects(step);
         let (b, t) = (self.cfg.run.batch_size, self.state.seq_len);
-        let k = self.cfg.run.micro_batches.max(1);
-        let mb = b / k;
         let batch = self.data.batch(step + self.state.batch_offset, b, t)?;
-        let mut grads: Vec<Tensor> = Vec::new();
-        let (mut ces, mut zs, mut rows) = (Vec::new(), Vec::new(), Vec::new());
-        let mut taps = None;
+        let pass = self.forward_backward(&batch, collect)?;
+        let grad_sq = Tensor::stack(&stats::group_sq_norms(&self.groups, &pass.grads)?, 0)?;
+        let scale = self.clip_scale(&grad_sq)?;
+        // ‖ΔW‖ needs the effective weights before the update: keep them, one flat copy per
+        // block (the parameter norms are taken from the same copy).
+        let (before, gains) = if collect {
+            let weights = self.weights();
+            (
+                self.blocks.effective(&weights)?,
+                self.blocks.gain_rms(&weights)?,
+            )
+        } else {
+            Default::default()
+        };
+        let lr = self.state.schedule.lr(step);
+        self.opt.step(&self.params, &pass.grads, lr, &scale)?;
+
+        let r = self.read_back(pass, &grad_sq, &scale, collect.then_some((before, gains)))?;
+        self.state.step += 1;
+        self.state.tokens += (b * t) as u64;
+        let elapsed = started.elapsed().as_secs_f64();
+        let mut rec = StepRecord {
+            step,
+            time: Some(unix_now()),
+            tokens: Some(self.state.tokens),
+            scalars: Default::default(),
+            layers: r.layers.map(LayerStats::into_map).unwrap_or_default(),
+        };
+        let clipped = if r.clip_factor < 1.0 { 1.0 } else { 0.0 };
+        let per_source = stats::per_source_loss(&r.row_loss, &batch.sources, self.data.names());
+        let scalars = [
+            ("loss".to_string(), r.loss),
+            ("z_loss".to_string(), r.z_loss),
+            ("lr".to_string(), lr),
+            ("grad_norm".to_string(), r.grad_norm),
+            ("grad_clipped".to_string(), clipped),
+            ("step_time_s".to_string(), elapsed),
+            ("tokens_per_s".to_string(), (b * t) as f64 / elapsed),
+        ];
+        for (k, v) in scalars.into_iter().chain(per_source) {
+            rec.scalars.insert(k, Metric::new(v));
+        }
+        let every = self.cfg.eval.every;
+        if every > 0 && (step + 1).is_multiple_of(every) {
+            for (k, v) in self.evaluate()? {
+                rec.scalars.insert(k, Metric::new(v));
+            }
+        }
+        Ok(rec)
+    }
+
+    /// Everything a step reports, gathered on the device and read back in one transfer after
+    /// the update: the losses, the gradient norms, the clip factor where the device decided
+    /// it, and with `weights` (the effective matrices and the gains' RMS before the update)
+    /// the per-layer statistics.
+    fn read_back(
+        &self,
+        pass: Pass,
+        grad_sq: &Tensor,
+        scale: &GradScale,
+        weights: Option<(Vec<Tensor>, Vec<Tensor>)>,
+    ) -> Result<Readings> {
+        let mut out = stats::Transfer::default();
+        let loss_slot = out.push_scalars(&[
+            Tensor::stack(&pass.ce, 0)?.mean_all()?,
+            Tensor::stack(&pass.z, 0)?.mean_all()?,
+        ])?;
+        let rows_slot = out.push(&Tensor::cat(&pass.rows, 0)?)?;
+        let grad_slot = out.push(grad_sq)?;
+        let scale_slot = match scale {
+            GradScale::Device(s) => Some(out.push(s)?),
+            GradScale::Host(_) => None,
+        };
+        let layer_slots = match (pass.taps, weights) {
+            (Some(taps), Some((before, gains))) => {
+                let after = self.blocks.effective(&self.weights())?;
+                Some((
+                    out.push_scalars(&stats::sq_norms(before.iter())?)?,
+                    out.push_scalars(&stats::diff_sq_norms(&after, &before)?)?,
+                    out.push_scalars(&gains)?,
+                    TapValues::push(&taps, &mut out)?,
+                ))
+            }
+            _ => None,
+        };
+        let host = out.read()?;
+        let grad_sq = host.get(grad_slot);
+        let clip_factor = match (scale, scale_slot) {
+            (_, Some(slot)) => host.get(slot)[0],
+            (GradScale::Host(f), None) => *f,
+            (GradScale::Device(_), None) => unreachable!("a device factor has a slot"),
+        };
+        let layers = layer_slots.map(|(param, update, gains, taps)| {
+            LayerStats::new(
+                TapValues::from_host(host.get(taps)),
+                grad_sq,
+                host.get(param),
+                host.get(update),
+                host.get(gains).to_vec(),
+            )
+        });
+        let losses = host.get(loss_slot);
+        Ok(Readings {
+            loss: losses[0],
+            z_loss: losses[1],
+            row_loss: host.get(rows_slot).to_vec(),
+            grad_norm: grad_sq.iter().sum::<f64>().sqrt(),
+            clip_factor,
+            layers,
+        })
+    }
+
+    /// Forward and backward over the batch, in `run.micro_batches` slices: each slice's loss
+    /// is scaled by 1/k and the gradients (in parameter order) summed. The taps are the first
+    /// slice's.
+    fn forward_backward(&self, batch: &crate::data::Batch, collect: bool) -> Result<Pass> {
+        let t = batch.seq_len;
+        let k = self.cfg.run.micro_batches.max(1);
+        let mb = batch.batch_size / k;
+        let mut pass = Pass::default();
         for i in 0..k {
             let span = i * mb * t..(i + 1) * mb * t;
             let inputs =
@@ -250,121 +386,34 @@ impl Trainer {
                     .with_context(|| format!("no gradient for {}", p.name))?
                     .detach();
                 if i == 0 {
-                    grads.push(g);
+                    pass.grads.push(g);
                 } else {
-                    grads[j] = (&grads[j] + g)?;
+                    pass.grads[j] = (&pass.grads[j] + g)?;
                 }
             }
-            ces.push(loss.ce);
-            zs.push(loss.z);
-            rows.push(loss.per_token.reshape((mb, t))?.mean(1)?);
+            pass.ce.push(loss.ce);
+            pass.z.push(loss.z);
+            pass.rows.push(loss.per_token.reshape((mb, t))?.mean(1)?);
             if i == 0 {
-                taps = fwd.taps;
+                pass.taps = fwd.taps;
             }
         }
-        let grad_sq = stats::group_sq_norms(&self.groups, &grads)?;
-        let grad_sq = Tensor::stack(&grad_sq, 0)?;
-        let max_norm = self.state.grad_clip;
-        let scale = if self.clip_on_device {
-            let norm = grad_sq.sum_all()?.sqrt()?;
-            stats::clip_scale(&norm, max_norm)?.map_or(GradScale::Host(1.0), GradScale::Device)
-        } else {
-            stats::count_host_read();
-            let norm = grad_sq
-                .to_dtype(DType::F64)?
-                .to_vec1::<f64>()?
-                .iter()
-                .sum::<f64>();
-            GradScale::Host(clip_factor(norm.sqrt(), max_norm))
-        };
-        // ‖ΔW‖ needs the effective weights before the update: keep them, one flat copy per
-        // block (the parameter norms are taken from the same copy).
-        let (before, gains) = if collect {
-            let weights = self.weights();
-            (
-                self.blocks.effective(&weights)?,
-                self.blocks.gain_rms(&weights)?,
-            )
-        } else {
-            (Vec::new(), Vec::new())
-        };
-        let lr = self.state.schedule.lr(step);
-        self.opt.step(&self.params, &grads, lr, &scale)?;
+        Ok(pass)
+    }
 
-        // Everything the record reports, in one transfer.
-        let mut out = stats::Transfer::default();
-        let loss_slot = out.push_scalars(&[
-            Tensor::stack(&ces, 0)?.mean_all()?,
-            Tensor::stack(&zs, 0)?.mean_all()?,
-        ])?;
-        let rows_slot = out.push(&Tensor::cat(&rows, 0)?)?;
-        let grad_slot = out.push(&grad_sq)?;
-        let scale_slot = match &scale {
-            GradScale::Device(s) => Some(out.push(s)?),
-            GradScale::Host(_) => None,
-        };
-        let layer_slots = match taps {
-            Some(taps) if collect => {
-                let after = self.blocks.effective(&self.weights())?;
-                Some((
-                    out.push_scalars(&stats::sq_norms(before.iter())?)?,
-                    out.push_scalars(&stats::diff_sq_norms(&after, &before)?)?,
-                    out.push_scalars(&gains)?,
-                    TapValues::push(&taps, &mut out)?,
-                ))
-            }
-            _ => None,
-        };
-        let host = out.read()?;
-        let grad_sq = host.get(grad_slot);
-        let grad_norm = grad_sq.iter().sum::<f64>().sqrt();
-        let factor = match (&scale, scale_slot) {
-            (_, Some(slot)) => host.get(slot)[0],
-            (GradScale::Host(f), None) => *f,
-            (GradScale::Device(_), None) => unreachable!("a device factor has a slot"),
-        };
-        let layers = layer_slots.map(|(param, update, gains, taps)| {
-            LayerStats::new(
-                TapValues::from_host(host.get(taps)),
-                grad_sq,
-                host.get(param),
-                host.get(update),
-                host.get(gains).to_vec(),
-            )
-        });
-        self.state.step += 1;
-        self.state.tokens += (b * t) as u64;
-        let elapsed = started.elapsed().as_secs_f64();
-        let mut rec = StepRecord {
-            step,
-            time: Some(unix_now()),
-            tokens: Some(self.state.tokens),
-            scalars: Default::default(),
-            layers: layers.map(LayerStats::into_map).unwrap_or_default(),
-        };
-        let clipped = if factor < 1.0 { 1.0 } else { 0.0 };
-        let losses = host.get(loss_slot);
-        let per_source =
-            stats::per_source_loss(host.get(rows_slot), &batch.sources, self.data.names());
-        let scalars = [
-            ("loss".to_string(), losses[0]),
-            ("z_loss".to_string(), losses[1]),
-            ("lr".to_string(), lr),
-            ("grad_norm".to_string(), grad_norm),
-            ("grad_clipped".to_string(), clipped),
-            ("step_time_s".to_string(), elapsed),
-            ("tokens_per_s".to_string(), (b * t) as f64 / elapsed),
-        ];
-        for (k, v) in scalars.into_iter().chain(per_source) {
-            rec.scalars.insert(k, Metric::new(v));
+    /// The clip factor for gradients whose groups' squared norms are `grad_sq`: on the device
+    /// (no read before the update) unless the trainer runs on the CPU.
+    fn clip_scale(&self, grad_sq: &Tensor) -> Result<GradScale> {
+        let max_norm = self.state.grad_clip;
+        if self.clip_on_device {
+            let norm = grad_sq.sum_all()?.sqrt()?;
+            let scale = stats::clip_scale(&norm, max_norm)?;
+            return Ok(scale.map_or(GradScale::Host(1.0), GradScale::Device));
         }
-        let every = self.cfg.eval.every;
-        if every > 0 && (step + 1).is_multiple_of(every) {
-            for (k, v) in self.evaluate()? {
-                rec.scalars.insert(k, Metric::new(v));
-            }
-        }
-        Ok(rec)
+        stats::count_host_read();
+        let sq = grad_sq.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        let norm = sq.iter().sum::<f64>().sqrt();
+        Ok(GradScale::Host(clip_factor(norm, max_norm)))
     }
 
     /// The loss on held-out data: `val/loss/<source>` for every source (whatever its weight in
