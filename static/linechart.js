@@ -192,7 +192,12 @@ export class LineChart {
     ctx.textAlign = "center";
     ctx.textBaseline = "top";
     for (const v of ticks(d.x0, d.x1, Math.max(2, Math.floor(pw / 90)))) {
-      ctx.fillText(short(v), px(v), M.t + ph + 6);
+      // A label at the very left edge starts there, clear of the axis name beside it.
+      const label = short(v);
+      const x = px(v);
+      const w = ctx.measureText(label).width;
+      ctx.textAlign = x - w / 2 < M.l ? "left" : "center";
+      ctx.fillText(label, ctx.textAlign === "left" ? Math.max(x, M.l) : x, M.t + ph + 6);
     }
     // The axis name under the value labels, left of the first tick.
     ctx.textAlign = "right";

@@ -113,18 +113,23 @@ fn the_fused_softmax_gives_masked_entries_exactly_zero_and_rows_summing_to_one()
     }
 }
 
+/// Scores `[s0, s1, t, t]` with large values above the diagonal, where the causal mask is:
+/// reading one would show.
+fn masked_garbage(s: &[usize], seed: u64) -> Tensor {
+    let t = s[2];
+    let above: Vec<f64> = (0..t * t)
+        .map(|j| if j % t > j / t { 100.0 } else { 0.0 })
+        .collect();
+    let above = Tensor::from_vec(above, (t, t), &Device::Cpu).unwrap();
+    randn(&[s[0], s[1], t, t], seed)
+        .broadcast_add(&above)
+        .unwrap()
+}
+
 #[test]
 fn the_fused_logit_max_is_exactly_the_composed_one() {
     for (i, s) in SHAPES.iter().enumerate() {
-        // Large values above the diagonal, where the mask is: reading one would show.
-        let t = s[2];
-        let above: Vec<f64> = (0..t * t)
-            .map(|j| if j % t > j / t { 100.0 } else { 0.0 })
-            .collect();
-        let above = Tensor::from_vec(above, (t, t), &Device::Cpu).unwrap();
-        let scores = randn(&[s[0], s[1], t, t], 30 + i as u64)
-            .broadcast_add(&above)
-            .unwrap();
+        let scores = masked_garbage(s, 30 + i as u64);
         let [f, c] = [Kernels::Fused, Kernels::Composed].map(|k| {
             k.causal_logit_max(&scores, 0.3)
                 .unwrap()
@@ -138,15 +143,7 @@ fn the_fused_logit_max_is_exactly_the_composed_one() {
 #[test]
 fn the_softmax_hands_back_the_logit_max_of_its_own_row_maxima_exactly() {
     for (i, s) in SHAPES.iter().enumerate() {
-        let t = s[2];
-        // Large values above the diagonal, where the mask is: reading one would show.
-        let above: Vec<f64> = (0..t * t)
-            .map(|j| if j % t > j / t { 100.0 } else { 0.0 })
-            .collect();
-        let above = Tensor::from_vec(above, (t, t), &Device::Cpu).unwrap();
-        let scores = randn(&[s[0], s[1], t, t], 50 + i as u64)
-            .broadcast_add(&above)
-            .unwrap();
+        let scores = masked_garbage(s, 50 + i as u64);
         let want = Kernels::Composed
             .causal_logit_max(&scores, 0.3)
             .unwrap()

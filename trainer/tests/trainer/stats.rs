@@ -56,22 +56,21 @@ fn set_known_weights(t: &Trainer) {
     }
 }
 
+/// A tensor's values, flattened, in f64.
+fn values_of(t: &Tensor) -> Vec<f64> {
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
 fn host(t: &Trainer) -> HashMap<String, Vec<f64>> {
     t.params
         .entries
         .iter()
-        .map(|p| {
-            (
-                p.name.clone(),
-                p.var
-                    .flatten_all()
-                    .unwrap()
-                    .to_dtype(DType::F64)
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap(),
-            )
-        })
+        .map(|p| (p.name.clone(), values_of(p.var.as_tensor())))
         .collect()
 }
 
@@ -270,15 +269,7 @@ fn check_every_statistic(sw: Switches) {
     let mut global_sq = 0.0;
     let mut grad_of = HashMap::new();
     for p in &t.params.entries {
-        let g: Vec<f64> = grads
-            .get(p.var.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let g = values_of(grads.get(p.var.as_tensor()).unwrap());
         let sq = g.iter().map(|v| v * v).sum::<f64>();
         global_sq += sq;
         if let Some(i) = block_of(&p.name) {
@@ -365,13 +356,7 @@ fn check_every_statistic(sw: Switches) {
     // Adam's first moment after one step is (1 − β1)·g·(clip / norm).
     let moments = t.opt.state_tensors();
     for (name, g) in &grad_of {
-        let m: Vec<f64> = moments[&format!("m.{name}")]
-            .flatten_all()
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let m = values_of(&moments[&format!("m.{name}")]);
         for (m, g) in m.iter().zip(g) {
             let want = (1.0 - cfg.optim.beta1) * g * 0.5;
             assert!(
