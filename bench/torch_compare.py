@@ -11,12 +11,13 @@ What it measures: full training steps (forward, loss, backward, gradient clippin
 update) of one config, in float32 on the CPU, with the same batch x sequence and the same
 number of compute threads on both sides.
 
-- keel: `target/release/examples/bench CONFIG K` (trainer/examples/bench.rs), with
-  CANDLE_NUM_THREADS and RAYON_NUM_THREADS set to --threads. Its "no per-layer statistics"
+- keel: `target/release/examples/bench CONFIG K` (trainer/examples/bench.rs), with the
+  settings `keel train` picks by itself (trainer/src/device.rs: one candle thread,
+  RAYON_NUM_THREADS = --threads, mimalloc keeping freed pages). Its "no per-layer statistics"
   line is the median step time of 5*K steps (after 3 warm-up steps); that is the number
   compared. Its "all statistics every step" line is recorded too. A second keel variant runs
-  with CANDLE_NUM_THREADS=1 (RAYON_NUM_THREADS unchanged), which is what keel-trainer picks
-  on a busy machine (trainer/src/device.rs); --no-keel-shared skips it.
+  with candle's own threads (CANDLE_NUM_THREADS = --threads) and the allocator's defaults;
+  --no-keel-shared skips it.
 - PyTorch: this script again (`--torch-worker`) in a subprocess, building the same model from
   the same TOML file (the defaults of trainer/src/config/mod.rs fill what the file leaves out)
   with `torch.set_num_threads(--threads)`: tied embedding x multiplier, pre-norm RMSNorm, RoPE
@@ -403,9 +404,17 @@ def ensure_keel_bench(override: str | None) -> Path:
 
 def run_keel(binary: Path, config: Path, threads: int, rounds: int,
              candle_threads: int | None = None) -> dict:
-    """One `bench` run; parses its ms/step lines (see trainer/examples/bench.rs)."""
-    candle = threads if candle_threads is None else candle_threads
-    env = dict(os.environ, CANDLE_NUM_THREADS=str(candle), RAYON_NUM_THREADS=str(threads))
+    """One `bench` run; parses its ms/step lines (see trainer/examples/bench.rs).
+
+    Without `candle_threads`: what `keel train` runs with by itself (trainer/src/device.rs,
+    `recommended_thread_env`): one candle thread, `threads` rayon threads, and mimalloc keeping
+    freed pages. With it: candle's own thread count, the allocator's defaults."""
+    if candle_threads is None:
+        env = dict(os.environ, CANDLE_NUM_THREADS="1", RAYON_NUM_THREADS=str(threads),
+                   MIMALLOC_PURGE_DELAY="-1", MIMALLOC_ARENA_EAGER_COMMIT="2")
+    else:
+        env = dict(os.environ, CANDLE_NUM_THREADS=str(candle_threads),
+                   RAYON_NUM_THREADS=str(threads))
     r = subprocess.run([str(binary), str(config), str(rounds)], cwd=ROOT, env=env,
                        capture_output=True, text=True)
     if r.returncode != 0:
@@ -501,10 +510,11 @@ def main() -> None:
         variants.append(("torch OMP PASSIVE",
                          lambda: run_torch(config, args.threads, steps, passive=True)))
     if not args.no_keel_shared and args.threads > 1:
-        # trainer/src/device.rs: what `keel-trainer` itself picks on a shared machine.
-        variants.insert(1, ("keel candle 1 thread",
+        # candle's own threads and the allocator's defaults: keel before `keel train` chose
+        # its settings itself.
+        variants.insert(1, ("keel candle threads",
                             lambda: run_keel(binary, config, args.threads, args.keel_rounds,
-                                             candle_threads=1)))
+                                             candle_threads=args.threads)))
     names = [n for n, _ in variants]
     torch_names = [n for n in names if n.startswith("torch")]
 
