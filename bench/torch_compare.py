@@ -481,8 +481,8 @@ def main() -> None:
     ap.add_argument("--no-passive", action="store_true",
                     help="skip the OMP_WAIT_POLICY=PASSIVE torch variant")
     ap.add_argument("--no-keel-shared", action="store_true",
-                    help="skip the keel variant with CANDLE_NUM_THREADS=1 (RAYON_NUM_THREADS "
-                         "stays --threads), the setting keel-trainer uses on a busy machine")
+                    help="skip the keel variant with candle's own threads "
+                         "(CANDLE_NUM_THREADS = --threads) and the allocator's defaults")
     ap.add_argument("--keel-bin", help="a built target/release/examples/bench (skips cargo)")
     ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--worker-steps", type=int, default=20, help=argparse.SUPPRESS)
