@@ -2,7 +2,8 @@
 # The trainer on one NVIDIA GPU, measured: run on a machine with the GPU and a keel built by
 # scripts/build-cuda.sh (no Rust toolchain needed there).
 #
-#   scripts/gpu-check.sh [path/to/keel]       # default target/cuda/release/keel
+#   scripts/gpu-check.sh [path/to/keel]       # default target/cuda/release/keel, else the
+#                                             # compressed target/cuda/keel.xz, unpacked
 #
 # It writes gpu-check.md (into $OUT when that is set) with one row per run of
 # `keel bench trainer`:
@@ -19,6 +20,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 keel=${1:-target/cuda/release/keel}
+if [ ! -x "$keel" ] && [ -f target/cuda/keel.xz ]; then
+  mkdir -p "${TMPDIR:-/tmp}/keel-gpu"
+  unpacked=${TMPDIR:-/tmp}/keel-gpu/keel
+  if command -v xz >/dev/null; then xz -dc target/cuda/keel.xz >"$unpacked"
+  else python3 -c 'import lzma, sys; sys.stdout.buffer.write(lzma.open(sys.argv[1]).read())' target/cuda/keel.xz >"$unpacked"
+  fi
+  chmod +x "$unpacked"
+  keel=$unpacked
+fi
 gpu=${KEEL_GPU:-cuda:0}
 out=${OUT:-.}/gpu-check.md
 [ -x "$keel" ] || { echo "no keel binary at $keel: build one with scripts/build-cuda.sh" >&2; exit 2; }
