@@ -51,14 +51,15 @@ pub fn allow_tf32(device: &Device) {
 /// candle sizes its thread pools from `CANDLE_NUM_THREADS` and `RAYON_NUM_THREADS` the first
 /// time it runs an op, and its element-wise pool spins and waits on every worker. Measured on
 /// 2 cores with `proxy-small` and the fused CPU kernels of [`crate::ops`], which run on rayon's
-/// pool: one candle thread is faster even on an otherwise idle machine (≈9,700 tokens/s against
-/// ≈8,100 with the default 2, whose spinning worker takes a core from rayon's), and under load
-/// the default can collapse (≈1,340 tokens/s at load 5) while one candle thread holds
-/// 8,000–10,000. So these are worth setting whenever the trainer runs on the CPU (e.g. `keel
-/// demo` beside a browser and a build). Setting the environment of a running process is
+/// pool (2026-12-01, `trainer/examples/bench`, medians of three interleaved runs): on an
+/// otherwise idle machine the default 2 threads are ≈3 % faster (13,550 tokens/s against
+/// 13,120), but with one other busy process on the machine the default collapses to 5,700
+/// (once 2,300) while one candle thread holds 11,900, since candle's spinning worker takes a
+/// core from rayon's. So these are worth setting whenever the trainer runs on the CPU (e.g.
+/// `keel demo` beside a browser and a build), and `keel train` sets them for itself. Setting the environment of a running process is
 /// `unsafe` in Rust 2024 and this workspace forbids unsafe code, so a launcher passes them to
-/// the process it spawns (the server's grid launcher does; see also
-/// [`rerun_with_thread_env`]) or a user exports them.
+/// the process it spawns (the server's grid launcher does; `keel train` re-executes itself
+/// with them; see also [`rerun_with_thread_env`]) or a user exports them.
 ///
 /// The allocator's settings go with them: mimalloc returns freed memory to the OS after 10 ms
 /// by default, and candle frees and reallocates large buffers every op, so keeping freed pages
