@@ -116,6 +116,8 @@ impl Trainer {
                 "seq_len {len} is above this run's model.max_seq_len of {max}"
             ));
         }
+        // In the parameters' dtype: under bf16 compute the attention's score matrices (most of
+        // a long context's memory) are f32 all the same, so this errs on the safe side.
         let dtype = self.params.dtype();
         let available = memory::available_bytes(&self.device);
         // With gradient accumulation only one slice's activations are alive at a time.
