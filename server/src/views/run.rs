@@ -46,7 +46,7 @@ const CHARTS: [ChartPanel; 5] = [
     ChartPanel {
         id: "val",
         title: "Validation loss",
-        unit: "held-out data: the mean and per source",
+        unit: "held-out data",
     },
     ChartPanel {
         id: "lr",
