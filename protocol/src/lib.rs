@@ -36,26 +36,51 @@ pub use series::{LayerMatrix, ScalarSeries};
 /// The version of this wire format, sent by a trainer when it creates a run.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// The names of the series keel's trainer writes and the server's alerts and pages read: one
+/// spelling for both sides, so renaming a statistic cannot switch its alert off unseen.
+pub mod names {
+    /// Layer statistics, one value per transformer block.
+    pub const HIDDEN_VAR: &str = "hidden_var";
+    pub const HIDDEN_RMS: &str = "hidden_rms";
+    pub const ACT_ABSMAX: &str = "act_absmax";
+    pub const ATTN_LOGIT_MAX: &str = "attn_logit_max";
+    /// Both a layer statistic (per block) and a scalar (global, before clipping).
+    pub const GRAD_NORM: &str = "grad_norm";
+    pub const PARAM_NORM: &str = "param_norm";
+    pub const UPDATE_RATIO: &str = "update_ratio";
+    pub const NORM_GAIN: &str = "norm_gain";
+    /// Scalars.
+    pub const LOSS: &str = "loss";
+    pub const LR: &str = "lr";
+    pub const GRAD_CLIPPED: &str = "grad_clipped";
+    pub const Z_LOSS: &str = "z_loss";
+    pub const TOKENS_PER_S: &str = "tokens_per_s";
+    pub const STEP_TIME_S: &str = "step_time_s";
+    pub const TOKENS: &str = "tokens";
+    /// The mean validation loss over the sources (`val/loss/<source>` per source).
+    pub const VAL_LOSS: &str = "val/loss";
+}
+
 /// Layer statistics a keel trainer reports, one value per transformer block.
 pub const LAYER_STATS: [&str; 8] = [
-    "hidden_var",
-    "hidden_rms",
-    "act_absmax",
-    "attn_logit_max",
-    "grad_norm",
-    "param_norm",
-    "update_ratio",
-    "norm_gain",
+    names::HIDDEN_VAR,
+    names::HIDDEN_RMS,
+    names::ACT_ABSMAX,
+    names::ATTN_LOGIT_MAX,
+    names::GRAD_NORM,
+    names::PARAM_NORM,
+    names::UPDATE_RATIO,
+    names::NORM_GAIN,
 ];
 
 /// Scalars a keel trainer reports every step (plus `loss/<source>` per data source).
 pub const SCALARS: [&str; 8] = [
-    "loss",
-    "lr",
-    "grad_norm",
-    "grad_clipped",
-    "z_loss",
-    "tokens_per_s",
-    "step_time_s",
-    "tokens",
+    names::LOSS,
+    names::LR,
+    names::GRAD_NORM,
+    names::GRAD_CLIPPED,
+    names::Z_LOSS,
+    names::TOKENS_PER_S,
+    names::STEP_TIME_S,
+    names::TOKENS,
 ];

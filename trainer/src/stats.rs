@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 use candle_core::{DType, Tensor};
-use keel_protocol::Metric;
+use keel_protocol::{Metric, names};
 
 use crate::model::BlockTaps;
 use crate::params::{Kind, Params};
@@ -294,19 +294,19 @@ impl LayerStats {
 
     pub fn into_map(self) -> BTreeMap<String, Vec<Metric>> {
         let metrics = |v: Vec<f64>| v.into_iter().map(Metric::new).collect();
-        BTreeMap::from([
-            ("hidden_var".to_string(), metrics(self.taps.hidden_var)),
-            ("hidden_rms".to_string(), metrics(self.taps.hidden_rms)),
-            ("act_absmax".to_string(), metrics(self.taps.act_absmax)),
-            (
-                "attn_logit_max".to_string(),
-                metrics(self.taps.attn_logit_max),
-            ),
-            ("grad_norm".to_string(), metrics(self.grad_norm)),
-            ("param_norm".to_string(), metrics(self.param_norm)),
-            ("update_ratio".to_string(), metrics(self.update_ratio)),
-            ("norm_gain".to_string(), metrics(self.norm_gain)),
-        ])
+        [
+            (names::HIDDEN_VAR, self.taps.hidden_var),
+            (names::HIDDEN_RMS, self.taps.hidden_rms),
+            (names::ACT_ABSMAX, self.taps.act_absmax),
+            (names::ATTN_LOGIT_MAX, self.taps.attn_logit_max),
+            (names::GRAD_NORM, self.grad_norm),
+            (names::PARAM_NORM, self.param_norm),
+            (names::UPDATE_RATIO, self.update_ratio),
+            (names::NORM_GAIN, self.norm_gain),
+        ]
+        .into_iter()
+        .map(|(name, v)| (name.to_string(), metrics(v)))
+        .collect()
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
-use keel_protocol::{Metric, StepRecord};
+use keel_protocol::{Metric, StepRecord, names};
 
 use crate::checkpoint::{self, FORMAT, RunState};
 use crate::config::{Precision, TrainConfig};
@@ -278,13 +278,13 @@ impl Trainer {
         let clipped = if r.clip_factor < 1.0 { 1.0 } else { 0.0 };
         let per_source = stats::per_source_loss(&r.row_loss, &batch.sources, self.data.names());
         let scalars = [
-            ("loss".to_string(), r.loss),
-            ("z_loss".to_string(), r.z_loss),
-            ("lr".to_string(), lr),
-            ("grad_norm".to_string(), r.grad_norm),
-            ("grad_clipped".to_string(), clipped),
-            ("step_time_s".to_string(), elapsed),
-            ("tokens_per_s".to_string(), (b * t) as f64 / elapsed),
+            (names::LOSS.to_string(), r.loss),
+            (names::Z_LOSS.to_string(), r.z_loss),
+            (names::LR.to_string(), lr),
+            (names::GRAD_NORM.to_string(), r.grad_norm),
+            (names::GRAD_CLIPPED.to_string(), clipped),
+            (names::STEP_TIME_S.to_string(), elapsed),
+            (names::TOKENS_PER_S.to_string(), (b * t) as f64 / elapsed),
         ];
         for (k, v) in scalars.into_iter().chain(per_source) {
             rec.scalars.insert(k, Metric::new(v));
@@ -444,7 +444,7 @@ impl Trainer {
         }
         if !out.is_empty() {
             let mean = out.values().sum::<f64>() / out.len() as f64;
-            out.insert("val/loss".into(), mean);
+            out.insert(names::VAL_LOSS.into(), mean);
         }
         Ok(out)
     }

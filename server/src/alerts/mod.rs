@@ -29,7 +29,7 @@ pub const NAMES: [&str; 9] = [
     "stalled",
 ];
 
-use keel_protocol::{Severity, StepRecord};
+use keel_protocol::{Severity, StepRecord, names};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -398,26 +398,26 @@ impl Detector {
         let mut out = Vec::new();
         let scalar = |k: &str| r.scalars.get(k).map(|m| m.get());
         // The LR rising to a new high: the schedule's warmup, whose transients are named so.
-        if let Some(lr) = scalar("lr").filter(|l| l.is_finite()) {
+        if let Some(lr) = scalar(names::LR).filter(|l| l.is_finite()) {
             self.in_warmup = lr > self.top_lr;
             self.top_lr = self.top_lr.max(lr);
         }
         if let Some(tps) = scalar("tokens_per_s") {
             self.throughput_check(r.step, tps, &mut out);
         }
-        if let Some(loss) = scalar("loss") {
+        if let Some(loss) = scalar(names::LOSS) {
             self.loss_checks(r.step, loss, &mut out);
         }
-        if let Some(g) = scalar("grad_norm") {
+        if let Some(g) = scalar(names::GRAD_NORM) {
             self.grad_checks(r.step, g, &mut out);
         }
-        if let Some(var) = r.layers.get("hidden_var") {
+        if let Some(var) = r.layers.get(names::HIDDEN_VAR) {
             let var: Vec<f64> = var.iter().map(|m| m.get()).collect();
             if let Some(ratio) = depth_ratio(&var) {
                 self.depth_check(r.step, ratio, &mut out);
             }
         }
-        if let Some(logits) = r.layers.get("attn_logit_max") {
+        if let Some(logits) = r.layers.get(names::ATTN_LOGIT_MAX) {
             let top = logits
                 .iter()
                 .map(|m| m.get())

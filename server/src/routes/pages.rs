@@ -163,10 +163,11 @@ async fn final_loss(
     detail: &keel_protocol::RunDetail,
 ) -> AppResult<Option<(f64, FinalLoss)>> {
     let db = state.store.reader();
-    let (key, kind) = if detail.scalars.iter().any(|s| s == "val/loss") {
-        ("val/loss", FinalLoss::Validation)
-    } else if detail.scalars.iter().any(|s| s == "loss") {
-        ("loss", FinalLoss::TrainingTail)
+    use keel_protocol::names::{LOSS, VAL_LOSS};
+    let (key, kind) = if detail.scalars.iter().any(|s| s == VAL_LOSS) {
+        (VAL_LOSS, FinalLoss::Validation)
+    } else if detail.scalars.iter().any(|s| s == LOSS) {
+        (LOSS, FinalLoss::TrainingTail)
     } else {
         return Ok(None);
     };

@@ -5,7 +5,7 @@
 //! script needs to start (ids, names, layer count) travels in one `data-boot` attribute.
 
 use askama::Template;
-use keel_protocol::RunDetail;
+use keel_protocol::{RunDetail, names};
 use serde_json::json;
 
 use super::runs::RunRow;
@@ -68,14 +68,14 @@ const CHARTS: [ChartPanel; 5] = [
 /// Heatmaps in the order the stability recipe reads them: variance growth with depth first,
 /// then runaway logits, per-layer gradients and update sizes.
 const STAT_ORDER: [&str; 8] = [
-    "hidden_var",
-    "attn_logit_max",
-    "grad_norm",
-    "update_ratio",
-    "hidden_rms",
-    "act_absmax",
-    "param_norm",
-    "norm_gain",
+    names::HIDDEN_VAR,
+    names::ATTN_LOGIT_MAX,
+    names::GRAD_NORM,
+    names::UPDATE_RATIO,
+    names::HIDDEN_RMS,
+    names::ACT_ABSMAX,
+    names::PARAM_NORM,
+    names::NORM_GAIN,
 ];
 
 /// The run's layer statistics, known ones in [`STAT_ORDER`], then the rest as they arrived.
