@@ -49,6 +49,10 @@ pub struct RunState {
     /// Batch index = step + batch_offset (a rewind that skips K batches adds K).
     pub batch_offset: u64,
     pub seq_len: usize,
+    /// How the attention runs at `seq_len` (streaming once a context was too long for the
+    /// batched scores).
+    #[serde(default)]
+    pub attention: crate::ops::Attention,
     pub rope_theta: f64,
     pub grad_clip: f64,
     pub optimizer_steps: u64,

@@ -10,6 +10,7 @@ use keel_protocol::Command;
 
 use crate::checkpoint;
 use crate::memory;
+use crate::ops::{Attention, Kernels};
 use crate::trainer::Trainer;
 
 /// What the loop must do after a command was applied.
@@ -85,9 +86,10 @@ impl Trainer {
         let step = self.state.step;
         let mut schedule = self.state.schedule;
         schedule.anneal(step, *steps, *shape, *final_lr)?;
-        if let Some(t) = seq_len {
-            self.check_seq_len(*t as usize)?;
-        }
+        let attention = match seq_len {
+            Some(t) => self.check_seq_len(*t as usize)?,
+            None => self.state.attention,
+        };
         if let Some(mix) = data_mix {
             self.data.set_weights(mix)?;
             self.state.data_weights = self.data.weights();
@@ -96,20 +98,29 @@ impl Trainer {
         if let Some(t) = seq_len {
             self.state.seq_len = *t as usize;
         }
+        let switched = attention != self.state.attention;
+        self.state.attention = attention;
+        self.model.set_attention(attention);
         if let Some(theta) = rope_theta {
             self.state.rope_theta = *theta;
             self.model.set_rope_theta(*theta);
         }
         let end = step + steps;
-        Ok((
-            Effect::Continue,
-            Some(format!("decay over steps {step}..{end}")),
-        ))
+        let mut msg = format!("decay over steps {step}..{end}");
+        if switched {
+            let how = match attention {
+                Attention::Streaming => "streaming (the batched scores would not fit)",
+                Attention::Batched => "batched",
+            };
+            msg.push_str(&format!("; attention {how}"));
+        }
+        Ok((Effect::Continue, Some(msg)))
     }
 
     /// A new sequence length must be within the config's `max_seq_len`, and a step at that
-    /// length must fit in the memory the device has (see [`crate::memory`]).
-    fn check_seq_len(&self, len: usize) -> Result<(), String> {
+    /// length must fit in the memory the device has (see [`crate::memory`]): with the batched
+    /// attention, or else the streaming one, which is what the step then runs.
+    fn check_seq_len(&self, len: usize) -> Result<Attention, String> {
         let max = self.cfg.model.max_seq_len();
         if len > max {
             return Err(format!(
@@ -122,12 +133,15 @@ impl Trainer {
         let available = memory::available_bytes(&self.device);
         // With gradient accumulation only one slice's activations are alive at a time.
         let batch = self.cfg.run.batch_size / self.cfg.run.micro_batches.max(1);
-        memory::check_fits(
+        let streaming_ok = self.model.kernels() == Kernels::Fused;
+        memory::fit(
             &self.cfg.model,
             batch,
-            (self.state.seq_len, len),
+            (self.state.seq_len, self.state.attention),
+            len,
             dtype,
             available,
+            streaming_ok,
         )
     }
 
@@ -209,6 +223,7 @@ impl Trainer {
         // `restore` put the checkpoint's mix and θ into the data and model: put ours back.
         self.data.set_weights(&self.state.data_weights)?;
         self.model.set_rope_theta(self.state.rope_theta);
+        self.model.set_attention(self.state.attention);
         let msg = format!(
             "at step {to_step}, skipping {skip} batches, branch {}",
             self.state.branch

@@ -5,8 +5,10 @@
 //! for this model, at the step's peak: per block about 16 vectors of width `d` and 4 of width
 //! `d_ffn` per token, and four `[b, h, t, t]` matrices (the attention's scores and
 //! probabilities, and their gradients), three more of those in flight at the peak, and the
-//! logits with the loss's copies. The score matrices grow with t², so a context switch from
-//! 128 to 28,672 tokens multiplies them by 50,000: that is what the check is for. Weights and
+//! logits with the loss's copies (batched attention; the streaming one keeps one number per row
+//! instead of the scores, so a context too long for them may still fit with it). The score
+//! matrices grow with t², so a context switch from 128 to 28,672 tokens multiplies them by
+//! 50,000: that is what the check is for. Weights and
 //! optimizer moments are already resident and not counted. Against the peak resident memory of
 //! `keel train` on proxy-tiny (batch 4, 4 steps; `/usr/bin/time -f %M`): 85 MB at seq_len 256,
 //! 656 MB at 1,024 and 1,545 MB at 2,048, where this estimates 34, 413 and 1,564 MB of
@@ -15,9 +17,16 @@
 use candle_core::{DType, Device};
 
 use crate::config::ModelConfig;
+use crate::ops::Attention;
 
 /// Bytes of activations one step of `batch` × `seq_len` holds at its peak (an estimate).
-pub fn activation_bytes(m: &ModelConfig, batch: usize, seq_len: usize, dtype: DType) -> u64 {
+pub fn activation_bytes(
+    m: &ModelConfig,
+    batch: usize,
+    seq_len: usize,
+    dtype: DType,
+    attention: Attention,
+) -> u64 {
     let (b, t) = (batch as u64, seq_len as u64);
     let (d, f, h, v) = (
         m.d_model as u64,
@@ -25,7 +34,10 @@ pub fn activation_bytes(m: &ModelConfig, batch: usize, seq_len: usize, dtype: DT
         m.n_heads as u64,
         m.vocab_size as u64,
     );
-    let scores = b * h * t * t;
+    let scores = match attention {
+        Attention::Batched => b * h * t * t,
+        Attention::Streaming => b * h * t,
+    };
     let per_block = b * t * (16 * d + 4 * f) + 4 * scores;
     let elems = m.n_layers as u64 * per_block + 3 * scores + 4 * b * t * v;
     elems * dtype.size_in_bytes() as u64
@@ -83,29 +95,43 @@ pub fn human(n: u64) -> String {
     }
 }
 
-/// Whether a step of the new shape fits: its activations must take at most 80 % of what is
-/// available once the current shape's are given back. `Err` says why not, with the figures.
-pub fn check_fits(
+/// How a step at a new length fits: which attention it runs (batched if that fits, else
+/// streaming when `streaming_ok`), each needing at most 80 % of what is available once the
+/// current step's activations are given back. `Err` says why not, with the estimates.
+pub fn fit(
     m: &ModelConfig,
     batch: usize,
-    (old_len, new_len): (usize, usize),
+    (old_len, old_attention): (usize, Attention),
+    new_len: usize,
     dtype: DType,
     available: Option<u64>,
-) -> Result<(), String> {
-    let need = activation_bytes(m, batch, new_len, dtype);
+    streaming_ok: bool,
+) -> Result<Attention, String> {
     let Some(free) = available else {
-        return Ok(());
+        return Ok(old_attention);
     };
-    let budget = (free + activation_bytes(m, batch, old_len, dtype)) / 10 * 8;
-    if need > budget {
-        return Err(format!(
-            "a step at seq_len {new_len} (batch {batch}) needs about {} of activations; \
-             this machine has {} available",
-            human(need),
-            human(free)
-        ));
+    let budget = (free + activation_bytes(m, batch, old_len, dtype, old_attention)) / 10 * 8;
+    let need = |a| activation_bytes(m, batch, new_len, dtype, a);
+    if need(Attention::Batched) <= budget {
+        return Ok(Attention::Batched);
     }
-    Ok(())
+    if streaming_ok && need(Attention::Streaming) <= budget {
+        return Ok(Attention::Streaming);
+    }
+    let streaming = if streaming_ok {
+        format!(
+            " ({} with the streaming attention)",
+            human(need(Attention::Streaming))
+        )
+    } else {
+        String::new()
+    };
+    Err(format!(
+        "a step at seq_len {new_len} (batch {batch}) needs about {} of activations{streaming}; \
+         this machine has {} available",
+        human(need(Attention::Batched)),
+        human(free)
+    ))
 }
 
 #[cfg(test)]
@@ -122,16 +148,28 @@ mod tests {
     #[test]
     fn the_estimate_grows_with_the_square_of_the_context_and_refuses_what_will_not_fit() {
         let m = ModelConfig::default();
-        let short = activation_bytes(&m, 4, 128, DType::F32);
-        let long = activation_bytes(&m, 4, 1280, DType::F32);
+        let est = |t, a| activation_bytes(&m, 4, t, DType::F32, a);
+        let (short, long) = (est(128, Attention::Batched), est(1280, Attention::Batched));
         assert!(long > 40 * short, "{short} {long}");
+        // Streaming grows linearly.
+        let (short, long) = (
+            est(128, Attention::Streaming),
+            est(1280, Attention::Streaming),
+        );
+        assert!(long <= 10 * short + 1, "{short} {long}");
         let gb = 1_000_000_000;
-        assert!(check_fits(&m, 4, (128, 256), DType::F32, Some(gb)).is_ok());
-        let why = check_fits(&m, 4, (128, 28_672), DType::F32, Some(gb)).unwrap_err();
+        let old = (128, Attention::Batched);
+        let fit_in = |t, free, ok| fit(&m, 4, old, t, DType::F32, free, ok);
+        assert_eq!(fit_in(256, Some(gb), true), Ok(Attention::Batched));
+        // 4,096 tokens: the scores would take 21 GB; streaming, 0.9 GB.
+        assert_eq!(fit_in(4096, Some(2 * gb), true), Ok(Attention::Streaming));
+        let why = fit_in(4096, Some(gb), false).unwrap_err();
         assert!(
-            why.contains("28672") && why.contains("GB available"),
+            why.contains("4096") && why.contains("GB available"),
             "{why}"
         );
-        assert!(check_fits(&m, 4, (128, 28_672), DType::F32, None).is_ok());
+        let why = fit_in(28_672 * 8, Some(gb), true).unwrap_err();
+        assert!(why.contains("with the streaming attention"), "{why}");
+        assert_eq!(fit_in(28_672, None, true), Ok(Attention::Batched));
     }
 }

@@ -12,7 +12,7 @@ use anyhow::Result;
 use candle_core::{D, DType, Device, Tensor};
 
 use crate::config::{InitScheme, ModelConfig, StabilityConfig};
-use crate::ops::Kernels;
+use crate::ops::{Attention, Kernels};
 use crate::params::{Params, Role};
 
 /// A weight matrix, possibly WeSaR-reparameterised as α·W̃.
@@ -195,6 +195,7 @@ struct Ctx<'a> {
     cfg: &'a ModelConfig,
     tables: &'a Tables,
     kernels: Kernels,
+    attention: Attention,
     residual_scale: f64,
 }
 
@@ -235,45 +236,22 @@ impl Block {
             k = norm(kern, &k, kn, cx.cfg.norm_eps)?;
         }
         let rope = &cx.tables.rope;
-        let q = rope.apply(kern, &q)?;
-        let (k, v) = (
-            repeat_kv(rope.apply(kern, &k)?, h / kvh)?,
-            repeat_kv(v, h / kvh)?,
-        );
-        // The 1/√d scale and the causal mask are applied inside the softmax, which also hands
-        // back the largest logit when the taps are recorded.
-        let scores = q.matmul(&k.t()?)?;
+        let (q, k) = (rope.apply(kern, &q)?, rope.apply(kern, &k)?);
+        // The 1/√d scale and the causal mask are applied inside, which also hands back the
+        // largest logit when the taps are recorded.
         let scale = 1.0 / (hd as f64).sqrt();
-        // bf16 scores go through the softmax in f32 (as flash attention accumulates), and the
-        // probabilities come back in bf16 for the product with V.
-        let low = scores.dtype() == DType::BF16;
-        let scores = if low {
-            scores.to_dtype(DType::F32)?
-        } else {
-            scores
-        };
-        let (probs, logit_max) =
-            kern.attention_softmax(&scores, scale, cx.tables.mask.as_ref(), tap)?;
-        let probs = if low {
-            probs.to_dtype(DType::BF16)?
-        } else {
-            probs
-        };
-        let y = probs.matmul(&v)?;
+        let (y, logit_max) = kern.causal_attention(
+            cx.attention,
+            &q,
+            &k,
+            &v,
+            scale,
+            cx.tables.mask.as_ref(),
+            tap,
+        )?;
         let y = y.transpose(1, 2)?.reshape((b, t, d))?;
         Ok((self.o.forward(&y)?, logit_max))
     }
-}
-
-/// Grouped-query attention: each KV head serves `rep` query heads.
-fn repeat_kv(x: Tensor, rep: usize) -> Result<Tensor> {
-    if rep == 1 {
-        return Ok(x);
-    }
-    let (b, kvh, t, hd) = x.dims4()?;
-    Ok(x.unsqueeze(2)?
-        .broadcast_as((b, kvh, rep, t, hd))?
-        .reshape((b, kvh * rep, t, hd))?)
 }
 
 /// The residual-stream taps of one block output `[b, t, d]` (already detached).
@@ -308,6 +286,8 @@ pub struct Model {
     /// The dtype activations are computed in: the parameters' own, or bf16 over f32 master
     /// weights (see [`Model::set_compute_dtype`]).
     compute: DType,
+    /// Batched, or streaming for a context whose scores would not fit (the fused kernels only).
+    attention: Attention,
 }
 
 /// The result of a forward pass: logits `[b·t, vocab]` and, when asked, one tap set per block.
@@ -340,6 +320,7 @@ impl Model {
             kernels: Kernels::for_device(dev),
             tables: Default::default(),
             compute: dtype,
+            attention: Attention::Batched,
         };
         Ok((model, p))
     }
@@ -374,6 +355,16 @@ impl Model {
 
     pub fn compute_dtype(&self) -> DType {
         self.compute
+    }
+
+    /// Run the attention batched or streaming (streaming runs on the fused kernels only; the
+    /// composed ops stay batched).
+    pub fn set_attention(&mut self, attention: Attention) {
+        self.attention = attention;
+    }
+
+    pub fn attention(&self) -> Attention {
+        self.attention
     }
 
     /// The tables for length `t` at the current θ: the kept ones when they fit, else new ones
@@ -421,6 +412,7 @@ impl Model {
             cfg: &self.cfg,
             tables: &tables,
             kernels: self.kernels,
+            attention: self.attention,
             residual_scale: self.residual_scale(),
         };
         let mut recorded = taps.then(|| Vec::with_capacity(self.blocks.len()));

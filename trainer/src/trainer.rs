@@ -112,6 +112,7 @@ impl Trainer {
             data_weights: data.weights(),
             batch_offset: 0,
             seq_len: cfg.model.seq_len,
+            attention: Default::default(),
             rope_theta: cfg.model.rope_theta,
             grad_clip: cfg.optim.grad_clip,
             optimizer_steps: 0,
@@ -186,6 +187,7 @@ impl Trainer {
             .set_weights(&loaded.state.data_weights)
             .map_err(anyhow::Error::msg)?;
         self.model.set_rope_theta(loaded.state.rope_theta);
+        self.model.set_attention(loaded.state.attention);
         self.state = loaded.state;
         Ok(())
     }

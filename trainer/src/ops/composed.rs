@@ -73,6 +73,18 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Tensor::cat(&[r1, r2], D::Minus1)
 }
 
+/// Grouped-query attention: each of the `[b, kvh, t, d]` KV heads repeated for the `rep` query
+/// heads it serves.
+pub fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
+    if rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kvh, t, hd) = x.dims4()?;
+    x.unsqueeze(2)?
+        .broadcast_as((b, kvh, rep, t, hd))?
+        .reshape((b, kvh * rep, t, hd))
+}
+
 /// `silu(gate) ⊙ up`.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     gate.silu()? * up

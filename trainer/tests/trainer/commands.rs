@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use keel_protocol::{Command, DecayShape};
 use keel_trainer::commands::Effect;
+use keel_trainer::ops::Attention;
 
 use crate::support::{self, losses};
 
@@ -267,7 +268,6 @@ fn an_anneal_to_a_context_beyond_max_seq_len_or_memory_is_refused_with_the_estim
     let mut cfg = support::tiny();
     cfg.model.max_seq_len = Some(1 << 20);
     let mut t = support::trainer(cfg, dir.path());
-    let before = t.state.clone();
     // Past the config's limit.
     let mut capped = support::tiny();
     capped.model.max_seq_len = Some(64);
@@ -276,11 +276,30 @@ fn an_anneal_to_a_context_beyond_max_seq_len_or_memory_is_refused_with_the_estim
     assert!(why.contains("max_seq_len of 64"), "{why}");
     assert_eq!(c.state.seq_len, 32);
     assert!(c.apply(&anneal(4, 0.0, Some(64))).is_ok());
-    // YuLan-Mini's own context switch on proxy-tiny: the score matrices alone are
-    // 2 × 2 heads × 4 × 28,672² floats per layer, far more than this machine has.
-    let why = t.apply(&anneal(4, 0.0, Some(28_672))).unwrap_err();
-    assert!(why.contains("needs about") && why.contains("GB"), "{why}");
-    assert_eq!(t.state, before);
+    // YuLan-Mini's own context switch on proxy-tiny: the batched score matrices alone would
+    // be 2 × 2 heads × 4 × 28,672² floats per layer, far more than this machine has; the
+    // streaming attention needs about 1.2 GB, so that is what the run switches to.
+    let (_, msg) = t.apply(&anneal(4, 0.0, Some(28_672))).unwrap();
+    assert!(msg.unwrap().contains("attention streaming"));
+    assert_eq!(t.model.attention(), Attention::Streaming);
+    assert_eq!(
+        (t.state.seq_len, t.state.attention),
+        (28_672, Attention::Streaming)
+    );
+    // A model whose activations do not fit even streaming is refused, with both estimates.
+    let mut wide = support::tiny();
+    wide.model.d_model = 256;
+    wide.model.d_ffn = 640;
+    wide.run.batch_size = 16;
+    wide.model.max_seq_len = Some(1 << 20);
+    let mut w = support::trainer(wide, dir.path());
+    let before = w.state.clone();
+    let why = w.apply(&anneal(4, 0.0, Some(28_672))).unwrap_err();
+    assert!(
+        why.contains("needs about") && why.contains("with the streaming attention"),
+        "{why}"
+    );
+    assert_eq!(w.state, before);
 }
 
 #[test]

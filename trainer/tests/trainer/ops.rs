@@ -6,7 +6,7 @@
 //! incoming gradient is random too.
 
 use candle_core::{DType, Device, Tensor, Var};
-use keel_trainer::ops::Kernels;
+use keel_trainer::ops::{Attention, Kernels};
 use keel_trainer::rng::Rng;
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
@@ -170,6 +170,60 @@ fn the_softmax_hands_back_the_logit_max_of_its_own_row_maxima_exactly() {
         let (_, top) = k.attention_softmax(&x, 1.0, None, true).unwrap();
         assert!(top.unwrap().to_scalar::<f64>().unwrap().is_nan(), "{k:?}");
     }
+}
+
+#[test]
+fn fused_attention_matches_the_composed_one_with_its_gradients_and_tap_in_f64_and_f32() {
+    // [b, h, t, d] queries over [b, kvh, t, d] keys and values: plain, and grouped (3 query
+    // heads per KV head), one row and several.
+    let cases = [
+        ([1, 2, 1, 8], 2),
+        ([2, 2, 9, 8], 2),
+        ([2, 6, 33, 16], 2),
+        ([3, 2, 70, 32], 1),
+    ];
+    for (i, (q, kvh)) in cases.into_iter().enumerate() {
+        let kv = [q[0], kvh, q[2], q[3]];
+        let seed = 70 + 3 * i as u64;
+        let inputs = [randn(&q, seed), randn(&kv, seed + 1), randn(&kv, seed + 2)];
+        let attend = |k: Kernels, v: &[Tensor]| {
+            k.causal_attention(Attention::Streaming, &v[0], &v[1], &v[2], 0.3, None, false)
+                .unwrap()
+                .0
+        };
+        assert_agree(&format!("attention {q:?}/{kvh}"), &inputs, 1e-12, attend);
+        let low: Vec<Tensor> = inputs
+            .iter()
+            .map(|t| t.to_dtype(DType::F32).unwrap())
+            .collect();
+        assert_agree(&format!("attention f32 {q:?}/{kvh}"), &low, 1e-5, attend);
+        let [f, c] = [Kernels::Fused, Kernels::Composed].map(|k| {
+            let (_, top) = k
+                .causal_attention(
+                    Attention::Streaming,
+                    &inputs[0],
+                    &inputs[1],
+                    &inputs[2],
+                    0.3,
+                    None,
+                    true,
+                )
+                .unwrap();
+            top.unwrap().to_scalar::<f64>().unwrap()
+        });
+        assert!((f - c).abs() < 1e-12, "tap {f} vs {c}");
+    }
+    // A NaN in a key shows in the output and the tap.
+    let mut k = vec![0.5f64; 2 * 3 * 4];
+    k[5] = f64::NAN;
+    let k = Tensor::from_vec(k, (1, 2, 3, 4), &Device::Cpu).unwrap();
+    let q = randn(&[1, 2, 3, 4], 5);
+    let (y, top) = Kernels::Fused
+        .causal_attention(Attention::Streaming, &q, &k, &k, 1.0, None, true)
+        .unwrap();
+    assert!(top.unwrap().to_scalar::<f64>().unwrap().is_nan());
+    let y: Vec<f64> = y.flatten_all().unwrap().to_vec1().unwrap();
+    assert!(y.iter().any(|v| v.is_nan()));
 }
 
 #[test]

@@ -434,3 +434,37 @@ fn bf16_computes_over_f32_master_weights_and_follows_the_f32_losses() {
     // The loss falls in bf16 as in f32.
     assert!(bf16s[19].scalars["loss"].get() < bf16s[0].scalars["loss"].get() - 1.0);
 }
+
+#[test]
+fn the_streaming_attention_trains_as_the_batched_one() {
+    let run = |attention| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = support::tiny();
+        cfg.model.n_kv_heads = Some(1);
+        let mut t = Trainer::with_dtype(
+            cfg,
+            &Device::Cpu,
+            dir.path().into(),
+            candle_core::DType::F64,
+        )
+        .unwrap();
+        t.model.set_attention(attention);
+        (0..4)
+            .map(|_| {
+                let r = t.step().unwrap();
+                let top = r.layers["attn_logit_max"][0].get();
+                (r.scalars["loss"].get(), r.scalars["grad_norm"].get(), top)
+            })
+            .collect::<Vec<_>>()
+    };
+    use keel_trainer::ops::Attention;
+    let (batched, streaming) = (run(Attention::Batched), run(Attention::Streaming));
+    for (a, b) in batched.iter().zip(&streaming) {
+        assert!((a.0 - b.0).abs() < 1e-9 * a.0, "loss {a:?} {b:?}");
+        assert!((a.1 - b.1).abs() < 1e-9 * a.1, "grad norm {a:?} {b:?}");
+        assert!(
+            (a.2 - b.2).abs() < 1e-9 * a.2.abs().max(1.0),
+            "logit tap {a:?} {b:?}"
+        );
+    }
+}
