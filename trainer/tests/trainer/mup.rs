@@ -14,7 +14,6 @@ use keel_trainer::config::{InitScheme, TrainConfig};
 use keel_trainer::model::Model;
 use keel_trainer::optim::AdamW;
 use keel_trainer::params::{Kind, Params};
-use keel_trainer::trainer::Trainer;
 
 use crate::support;
 
@@ -182,7 +181,7 @@ fn one_real_update_moves_each_group_by_its_own_lr_and_decay() {
     cfg.optim.lr = 0.01;
     cfg.optim.weight_decay = 0.5;
     cfg.schedule.warmup_steps = 0;
-    let mut t = Trainer::with_dtype(cfg, &Device::Cpu, dir.path().into(), DType::F64).unwrap();
+    let mut t = support::trainer_f64(cfg, dir.path());
     let before: Vec<(String, Vec<f64>)> = t
         .params
         .entries

@@ -16,6 +16,17 @@ pub fn trainer(cfg: TrainConfig, dir: &Path) -> Trainer {
     Trainer::new(cfg, &Device::Cpu, dir.to_path_buf()).expect("trainer builds")
 }
 
+/// A trainer in f64, for comparisons that must agree to 1e-9.
+pub fn trainer_f64(cfg: TrainConfig, dir: &Path) -> Trainer {
+    Trainer::with_dtype(
+        cfg,
+        &Device::Cpu,
+        dir.to_path_buf(),
+        candle_core::DType::F64,
+    )
+    .expect("trainer builds")
+}
+
 /// The losses of `n` steps.
 pub fn losses(t: &mut Trainer, n: usize) -> Vec<f64> {
     (0..n)

@@ -344,13 +344,7 @@ fn micro_batches_give_the_update_of_the_whole_batch() {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = support::tiny();
         cfg.run.micro_batches = k;
-        let mut t = Trainer::with_dtype(
-            cfg,
-            &Device::Cpu,
-            dir.path().into(),
-            candle_core::DType::F64,
-        )
-        .unwrap();
+        let mut t = support::trainer_f64(cfg, dir.path());
         (0..5)
             .map(|_| {
                 let r = t.step().unwrap();
@@ -441,13 +435,7 @@ fn the_streaming_attention_trains_as_the_batched_one() {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = support::tiny();
         cfg.model.n_kv_heads = Some(1);
-        let mut t = Trainer::with_dtype(
-            cfg,
-            &Device::Cpu,
-            dir.path().into(),
-            candle_core::DType::F64,
-        )
-        .unwrap();
+        let mut t = support::trainer_f64(cfg, dir.path());
         t.model.set_attention(attention);
         (0..4)
             .map(|_| {
