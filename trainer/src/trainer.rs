@@ -154,7 +154,15 @@ impl Trainer {
             .or_else(|| path.parent().map(Path::to_path_buf))
             .context("checkpoint path has no parent directory")?;
         let mut t = Self::new(loaded.state.config.clone(), device, dir)?;
-        let changes = data::file_changes(&loaded.state.data_files, t.data.files());
+        // A checkpoint of an older keel records no hashes: there is nothing to compare, and
+        // the run records them from now on.
+        let unrecorded = loaded.state.data_files.is_empty() && !t.data.files().is_empty();
+        let changes = if unrecorded {
+            tracing::warn!("this checkpoint records no data-file hashes; the data is not checked");
+            Vec::new()
+        } else {
+            data::file_changes(&loaded.state.data_files, t.data.files())
+        };
         if !changes.is_empty() && check == DataCheck::Same {
             anyhow::bail!(
                 "the data changed since this checkpoint, so the run would not see the batches \
@@ -167,6 +175,8 @@ impl Trainer {
         t.restore(loaded)?;
         if !changes.is_empty() {
             tracing::warn!("resuming on changed data: {}", changes.join("; "));
+        }
+        if !changes.is_empty() || unrecorded {
             t.state.data_files = now;
         }
         Ok(t)

@@ -284,6 +284,17 @@ fn a_resume_refuses_a_changed_data_file_unless_told_to_allow_it() {
     // The next checkpoint records the new content, so resuming from it is not refused.
     let again = allowed.checkpoint().unwrap();
     assert!(Trainer::resume(&again, &Device::Cpu, None).is_ok());
+
+    // A checkpoint of a keel that recorded no hashes resumes (nothing to compare against),
+    // and records them from then on.
+    let state = again.join("state.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    json.as_object_mut().unwrap().remove("data_files");
+    std::fs::write(&state, serde_json::to_vec(&json).unwrap()).unwrap();
+    std::fs::write(&text, "something else entirely ".repeat(20)).unwrap();
+    let old = Trainer::resume(&again, &Device::Cpu, None).unwrap();
+    assert_eq!(old.state.data_files.len(), 1);
 }
 
 #[test]
