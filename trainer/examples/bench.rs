@@ -30,6 +30,13 @@ fn main() -> anyhow::Result<()> {
         dir.clone(),
     )?;
     let mut without = Trainer::new(none, &Device::Cpu, dir)?;
+    // KEEL_BENCH_ATTENTION=streaming times the streaming attention kernel instead.
+    if std::env::var("KEEL_BENCH_ATTENTION").as_deref() == Ok("streaming") {
+        for t in [&mut with, &mut without] {
+            t.model
+                .set_attention(keel_trainer::ops::Attention::Streaming);
+        }
+    }
     // Warm up both (allocator, thread pools); step 0 of `without` collects once (0 % k == 0).
     for _ in 0..3 {
         with.step()?;

@@ -100,6 +100,29 @@ fn nan_max<T: Float>(a: T, b: T) -> T {
     if b > a || b.is_nan() { b } else { a }
 }
 
+/// A `[t, d]` head as `[d, t]`: column `c` of every row, contiguous, so a query's logits over
+/// many keys are one vectorised multiply-add per dimension instead of a dot product per key.
+fn transpose<T: Float>(x: &[T], t: usize, d: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(t * d);
+    for c in 0..d {
+        out.extend((0..t).map(|j| x[j * d + c]));
+    }
+    out
+}
+
+/// `out[j] = scale · Σ_c a[c] · bt[c][j]` for the first `out.len()` columns of the `[d, t]`
+/// transposed head `bt`.
+fn scores_into<T: Float>(out: &mut [T], a: &[T], bt: &[T], t: usize, scale: T) {
+    let n = out.len();
+    out.iter_mut().for_each(|s| *s = T::zero());
+    for (c, &ac) in a.iter().enumerate() {
+        for (s, &b) in out.iter_mut().zip(&bt[c * t..][..n]) {
+            *s += ac * b;
+        }
+    }
+    out.iter_mut().for_each(|s| *s *= scale);
+}
+
 /// `acc += a · x`.
 fn axpy<T: Float>(acc: &mut [T], a: T, x: &[T]) {
     for (s, &v) in acc.iter_mut().zip(x) {
@@ -133,15 +156,14 @@ fn forward<T: Float>(
         .map(|(bh, (yh, lh))| {
             let kv = (bh / h) * kvh + (bh % h) / rep;
             let qh = &q[bh * t * d..][..t * d];
-            let (kh, vh) = (&k[kv * t * d..][..t * d], &v[kv * t * d..][..t * d]);
+            let kt = transpose(&k[kv * t * d..][..t * d], t, d);
+            let vh = &v[kv * t * d..][..t * d];
             let mut s = vec![T::zero(); t];
             let mut top = T::neg_infinity();
             for i in 0..t {
                 let qi = &qh[i * d..][..d];
                 let row = &mut s[..=i];
-                for (j, sj) in row.iter_mut().enumerate() {
-                    *sj = dot(qi, &kh[j * d..][..d]) * scale;
-                }
+                scores_into(row, qi, &kt, t, scale);
                 let m = max(row);
                 for sj in row.iter_mut() {
                     *sj = (*sj - m).fast_exp();
@@ -208,7 +230,11 @@ fn backward<T: Float>(
         .enumerate()
         .for_each(|(g, ((dqg, dkh), dvh))| {
             let kh = &kv[g * t * d..][..t * d];
-            let vh = &vv[g * t * d..][..t * d];
+            let (kt, vt) = (
+                transpose(kh, t, d),
+                transpose(&vv[g * t * d..][..t * d], t, d),
+            );
+            let (mut p, mut dp) = (vec![T::zero(); t], vec![T::zero(); t]);
             for r in 0..rep {
                 let bh = (g / kvh) * h + (g % kvh) * rep + r;
                 let qh = &qv[bh * t * d..][..t * d];
@@ -219,12 +245,17 @@ fn backward<T: Float>(
                     let di = dot(dyi, &yh[i * d..][..d]);
                     let li = T::from_f64(lse[bh * t + i]);
                     let dqi = &mut dqh[i * d..][..d];
+                    // The row's probabilities and dy·v over its keys, each one vectorised
+                    // pass per dimension over the transposed heads.
+                    let (pr, dpr) = (&mut p[..=i], &mut dp[..=i]);
+                    scores_into(pr, qi, &kt, t, sc);
+                    pr.iter_mut().for_each(|x| *x = (*x - li).fast_exp());
+                    scores_into(dpr, dyi, &vt, t, T::one());
                     for j in 0..=i {
-                        let (kj, vj) = (&kh[j * d..][..d], &vh[j * d..][..d]);
-                        let p = (dot(qi, kj) * sc - li).fast_exp();
-                        axpy(&mut dvh[j * d..][..d], p, dyi);
-                        let ds = p * (dot(dyi, vj) - di) * sc;
-                        axpy(dqi, ds, kj);
+                        let pij = pr[j];
+                        axpy(&mut dvh[j * d..][..d], pij, dyi);
+                        let ds = pij * (dpr[j] - di) * sc;
+                        axpy(dqi, ds, &kh[j * d..][..d]);
                         axpy(&mut dkh[j * d..][..d], ds, qi);
                     }
                 }
