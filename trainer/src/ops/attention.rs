@@ -5,9 +5,11 @@
 //! `L_i` of its scaled logits; the backward recomputes each probability `p_ij = e^{s_ij − L_i}`
 //! from it, with `D_i = dy_i · y_i`:
 //! `dv_j += p_ij dy_i`, `ds_ij = p_ij (dy_i · v_j − D_i)`, `dq_i += scale ds_ij k_j`,
-//! `dk_j += scale ds_ij q_i`. Heads run in parallel on rayon's pool (candle's batched products
-//! run the heads one after another on one core), the masked half is never computed, and the
-//! memory is O(t) per head, so a long context fits where the scores would not. Grouped KV heads
+//! `dk_j += scale ds_ij q_i`. The logits over a row's keys, `dy·v`, and the dk, dv updates
+//! each run as one vectorised pass per dimension over transposed `[d, t]` copies of the head.
+//! Heads run in parallel on rayon's pool (candle's batched products run the heads one after
+//! another on one core), the masked half is never computed, and the memory is O(t) per head,
+//! so a long context fits where the scores would not. Grouped KV heads
 //! are read in place: query head `h` uses KV head `h / (H / KVH)`.
 //!
 //! The forward also leaves the largest scaled logit (NaN if a row holds a NaN) for the
@@ -235,6 +237,9 @@ fn backward<T: Float>(
                 transpose(&vv[g * t * d..][..t * d], t, d),
             );
             let (mut p, mut dp) = (vec![T::zero(); t], vec![T::zero(); t]);
+            // dk and dv accumulate transposed ([d, t]): each row adds to every key it saw in
+            // one vectorised pass per dimension, and they are turned back at the end.
+            let (mut dkt, mut dvt) = (vec![T::zero(); t * d], vec![T::zero(); t * d]);
             for r in 0..rep {
                 let bh = (g / kvh) * h + (g % kvh) * rep + r;
                 let qh = &qv[bh * t * d..][..t * d];
@@ -244,20 +249,35 @@ fn backward<T: Float>(
                     let (qi, dyi) = (&qh[i * d..][..d], &dyh[i * d..][..d]);
                     let di = dot(dyi, &yh[i * d..][..d]);
                     let li = T::from_f64(lse[bh * t + i]);
-                    let dqi = &mut dqh[i * d..][..d];
-                    // The row's probabilities and dy·v over its keys, each one vectorised
-                    // pass per dimension over the transposed heads.
-                    let (pr, dpr) = (&mut p[..=i], &mut dp[..=i]);
+                    // The row's probabilities, then ds = p (dy·v − D) scale over its keys.
+                    let (pr, ds) = (&mut p[..=i], &mut dp[..=i]);
                     scores_into(pr, qi, &kt, t, sc);
                     pr.iter_mut().for_each(|x| *x = (*x - li).fast_exp());
-                    scores_into(dpr, dyi, &vt, t, T::one());
-                    for j in 0..=i {
-                        let pij = pr[j];
-                        axpy(&mut dvh[j * d..][..d], pij, dyi);
-                        let ds = pij * (dpr[j] - di) * sc;
-                        axpy(dqi, ds, &kh[j * d..][..d]);
-                        axpy(&mut dkh[j * d..][..d], ds, qi);
+                    scores_into(ds, dyi, &vt, t, T::one());
+                    for (s, &pj) in ds.iter_mut().zip(pr.iter()) {
+                        *s = pj * (*s - di) * sc;
                     }
+                    for c in 0..d {
+                        let (qc, dyc) = (qi[c], dyi[c]);
+                        let dkc = &mut dkt[c * t..][..=i];
+                        for (acc, &s) in dkc.iter_mut().zip(ds.iter()) {
+                            *acc += s * qc;
+                        }
+                        let dvc = &mut dvt[c * t..][..=i];
+                        for (acc, &pj) in dvc.iter_mut().zip(pr.iter()) {
+                            *acc += pj * dyc;
+                        }
+                    }
+                    let dqi = &mut dqh[i * d..][..d];
+                    for (j, &s) in ds.iter().enumerate() {
+                        axpy(dqi, s, &kh[j * d..][..d]);
+                    }
+                }
+            }
+            for j in 0..t {
+                for c in 0..d {
+                    dkh[j * d + c] = dkt[c * t + j];
+                    dvh[j * d + c] = dvt[c * t + j];
                 }
             }
         });
