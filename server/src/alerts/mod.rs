@@ -359,8 +359,12 @@ pub struct Detector {
     depth_armed: bool,
     level_armed: bool,
     attn_armed: bool,
-    /// Recent `tokens_per_s`, newest last: the baseline and then the recent window.
-    throughput: std::collections::VecDeque<f64>,
+    /// Recent `tokens_per_s` with each record's time, newest last: the baseline and then the
+    /// recent window.
+    throughput: std::collections::VecDeque<(f64, Option<f64>)>,
+    /// While the recent window is below the limit: the record time it fell there, and the
+    /// baseline it fell from.
+    throughput_low: Option<(f64, f64)>,
     throughput_armed: bool,
     /// The largest LR seen: while the LR still rises past it, the run is in its warmup.
     top_lr: f64,
@@ -368,6 +372,9 @@ pub struct Detector {
     /// Per alert name, the step before which it stays quiet after firing.
     quiet_until: std::collections::HashMap<&'static str, u64>,
 }
+
+/// The shortest throughput drop, by the records' own clock, that counts as one.
+pub const MIN_DROP_SECONDS: f64 = 2.0;
 
 impl Detector {
     pub fn new(thresholds: Thresholds) -> Detector {
@@ -402,8 +409,8 @@ impl Detector {
             self.in_warmup = lr > self.top_lr;
             self.top_lr = self.top_lr.max(lr);
         }
-        if let Some(tps) = scalar("tokens_per_s") {
-            self.throughput_check(r.step, tps, &mut out);
+        if let Some(tps) = scalar(names::TOKENS_PER_S) {
+            self.throughput_check(r.step, (tps, r.time), &mut out);
         }
         if let Some(loss) = scalar(names::LOSS) {
             self.loss_checks(r.step, loss, &mut out);
@@ -435,24 +442,49 @@ impl Detector {
 
     /// Tokens/s: the median of the last `throughput_window` steps against the median of the
     /// ten windows before them. A median ignores a single slow step (a checkpoint, an eval).
-    fn throughput_check(&mut self, step: u64, tps: f64, out: &mut Vec<Alert>) {
+    /// A drop that lasts less than [`MIN_DROP_SECONDS`] by the records' clock is not one: in a
+    /// run of 100 steps/s a window is a fifth of a second, and anything else on the machine
+    /// dips it.
+    fn throughput_check(
+        &mut self,
+        step: u64,
+        (tps, time): (f64, Option<f64>),
+        out: &mut Vec<Alert>,
+    ) {
         if !(tps.is_finite() && tps > 0.0) {
             return;
         }
         let w = self.thresholds.throughput_window.max(3);
-        self.throughput.push_back(tps);
+        self.throughput.push_back((tps, time));
         if self.throughput.len() > 11 * w {
             self.throughput.pop_front();
         }
         if self.throughput.len() < 11 * w {
             return;
         }
-        let h: Vec<f64> = self.throughput.iter().copied().collect();
-        let before = median_of(h[..10 * w].to_vec());
+        let h: Vec<f64> = self.throughput.iter().map(|(v, _)| *v).collect();
         let recent = median_of(h[10 * w..].to_vec());
-        let ratio = recent / before;
         let limit = self.thresholds.throughput_drop;
-        if self.throughput_armed && ratio < limit {
+        // While a dip lasts, it is judged against the baseline from before it, which the dip
+        // would otherwise drag down with itself.
+        let before = match self.throughput_low {
+            Some((_, frozen)) => frozen,
+            None => median_of(h[..10 * w].to_vec()),
+        };
+        let ratio = recent / before;
+        if ratio < limit {
+            self.throughput_low
+                .get_or_insert((time.unwrap_or(f64::NAN), before));
+        } else if ratio >= (1.0 + limit) / 2.0 {
+            self.throughput_low = None;
+        }
+        // How long it has lasted, by the records' clock (unknown times: long enough).
+        let lasted = match (self.throughput_low, time) {
+            (Some((since, _)), Some(now)) if since.is_finite() => now - since >= MIN_DROP_SECONDS,
+            (Some(_), _) => true,
+            (None, _) => false,
+        };
+        if self.throughput_armed && ratio < limit && lasted {
             self.throughput_armed = false;
             let msg = format!(
                 "throughput fell to {recent:.0} tokens/s over the last {w} steps, {:.0} % of the {before:.0} before",
@@ -998,6 +1030,27 @@ mod tests {
             .filter(|(n, _)| *n == "throughput_drop")
             .collect();
         assert_eq!(got, vec![("throughput_drop", 610)]);
+    }
+
+    #[test]
+    fn a_throughput_dip_shorter_than_two_seconds_is_not_a_drop() {
+        // 100 steps/s by the records' clock: a window of 20 steps is a fifth of a second.
+        let tps = |s: u64| match s {
+            600..=630 => 20_000.0,  // 0.3 s of half speed: the machine was busy
+            800..=1400 => 20_000.0, // 6 s of it: a drop
+            _ => 50_000.0 + (s % 7) as f64 * 500.0,
+        };
+        let run = (0..1600).map(|s| {
+            let mut r = with(healthy(s), "tokens_per_s", tps(s));
+            r.time = Some(1.0e9 + s as f64 * 0.01);
+            r
+        });
+        let got: Vec<(&str, u64)> = fired(run)
+            .into_iter()
+            .filter(|(n, _)| *n == "throughput_drop")
+            .collect();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].1 >= 1000, "{got:?}");
     }
 
     #[test]
