@@ -169,18 +169,6 @@ impl Kernels {
         }
     }
 
-    /// The largest unmasked entry of `scores · scale` (a detached scalar): the attention-logit
-    /// tap. A NaN anywhere unmasked gives NaN.
-    pub fn causal_logit_max(self, scores: &Tensor, scale: f64) -> Result<Tensor> {
-        match self {
-            Self::Fused => scores
-                .detach()
-                .contiguous()?
-                .apply_op1_no_bwd(&softmax::CausalLogitMax { scale }),
-            Self::Composed => composed::causal_logit_max(scores, scale),
-        }
-    }
-
     /// Rotate pairs (i, i + half) of `x` `[.., t, head_dim]` by the angles whose cosines and
     /// sines are `cos`, `sin` (`t × head_dim/2` values, any leading unit dimensions).
     pub fn rope(self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
@@ -303,24 +291,6 @@ where
         .for_each(|(i, (a, b))| f(i * rows, a, b));
 }
 
-/// As [`blocks_mut`], over an input that is only read.
-fn blocks<T, R, F>(input: &[T], width: usize, f: F) -> Vec<R>
-where
-    T: Sync,
-    R: Send,
-    F: Fn(usize, &[T]) -> R + Sync,
-{
-    let rows = rows_per_block(width);
-    if input.len() <= rows * width {
-        return vec![f(0, input)];
-    }
-    input
-        .par_chunks(rows * width)
-        .enumerate()
-        .map(|(i, block)| f(i * rows, block))
-        .collect()
-}
-
 /// Eight independent lanes folded with `f`, then together: a reduction the compiler can
 /// vectorise (a plain float fold is a serial dependency chain it may not reorder).
 fn fold8<T: Float>(x: &[T], init: T, f: impl Fn(T, T) -> T) -> T {
@@ -333,6 +303,11 @@ fn fold8<T: Float>(x: &[T], init: T, f: impl Fn(T, T) -> T) -> T {
         }
     }
     acc.iter().fold(tail, |a, &v| f(a, v))
+}
+
+/// The larger of two, or NaN if either is NaN (a tap must show a NaN, where `max` skips it).
+fn nan_max<T: Float>(a: T, b: T) -> T {
+    if b > a || b.is_nan() { b } else { a }
 }
 
 /// `Σ x`.

@@ -21,7 +21,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
-use super::{Float, by_dtype, contiguous, dot, max, sum};
+use super::{Float, by_dtype, contiguous, dot, max, nan_max, sum};
 
 pub struct CausalAttention {
     pub scale: f64,
@@ -95,11 +95,6 @@ impl CustomOp3 for CausalAttention {
         };
         Ok((Some(dq), Some(dk), Some(dv)))
     }
-}
-
-/// The larger of two, or NaN if either is NaN.
-fn nan_max<T: Float>(a: T, b: T) -> T {
-    if b > a || b.is_nan() { b } else { a }
 }
 
 /// A `[t, d]` head as `[d, t]`: column `c` of every row, contiguous, so a query's logits over

@@ -1,5 +1,5 @@
 //! The attention-scores path fused: `softmax(scores · scale + causal mask)` over the last
-//! dimension of `[.., t, t]`, its backward, and the max-logit tap.
+//! dimension of `[.., t, t]`, its backward, and the max-logit tap from its row maxima.
 //!
 //! Row `r` of the flattened scores is query position `i = r mod t`, which sees keys `0..=i`;
 //! the masked tail of each row is never read and comes out exactly 0, forward and backward.
@@ -8,7 +8,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, bail};
 
-use super::{Float, blocks, blocks_mut, by_dtype, contiguous, dot, fold8, max, sum};
+use super::{Float, blocks_mut, by_dtype, contiguous, dot, max, nan_max, sum};
 
 pub struct CausalSoftmax {
     pub scale: f64,
@@ -137,37 +137,4 @@ fn backward<T: Float>(
         }
     });
     Ok((T::to_cpu_storage_owned(dx), yl.shape().clone()))
-}
-
-/// The max-logit tap: a scalar, the largest unmasked `scores · scale`. Scaling by a positive
-/// number preserves order under rounding, so this is the max of the raw scores, scaled once.
-pub struct CausalLogitMax {
-    pub scale: f64,
-}
-
-impl CustomOp1 for CausalLogitMax {
-    fn name(&self) -> &'static str {
-        "keel-causal-logit-max"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        by_dtype!(self.name(), s.dtype(), logit_max(s, l, self.scale))
-    }
-}
-
-/// The larger of two, or NaN if either is NaN.
-fn nan_max<T: Float>(a: T, b: T) -> T {
-    if b > a || b.is_nan() { b } else { a }
-}
-
-fn logit_max<T: Float>(s: &CpuStorage, l: &Layout, scale: f64) -> Result<(CpuStorage, Shape)> {
-    let (x, t) = (contiguous::<T>(s, l)?, square(l)?);
-    let per_block = blocks(x, t, |row0, block| {
-        let rows = block.chunks_exact(t).enumerate();
-        rows.map(|(r, xr)| fold8(&xr[..(row0 + r) % t + 1], T::neg_infinity(), nan_max))
-            .fold(T::neg_infinity(), nan_max)
-    });
-    let max = per_block.into_iter().fold(T::neg_infinity(), nan_max);
-    let scaled = max * T::from_f64(scale);
-    Ok((T::to_cpu_storage_owned(vec![scaled]), Shape::from(())))
 }
