@@ -15,6 +15,8 @@ use keel_trainer::stats::HOST_READS;
 use keel_trainer::trainer::Trainer;
 use keel_trainer::{device, memory};
 
+use super::median;
+
 #[derive(clap::Args, Clone, Debug)]
 pub struct TrainerBenchArgs {
     /// `cpu` or `cuda:N`.
@@ -56,15 +58,6 @@ fn precision_name(p: Precision) -> &'static str {
     }
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
 /// Training FLOPs per token: 6 per parameter (forward and backward; the tied embedding counts
 /// once, as the output head's product) plus the attention's 12·L·d·t.
 fn flops_per_token(cfg: &TrainConfig, params: usize, seq_len: usize) -> f64 {
@@ -87,6 +80,10 @@ fn max_rel_gap(a: &[f64], b: &[f64]) -> f64 {
 }
 
 pub fn run(args: TrainerBenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.steps >= 2,
+        "--steps must be at least 2 (half with the statistics on, half off)"
+    );
     let dev = device::parse(&args.device)?;
     let mut cfg = keel_trainer::load_config(&args.config)
         .with_context(|| format!("loading {}", args.config.display()))?;
@@ -121,7 +118,7 @@ pub fn run(args: TrainerBenchArgs) -> anyhow::Result<()> {
         peak = peak.max(memory::device_used_bytes(&dev).unwrap_or(0));
     }
     let (n_on, n_off) = (on.len().max(1) as f64, off.len().max(1) as f64);
-    let (t_on, t_off) = (median(&mut on), median(&mut off));
+    let (t_on, t_off) = (median(on), median(off));
     let tokens_per_s = (b * s) as f64 / t_on;
     let flops = flops_per_token(&cfg, t.params.count(), s);
     let mfu = args

@@ -121,12 +121,7 @@ impl Kernels {
     /// Softmax over the last dimension of `scores · scale` `[.., t, t]` under the causal mask
     /// (row `i` of each `t × t` block sees columns `0..=i`; the others come out 0).
     pub fn causal_softmax(self, scores: &Tensor, scale: f64) -> Result<Tensor> {
-        match self {
-            Self::Fused => scores
-                .contiguous()?
-                .apply_op1(softmax::CausalSoftmax { scale, top: None }),
-            Self::Composed => composed::causal_softmax(scores, scale),
-        }
+        Ok(self.attention_softmax(scores, scale, None, false)?.0)
     }
 
     /// The causal softmax as the model runs it: `mask` is the composed form's `[t, t]` mask,

@@ -152,7 +152,8 @@ async fn compare_page(
         finals.push(final_loss(&state, &detail).await?);
         details.push(detail);
     }
-    html(&ComparePage::new(&details, q.group.as_deref(), now()).with_final_losses(&finals))
+    let page = ComparePage::new(&details, q.group.as_deref(), now());
+    html(&page.with_final_losses(&details, &finals))
 }
 
 /// What a run is judged by when runs are ranked: its last validation loss (`val/loss`) where

@@ -39,7 +39,6 @@ pub struct ComparePage {
     /// What the sweep's losses are: "validation loss" or "training loss, mean of the last
     /// tenth".
     pub sweep_metric: &'static str,
-    configs: Vec<Value>,
 }
 
 /// Which loss ranks a run (see the compare page handler).
@@ -123,14 +122,18 @@ impl ComparePage {
             boot: boot.to_string(),
             sweep: Vec::new(),
             sweep_metric: "",
-            configs: configs.into_iter().cloned().collect(),
         }
     }
 
-    /// Rank the runs by their final losses (in `runs` order): fills the "best LR per width"
-    /// tables when the runs are such a sweep. When some runs have a validation loss, only
-    /// those are ranked: training and validation losses do not compare.
-    pub fn with_final_losses(mut self, finals: &[Option<(f64, FinalLoss)>]) -> Self {
+    /// Rank the runs (`details`, as given to [`ComparePage::new`]) by their final losses, in
+    /// the same order: fills the "best LR per width" tables when the runs are such a sweep.
+    /// When some runs have a validation loss, only those are ranked: training and validation
+    /// losses do not compare.
+    pub fn with_final_losses(
+        mut self,
+        details: &[RunDetail],
+        finals: &[Option<(f64, FinalLoss)>],
+    ) -> Self {
         let val = finals
             .iter()
             .any(|f| matches!(f, Some((_, FinalLoss::Validation))));
@@ -155,7 +158,7 @@ impl ComparePage {
                 run.rank = Some(rank + 1);
             }
         }
-        let configs: Vec<&Value> = self.configs.iter().collect();
+        let configs: Vec<&Value> = details.iter().map(|d| &d.config).collect();
         self.sweep = super::sweep::tables(&configs, &losses);
         self.sweep_metric = if val {
             "last validation loss"

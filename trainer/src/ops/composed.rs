@@ -29,16 +29,8 @@ fn masked_logits(scores: &Tensor, scale: f64) -> Result<Tensor> {
     (scores * scale)?.broadcast_add(&causal_mask(t, scores.dtype(), scores.device())?)
 }
 
-/// Causal softmax of `scores · scale` over the last dimension. The row max is detached: softmax
-/// does not depend on it, so its gradient is exactly zero.
-pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
-    let t = scores.dim(D::Minus1)?;
-    let mask = causal_mask(t, scores.dtype(), scores.device())?;
-    Ok(causal_softmax_masked(scores, scale, &mask)?.0)
-}
-
-/// As [`causal_softmax`] with the mask given (built once per length and kept on the device),
-/// and the largest masked logit, detached: the attention-logit tap, from the row maxima
+/// Causal softmax of `scores · scale` over the last dimension under `mask` (the `[t, t]`
+/// causal mask, built once per length and kept on the device), and the largest masked logit, detached: the attention-logit tap, from the row maxima
 /// `[.., t, 1]` the softmax subtracts (a reduction over t values per row instead of another
 /// pass over the `t × t` scores). candle's max skips NaN; a NaN logit makes its row's sum NaN,
 /// and the sum of the row sums carries it into the tap.
@@ -48,6 +40,7 @@ pub fn causal_softmax_masked(
     mask: &Tensor,
 ) -> Result<(Tensor, Tensor)> {
     let x = (scores * scale)?.broadcast_add(mask)?;
+    // Detached: softmax does not depend on the row max, so its gradient is exactly zero.
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
     let sums = e.sum_keepdim(D::Minus1)?;
