@@ -175,6 +175,7 @@ async fn create(store: &Store, name: &str, layers: u32) -> anyhow::Result<i64> {
         layers,
         variant: None,
         protocol: None,
+        ranks: None,
     };
     Ok(store.write(|r| WriteOp::CreateRun(spec, r)).await?)
 }

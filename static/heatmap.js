@@ -52,8 +52,9 @@ export function pixelColumns(steps, rows, layers, pw, dom, field) {
 }
 
 export class Heatmap {
-  constructor(parent, { runId, stat, layers, onPick }) {
-    Object.assign(this, { runId, stat, layers, onPick });
+  // `rows` names what a row is: a layer (block), or a rank of a distributed run.
+  constructor(parent, { runId, stat, layers, rows = "layer", onPick }) {
+    Object.assign(this, { runId, stat, layers, rows, onPick });
     this.field = "max";
     this.range = null;
     this.data = null;
@@ -67,7 +68,7 @@ export class Heatmap {
     const fig = document.createElement("figure");
     fig.className = "heatmap panel";
     fig.dataset.stat = this.stat;
-    fig.innerHTML = `<figcaption><b></b><span class="unit">layer × step</span>
+    fig.innerHTML = `<figcaption><b></b><span class="unit">${this.rows} × step</span>
       <label class="field">colour by <select><option>max</option><option>mean</option><option>min</option></select></label>
       <span class="zoom"></span></figcaption>
       <div class="wrap"><canvas></canvas><div class="tip" hidden></div></div>`;
@@ -199,7 +200,7 @@ export class Heatmap {
     ctx.save();
     ctx.translate(10, M.t + ph / 2);
     ctx.rotate(-Math.PI / 2);
-    ctx.fillText("layer", 0, -4);
+    ctx.fillText(this.rows, 0, -4);
     ctx.restore();
   }
 
@@ -288,7 +289,7 @@ export class Heatmap {
     const d = this.data;
     const steps = c.from === c.to ? `step ${count(c.from)}` : `steps ${count(c.from)}–${count(c.to)}`;
     const v = (f) => metric(d[f][c.i][c.layer]);
-    this.tip.textContent = `${this.stat} · layer ${c.layer} · ${steps}\nmax ${v("max")} · mean ${v("mean")} · min ${v("min")}`;
+    this.tip.textContent = `${this.stat} · ${this.rows} ${c.layer} · ${steps}\nmax ${v("max")} · mean ${v("mean")} · min ${v("min")}`;
     this.tip.hidden = false;
     const wrap = this.tip.parentElement.clientWidth;
     const left = cx + 14 + this.tip.offsetWidth > wrap ? cx - 14 - this.tip.offsetWidth : cx + 14;

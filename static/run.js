@@ -60,7 +60,9 @@ const profile = new Profile(document.getElementById("profile"));
 function addHeatmap(stat) {
   if (heatmaps.has(stat)) return heatmaps.get(stat);
   const h = new Heatmap(document.getElementById("heatmaps"), {
-    runId: id, stat, layers: boot.layers, onPick: pick,
+    // `rank_*` statistics of a distributed run have a row per rank: a straggler is a hot row.
+    runId: id, stat, onPick: pick,
+    ...(stat.startsWith("rank_") && boot.ranks ? { layers: boot.ranks, rows: "rank" } : { layers: boot.layers }),
   });
   h.reload = throttle(() => h.load().catch(report), 1000);
   heatmaps.set(stat, h);

@@ -49,6 +49,9 @@ pub mod names {
     pub const PARAM_NORM: &str = "param_norm";
     pub const UPDATE_RATIO: &str = "update_ratio";
     pub const NORM_GAIN: &str = "norm_gain";
+    /// Statistics named with this prefix have one value per rank of a distributed run
+    /// (`rank_step_time_s`, `rank_tokens_per_s`), not one per block.
+    pub const RANK_PREFIX: &str = "rank_";
     /// Scalars.
     pub const LOSS: &str = "loss";
     pub const LR: &str = "lr";

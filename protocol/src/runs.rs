@@ -26,6 +26,9 @@ pub struct RunSpec {
     /// The sender's [`crate::PROTOCOL_VERSION`].
     #[serde(default)]
     pub protocol: Option<u32>,
+    /// Ranks of a distributed run: the length of every `rank_*` statistic's vector.
+    #[serde(default)]
+    pub ranks: Option<u32>,
 }
 
 /// `201` answer to a run creation.
@@ -84,6 +87,9 @@ pub struct RunSummary {
     pub tags: Vec<String>,
     pub status: RunStatus,
     pub layers: u32,
+    /// Ranks of a distributed run (the rows of its `rank_*` statistics), or null.
+    #[serde(default)]
+    pub ranks: Option<u32>,
     /// The branch new steps go to; 0 until the first rewind.
     pub branch: u32,
     pub last_step: Option<u64>,

@@ -10,6 +10,7 @@ mod faults;
 mod harness;
 mod launch;
 mod outbox;
+mod python;
 mod training;
 // The server's WebDriver client, shared rather than copied; not every method is used here.
 #[allow(dead_code)]

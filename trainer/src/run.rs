@@ -146,6 +146,7 @@ fn connect(opts: &TrainOptions, t: &mut Trainer) -> Result<Option<Link>> {
                 layers: t.cfg.model.n_layers as u32,
                 variant: opts.variant.clone(),
                 protocol: Some(PROTOCOL_VERSION),
+                ranks: None,
             };
             client.create_run(&spec, Duration::from_secs(10))?
         }

@@ -14,6 +14,7 @@ use crate::error::{ApiJson, ApiPath, ApiQuery, AppError, AppResult};
 use crate::routes::answer::{self, Series, Shape};
 use crate::routes::images::{self, Source};
 use crate::routes::table::Routes;
+use crate::storage::runs::RunRow;
 use crate::storage::series::{Plan, Window};
 use crate::storage::{WriteOp, runs};
 use crate::views::csv;
@@ -50,7 +51,7 @@ fn check_key(what: &str, key: &str) -> AppResult<()> {
     }
 }
 
-fn check_step(r: &StepRecord, layers: u32) -> AppResult<()> {
+fn check_step(r: &StepRecord, run: &RunRow) -> AppResult<()> {
     let at = |msg: String| AppError::Invalid(format!("step {}: {msg}", r.step));
     if r.step > MAX_STEP {
         return Err(AppError::Invalid(format!(
@@ -77,9 +78,15 @@ fn check_step(r: &StepRecord, layers: u32) -> AppResult<()> {
     }
     for (stat, values) in &r.layers {
         check_key("layer statistic", stat)?;
-        if values.len() != layers as usize {
+        let width = run.width(stat);
+        if values.len() != width as usize {
+            let of = if width == run.layers {
+                "layers"
+            } else {
+                "ranks"
+            };
             return Err(at(format!(
-                "`{stat}` has {} values; the run has {layers} layers",
+                "`{stat}` has {} values; the run has {width} {of}",
                 values.len()
             )));
         }
@@ -103,7 +110,7 @@ async fn ingest(
         )));
     }
     for record in &batch.steps {
-        check_step(record, run.layers)?;
+        check_step(record, &run)?;
     }
     let reply = state.store.write(|r| WriteOp::Ingest(id, batch, r)).await?;
     Ok(Json(reply))
@@ -209,6 +216,6 @@ async fn layers(
         None => (stat.as_str(), Shape::Json),
     };
     let plan = Plan::new(db, &run, true, stat, window).await?;
-    let series = Series::Layers(stat.to_owned(), run.layers);
+    let series = Series::Layers(stat.to_owned(), run.width(stat));
     Ok(answer::respond(db.clone(), plan, series, shape))
 }

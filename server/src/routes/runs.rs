@@ -55,6 +55,11 @@ fn check_spec(spec: &RunSpec) -> AppResult<()> {
             "`layers` must be between 1 and {MAX_LAYERS}"
         )));
     }
+    if spec.ranks.is_some_and(|r| !(1..=MAX_LAYERS).contains(&r)) {
+        return Err(AppError::Invalid(format!(
+            "`ranks` must be between 1 and {MAX_LAYERS}"
+        )));
+    }
     Ok(())
 }
 

@@ -19,6 +19,7 @@ pub struct RunRow {
     pub tags: Vec<String>,
     pub config: String,
     pub layers: u32,
+    pub ranks: Option<u32>,
     pub status: RunStatus,
     pub branch: u32,
     pub last_step: Option<u64>,
@@ -35,6 +36,15 @@ pub struct RunRow {
 }
 
 impl RunRow {
+    /// Values per step of a layer statistic: one per rank for a `rank_*` statistic of a
+    /// distributed run, one per block otherwise.
+    pub fn width(&self, stat: &str) -> u32 {
+        match self.ranks {
+            Some(ranks) if stat.starts_with(keel_protocol::names::RANK_PREFIX) => ranks,
+            _ => self.layers,
+        }
+    }
+
     pub fn summary(&self) -> RunSummary {
         RunSummary {
             id: self.id,
@@ -44,6 +54,7 @@ impl RunRow {
             tags: self.tags.clone(),
             status: self.status,
             layers: self.layers,
+            ranks: self.ranks,
             branch: self.branch,
             last_step: self.last_step,
             last_loss: self.last_loss.map(Metric::new),
@@ -58,7 +69,7 @@ impl RunRow {
 
 macro_rules! run_columns {
     () => {
-        "id, name, grp, variant, tags, config, layers, status, branch, last_step, last_loss, \
+        "id, name, grp, variant, tags, config, layers, ranks, status, branch, last_step, last_loss, \
          tokens, steps, alerts, open_incidents, thresholds, created_at, updated_at, seen_at"
     };
 }
@@ -66,7 +77,7 @@ macro_rules! run_columns {
 /// The columns of [`run_columns`] with the config left out.
 macro_rules! list_columns {
     () => {
-        "id, name, grp, variant, tags, '' AS config, layers, status, branch, last_step, \
+        "id, name, grp, variant, tags, '' AS config, layers, ranks, status, branch, last_step, \
          last_loss, tokens, steps, alerts, open_incidents, NULL AS thresholds, created_at, \
          updated_at, seen_at"
     };
@@ -82,6 +93,7 @@ fn run_from(row: &SqliteRow) -> RunRow {
         tags: serde_json::from_str(row.get("tags")).unwrap_or_default(),
         config: row.get("config"),
         layers: row.get::<i64, _>("layers") as u32,
+        ranks: row.get::<Option<i64>, _>("ranks").map(|r| r as u32),
         status: RunStatus::parse(row.get("status")).unwrap_or(RunStatus::Failed),
         branch: row.get::<i64, _>("branch") as u32,
         last_step: opt_u64("last_step"),

@@ -124,7 +124,11 @@ impl Plan {
             run_id: run.id,
             series_id,
             branch,
-            width: if layer { run.layers.max(1) as u64 } else { 1 },
+            width: if layer {
+                run.width(name).max(1) as u64
+            } else {
+                1
+            },
             layer,
             from: 0,
             to: 0,
@@ -429,7 +433,7 @@ pub async fn layer_matrix(
 ) -> StoreResult<LayerMatrix> {
     let plan = Plan::new(db, run, true, stat, window).await?;
     let buckets = plan.read_all(db).await?;
-    Ok(layer_columns(&plan, stat, run.layers, &buckets))
+    Ok(layer_columns(&plan, stat, run.width(stat), &buckets))
 }
 
 #[cfg(test)]

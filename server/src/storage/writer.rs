@@ -962,8 +962,8 @@ fn refusal<T>(result: StoreResult<T>) -> Result<StoreResult<T>, StoreError> {
 async fn create_run(tx: &mut SqliteConnection, spec: &RunSpec) -> StoreResult<i64> {
     let t = now();
     let id = sqlx::query(
-        "INSERT INTO runs (name, grp, variant, tags, config, layers, status, created_at, updated_at, seen_at)
-         VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)",
+        "INSERT INTO runs (name, grp, variant, tags, config, layers, ranks, status, created_at, updated_at, seen_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)",
     )
     .bind(&spec.name)
     .bind(&spec.group)
@@ -971,6 +971,7 @@ async fn create_run(tx: &mut SqliteConnection, spec: &RunSpec) -> StoreResult<i6
     .bind(serde_json::to_string(&spec.tags).map_err(anyhow::Error::from)?)
     .bind(spec.config.to_string())
     .bind(spec.layers)
+    .bind(spec.ranks)
     .bind(t)
     .bind(t)
     .bind(t)

@@ -96,7 +96,7 @@ impl RunPage {
         let s = &run.summary;
         let stats = stat_order(&run.layer_stats);
         let boot = json!({
-            "id": s.id, "layers": s.layers, "branch": s.branch, "status": s.status,
+            "id": s.id, "layers": s.layers, "ranks": s.ranks, "branch": s.branch, "status": s.status,
             "last_step": s.last_step, "scalars": run.scalars, "layer_stats": stats,
         });
         RunPage {

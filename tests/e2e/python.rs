@@ -1,0 +1,311 @@
+//! PyTorch runs steered by keel: the Python package (`python/`) against a real server, with
+//! real PyTorch on the CPU. The interpreter is `KEEL_PYTHON` (`.ci/run` makes a virtualenv
+//! with torch, transformers, lightning and tensorboard: `scripts/python-env.sh`);
+//! `KEEL_SKIP_PYTHON=1` skips these tests.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{Value, json};
+
+use crate::harness::{Server, TOKEN, assert_no_steps_while_paused, wait_for};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The interpreter with torch, or None when these tests are skipped.
+pub fn python() -> Option<PathBuf> {
+    if std::env::var("KEEL_SKIP_PYTHON").is_ok_and(|v| v == "1") {
+        eprintln!("KEEL_SKIP_PYTHON=1: PyTorch test skipped");
+        note_skipped();
+        return None;
+    }
+    let python = std::env::var_os("KEEL_PYTHON").map(PathBuf::from).expect(
+        "the PyTorch tests need KEEL_PYTHON, an interpreter with torch \
+         (`scripts/python-env.sh` makes one and prints it; KEEL_SKIP_PYTHON=1 skips them)",
+    );
+    Some(python)
+}
+
+fn note_skipped() {
+    use std::io::Write;
+    let Some(path) = std::env::var_os("KEEL_SKIPPED") else {
+        return;
+    };
+    let name = std::thread::current()
+        .name()
+        .unwrap_or("a PyTorch test")
+        .to_owned();
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{name}");
+    }
+}
+
+/// `python script args…` with the server's address and token in its environment.
+pub fn script(python: &Path, url: &str, dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(python);
+    cmd.args(args)
+        .current_dir(dir)
+        .env("KEEL_SERVER", url)
+        .env("KEEL_TOKEN", TOKEN)
+        .env("PYTHONPATH", root().join("python"))
+        .env("PYTHONUNBUFFERED", "1")
+        .env("OMP_NUM_THREADS", "1");
+    cmd
+}
+
+fn command(server: &Server, run: i64, body: Value) -> i64 {
+    let c = server.post(&format!("/api/v1/runs/{run}/commands"), &body);
+    c["id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("command refused: {c}"))
+}
+
+/// Waits for the command's outcome; its record.
+fn outcome(server: &Server, run: i64, id: i64) -> Value {
+    let mut record = Value::Null;
+    wait_for(60, &format!("command {id}'s outcome"), || {
+        let all = server.get(&format!("/api/v1/runs/{run}/commands"));
+        record = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id)
+            .cloned()
+            .unwrap();
+        matches!(record["status"].as_str(), Some("applied" | "rejected"))
+    });
+    record
+}
+
+fn applied(server: &Server, run: i64, id: i64) -> u64 {
+    let r = outcome(server, run, id);
+    assert_eq!(r["status"], "applied", "{r}");
+    r["applied_step"].as_u64().unwrap()
+}
+
+/// The steps and last values of a scalar on the live history, one per step.
+fn series(server: &Server, run: i64, key: &str) -> Vec<(u64, Value)> {
+    let s = server.get(&format!("/api/v1/runs/{run}/scalars/{key}?points=100000"));
+    let steps = s["step"].as_array().unwrap();
+    let last = s["last"].as_array().unwrap();
+    steps
+        .iter()
+        .zip(last)
+        .map(|(s, v)| (s.as_u64().unwrap(), v.clone()))
+        .collect()
+}
+
+fn at(series: &[(u64, Value)], step: u64) -> f64 {
+    let v = series
+        .iter()
+        .find(|(s, _)| *s == step)
+        .unwrap_or_else(|| panic!("no value at step {step}"));
+    v.1.as_f64().unwrap()
+}
+
+fn last_step(server: &Server, run: i64) -> u64 {
+    server.get(&format!("/api/v1/runs/{run}"))["last_step"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+fn wait_past(server: &Server, run: i64, step: u64) {
+    wait_for(120, &format!("step {step}"), || {
+        last_step(server, run) > step
+    });
+}
+
+struct Trainer(Child);
+
+impl Drop for Trainer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A small GPT in plain PyTorch (examples/pytorch_gpt.py) with `watch` and `Control`,
+/// steered through keel's HTTP API as the browser does: pause, set_lr, anneal, a data-mix
+/// switch, a rewind, a server restart mid-run, and a stop.
+#[test]
+fn a_pytorch_run_is_paused_retuned_annealed_remixed_rewound_and_stopped_from_keel() {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("keel.db");
+    let mut server = Server::start(&db, "127.0.0.1:0".parse().unwrap());
+    let addr = server.addr;
+    let example = root().join("examples/pytorch_gpt.py");
+    let mut child = script(
+        &python,
+        &server.url(),
+        dir.path(),
+        &[
+            example.to_str().unwrap(),
+            "--steps",
+            "100000",
+            "--delay",
+            "0.01",
+            "--checkpoint-every",
+            "25",
+            "--checkpoints",
+            "ck",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut trainer = Trainer(child);
+    let run = 1;
+    wait_for(120, "the run's first steps", || {
+        server
+            .get("/api/v1/runs")
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+            && last_step(&server, run) > 30
+    });
+    let detail = server.get(&format!("/api/v1/runs/{run}"));
+    assert_eq!(detail["layers"], 4);
+    for stat in [
+        "hidden_var",
+        "hidden_rms",
+        "act_absmax",
+        "grad_norm",
+        "param_norm",
+        "update_ratio",
+        "norm_gain",
+    ] {
+        assert!(
+            detail["layer_stats"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s == stat),
+            "{stat} missing: {detail}"
+        );
+    }
+
+    // Pause: it stops stepping; resume: it goes on.
+    let pause = command(&server, run, json!({"kind": "pause"}));
+    applied(&server, run, pause);
+    wait_for(30, "the paused status", || {
+        server.get(&format!("/api/v1/runs/{run}"))["status"] == "paused"
+    });
+    assert_no_steps_while_paused(&server, run);
+    let resume = command(&server, run, json!({"kind": "resume"}));
+    let resumed = applied(&server, run, resume);
+    wait_past(&server, run, resumed + 5);
+    assert_eq!(
+        server.get(&format!("/api/v1/runs/{run}"))["status"],
+        "running"
+    );
+
+    // set_lr: the `lr` series changes at the applied step.
+    let set = command(&server, run, json!({"kind": "set_lr", "lr": 0.001}));
+    let n = applied(&server, run, set);
+    wait_past(&server, run, n + 2);
+    let lr = series(&server, run, "lr");
+    assert!((at(&lr, n - 1) - 0.003).abs() < 1e-9, "{}", at(&lr, n - 1));
+    assert!((at(&lr, n) - 0.001).abs() < 1e-9, "{}", at(&lr, n));
+
+    // anneal: keel's linear decay from the current LR, taking over from the scheduler.
+    let anneal = command(
+        &server,
+        run,
+        json!({"kind": "anneal", "steps": 40, "final_lr": 0.0001, "shape": "linear"}),
+    );
+    let m = applied(&server, run, anneal);
+    wait_past(&server, run, m + 42);
+    let lr = series(&server, run, "lr");
+    assert!((at(&lr, m) - 0.001).abs() < 1e-9);
+    assert!(
+        (at(&lr, m + 20) - 0.00055).abs() < 1e-9,
+        "{}",
+        at(&lr, m + 20)
+    );
+    assert!((at(&lr, m + 41) - 0.0001).abs() < 1e-9);
+    // An anneal upwards is the trainer's to refuse.
+    let up = command(
+        &server,
+        run,
+        json!({"kind": "anneal", "steps": 10, "final_lr": 0.5}),
+    );
+    let r = outcome(&server, run, up);
+    assert_eq!(r["status"], "rejected");
+    assert!(
+        r["message"].as_str().unwrap().contains("only lowers"),
+        "{r}"
+    );
+
+    // A data-mix switch: only `code` rows from the applied step on.
+    let mix = command(
+        &server,
+        run,
+        json!({"kind": "set_data_mix", "weights": {"code": 1.0}}),
+    );
+    let k = applied(&server, run, mix);
+    wait_past(&server, run, k + 10);
+    let web = series(&server, run, "loss/web");
+    let code = series(&server, run, "loss/code");
+    assert!(web.iter().all(|(s, _)| *s < k), "web rows after the switch");
+    assert!(web.iter().any(|(s, _)| *s + 1 == k));
+    assert!(code.iter().filter(|(s, _)| *s >= k).count() >= 10);
+    let unknown = command(
+        &server,
+        run,
+        json!({"kind": "set_data_mix", "weights": {"books": 1.0}}),
+    );
+    let r = outcome(&server, run, unknown);
+    assert_eq!(r["status"], "rejected");
+    assert!(r["message"].as_str().unwrap().contains("books"), "{r}");
+
+    // A rewind to the newest checkpoint: the steps after it go to branch 1.
+    let rewind = command(&server, run, json!({"kind": "rewind", "skip_batches": 2}));
+    let r = outcome(&server, run, rewind);
+    assert_eq!(r["status"], "applied", "{r}");
+    wait_for(60, "branch 1", || {
+        server.get(&format!("/api/v1/runs/{run}"))["branch"] == 1
+    });
+    let detail = server.get(&format!("/api/v1/runs/{run}"));
+    let fork = detail["branches"][1]["fork_step"].as_u64().unwrap();
+    assert_eq!((fork + 1) % 25, 0, "rewound to a checkpoint step: {detail}");
+
+    // The server goes away mid-run and comes back on the same file: no step is lost.
+    let before = last_step(&server, run);
+    server.stop();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    server = Server::start(&db, addr);
+    wait_past(&server, run, before + 60);
+    let loss = series(&server, run, "loss");
+    let steps: Vec<u64> = loss.iter().map(|(s, _)| *s).collect();
+    let last = *steps.last().unwrap();
+    assert_eq!(
+        steps,
+        (0..=last).collect::<Vec<_>>(),
+        "a gap in the live history"
+    );
+
+    // Stop: a checkpoint, then the loop ends and the run is finished.
+    let stop = command(&server, run, json!({"kind": "stop"}));
+    let r = outcome(&server, run, stop);
+    assert_eq!(r["status"], "applied");
+    assert!(r["message"].as_str().unwrap().contains("checkpoint"), "{r}");
+    let status = trainer.0.wait().unwrap();
+    assert!(status.success());
+    let lines: Vec<String> = stdout.lines().map_while(Result::ok).collect();
+    assert!(
+        lines.iter().any(|l| l.contains("finished at step")),
+        "{lines:?}"
+    );
+    wait_for(30, "finished", || {
+        server.get(&format!("/api/v1/runs/{run}"))["status"] == "finished"
+    });
+    server.stop();
+}
