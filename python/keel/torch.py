@@ -408,12 +408,22 @@ class Control:
             self.checkpoints.append(step)
             self.checkpoints.sort()
 
-    def step(self, step: int, tokens: int | None = None) -> bool:
-        """The boundary after step `step`. True when the loop must stop."""
+    def step(self, step: int, tokens: int | None = None, step_time: float | None = None) -> bool:
+        """The boundary after step `step`. True when the loop must stop.
+
+        `tokens`: the tokens this rank trained on in the step (for `tokens_per_s`).
+        `step_time`: this rank's own measure of its step, in seconds; by default the wall
+        time since the last boundary, without time spent paused. Under DDP the gradient
+        all-reduce makes every rank's wall time equal, so a straggler shows in
+        `rank_step_time_s` only with a measure that stops before the all-reduce (the time
+        up to `backward`, say).
+        """
         now = time.perf_counter()
-        step_time = now - self._last_t
+        wall = now - self._last_t
+        if step_time is None:
+            step_time = wall
         self._next = step + 1
-        self._report_step(step, step_time, tokens)
+        self._report_step(step, step_time, wall, tokens)
         for cmd in self._exchange(block=False):
             self._apply(cmd, step)
         while self.paused and not self.stopping:
@@ -432,8 +442,14 @@ class Control:
         self.checkpoints = sorted(set(self.checkpoints) | set(state.get("checkpoints", [])))
 
     def close(self) -> None:
+        """Ends the command poll; under torch.distributed, waits for every rank to get here,
+        so that no rank tears its process group down while another still uses it."""
         self._closed = True
         self._hook.remove()
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier(group=self._group)
 
     # ---- LR ----
 
@@ -583,9 +599,9 @@ class Control:
 
     # ---- rank 0's side: the server ----
 
-    def _report_step(self, step: int, step_time: float, tokens: int | None) -> None:
+    def _report_step(self, step: int, step_time: float, wall: float, tokens: int | None) -> None:
         times = [step_time]
-        toks = [float(tokens) / step_time if tokens and step_time > 0 else 0.0]
+        toks = [float(tokens) / wall if tokens and wall > 0 else 0.0]
         if self.distributed:
             import torch.distributed as dist
 
@@ -596,7 +612,7 @@ class Control:
             toks = [float(t[1]) for t in every]
         if self.rank != 0 or self.run is None:
             return
-        data: dict[str, Any] = {"step_time_s": step_time}
+        data: dict[str, Any] = {"step_time_s": wall}
         if self.log_lr and self._lr_used is not None:
             data["lr"] = self._lr_used
         if tokens:

@@ -122,12 +122,21 @@ fn wait_past(server: &Server, run: i64, step: u64) {
     });
 }
 
-struct Trainer(Child);
+/// A training process, killed if the test fails before it ends.
+struct Trainer(Option<Child>);
+
+impl Trainer {
+    fn wait(mut self) -> std::process::Output {
+        self.0.take().unwrap().wait_with_output().unwrap()
+    }
+}
 
 impl Drop for Trainer {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -162,7 +171,7 @@ fn a_pytorch_run_is_paused_retuned_annealed_remixed_rewound_and_stopped_from_kee
     .spawn()
     .unwrap();
     let stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut trainer = Trainer(child);
+    let trainer = Trainer(Some(child));
     let run = 1;
     wait_for(120, "the run's first steps", || {
         server
@@ -297,12 +306,102 @@ fn a_pytorch_run_is_paused_retuned_annealed_remixed_rewound_and_stopped_from_kee
     let r = outcome(&server, run, stop);
     assert_eq!(r["status"], "applied");
     assert!(r["message"].as_str().unwrap().contains("checkpoint"), "{r}");
-    let status = trainer.0.wait().unwrap();
-    assert!(status.success());
+    assert!(trainer.wait().status.success());
     let lines: Vec<String> = stdout.lines().map_while(Result::ok).collect();
     assert!(
         lines.iter().any(|l| l.contains("finished at step")),
         "{lines:?}"
+    );
+    wait_for(30, "finished", || {
+        server.get(&format!("/api/v1/runs/{run}"))["status"] == "finished"
+    });
+    server.stop();
+}
+
+/// Two ranks under torchrun (gloo on the CPU): rank 0 owns the run, every rank obeys each
+/// command at the same step, and a straggler is the hot row of `rank_step_time_s`.
+#[test]
+fn every_rank_of_a_torchrun_job_obeys_each_command_at_the_same_step() {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("keel.db"), "127.0.0.1:0".parse().unwrap());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let ddp = root().join("tests/e2e/py/ddp.py");
+    let child = script(
+        &python,
+        &server.url(),
+        dir.path(),
+        &[
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            &port,
+            ddp.to_str().unwrap(),
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let trainer = Trainer(Some(child));
+    let run = 1;
+    wait_for(120, "the run's first steps", || {
+        server
+            .get("/api/v1/runs")
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+            && last_step(&server, run) > 20
+    });
+    let detail = server.get(&format!("/api/v1/runs/{run}"));
+    assert_eq!(detail["ranks"], 2, "{detail}");
+    assert_eq!(detail["layers"], 3, "{detail}");
+
+    let pause = command(&server, run, json!({"kind": "pause"}));
+    applied(&server, run, pause);
+    assert_no_steps_while_paused(&server, run);
+    let resume = command(&server, run, json!({"kind": "resume"}));
+    let resumed = applied(&server, run, resume);
+    wait_past(&server, run, resumed + 3);
+    let set = command(&server, run, json!({"kind": "set_lr", "multiplier": 0.5}));
+    let n = applied(&server, run, set);
+    wait_past(&server, run, n + 3);
+    let lr = series(&server, run, "lr");
+    assert_eq!(at(&lr, n - 1), 0.01);
+    assert_eq!(at(&lr, n), 0.005);
+
+    // The straggler (rank 1 sleeps 20 ms in its data loading) is the hot row.
+    let m = server.get(&format!(
+        "/api/v1/runs/{run}/layers/rank_step_time_s?columns=1"
+    ));
+    assert_eq!(m["layers"], 2);
+    let mean = m["mean"][0].as_array().unwrap();
+    let (fast, slow) = (mean[0].as_f64().unwrap(), mean[1].as_f64().unwrap());
+    assert!(slow > fast + 0.015, "rank 0 {fast} s, rank 1 {slow} s");
+
+    let stop = command(&server, run, json!({"kind": "stop"}));
+    let at_stop = applied(&server, run, stop);
+    let out = trainer.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Both ranks stopped at the same step, with the same LR and the same parameters.
+    let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with("rank ")).collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    let tail = |l: &str| l.split_once(" stopped").unwrap().1.to_owned();
+    assert_eq!(tail(lines[0]), tail(lines[1]));
+    assert!(
+        tail(lines[0]).starts_with(&format!(" at step {} lr 0.005 ", at_stop - 1)),
+        "{stdout}"
     );
     wait_for(30, "finished", || {
         server.get(&format!("/api/v1/runs/{run}"))["status"] == "finished"
