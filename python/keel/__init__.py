@@ -197,11 +197,7 @@ class Run:
         self._row = None
         if row is None:
             return
-        for tap in self._taps:
-            try:
-                tap.collect(row)
-            except Exception as e:  # never raise into the training loop
-                _wire.warn_once("tap", f"keel: a tap failed ({e}); its statistics are left out")
+        self._collect(row)
         if self._first_vector_len is None and self._layers is None:
             lengths = row.vector_lengths()
             if lengths:
@@ -213,6 +209,20 @@ class Run:
         self._last_step = row.step
         self._next_step = row.step + 1
         self._sender.put(row)
+
+    def _collect(self, row: _wire.Row) -> None:
+        for tap in self._taps:
+            try:
+                tap.collect(row)
+            except Exception as e:  # never raise into the training loop
+                _wire.warn_once("tap", f"keel: a tap failed ({e}); its statistics are left out")
+
+    def collect_taps(self) -> None:
+        """Adds what the taps measured to the open step now, rather than when it closes
+        (for loops that log a step's values after its boundary, as HF's Trainer does)."""
+        with self._lock:
+            if self._row is not None:
+                self._collect(self._row)
 
     def _rewound(self, step: int) -> None:
         """After a rewind to the checkpoint at `step`: what follows goes to a new branch."""

@@ -114,6 +114,7 @@ class Watch:
         self._params: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
         self._handles = [b.register_forward_hook(self._hook(i)) for i, b in enumerate(self.blocks)]
         if optimizer is not None:
+            optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper
             self._handles.append(optimizer.register_step_pre_hook(self._pre_step))
             self._handles.append(optimizer.register_step_post_hook(self._post_step))
         run._taps.append(self)
@@ -343,11 +344,16 @@ class Control:
         on_rewind: Callable[[int, int], Any] | None = None,
         on_data_mix: Callable[[dict[str, float]], Any] | None = None,
         on_seq_len: Callable[[int | None, float | None], Any] | None = None,
+        on_grad_clip: Callable[[float], Any] | None = None,
         poll_wait: float = 20.0,
         log_lr: bool = True,
+        commit: bool = True,
     ):
         import torch.distributed as dist
 
+        # Wrappers (accelerate's AcceleratedOptimizer) share the param groups of the optimizer
+        # inside; the step hooks go on that one.
+        optimizer = getattr(optimizer, "optimizer", optimizer)
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.max_grad_norm = max_grad_norm
@@ -355,6 +361,9 @@ class Control:
         self.on_rewind = on_rewind
         self.on_data_mix = on_data_mix
         self.on_seq_len = on_seq_len
+        self.on_grad_clip = on_grad_clip
+        # False: the step's row stays open after `step` for values logged later at that step.
+        self.commit = commit
         self.poll_wait = poll_wait
         self.log_lr = log_lr
         self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -571,7 +580,9 @@ class Control:
         return None
 
     def _do_set_grad_clip(self, body: dict, step: int) -> str | None:
-        if self._clips == 0:
+        if self.on_grad_clip is not None:
+            self.on_grad_clip(float(body["max_norm"]))
+        elif self._clips == 0:
             raise _Rejected("this loop does not clip with ctl.clip_grad_norm_, so its clip cannot be set")
         self.max_grad_norm = float(body["max_norm"])
         return None
@@ -621,7 +632,9 @@ class Control:
             data["rank_step_time_s"] = times
             if tokens:
                 data["rank_tokens_per_s"] = toks
-        self.run.log(data, step=step, commit=True)
+        self.run.log(data, step=step, commit=self.commit)
+        if not self.commit:
+            self.run.collect_taps()
 
     def _exchange(self, block: bool) -> list[dict]:
         """The commands every rank applies at this boundary (taken on rank 0)."""

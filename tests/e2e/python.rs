@@ -408,3 +408,113 @@ fn every_rank_of_a_torchrun_job_obeys_each_command_at_the_same_step() {
     });
     server.stop();
 }
+
+/// A framework's loop under keel's commands: a set_lr, a set_grad_clip, a checkpoint that
+/// lands at `checkpoint(step)`, a rewind it refuses with the reason, and a stop.
+fn steer_framework(
+    script_name: &str,
+    lr: f64,
+    layers: u64,
+    checkpoint: impl Fn(&Path, u64) -> PathBuf,
+) {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("keel.db"), "127.0.0.1:0".parse().unwrap());
+    let path = root().join("tests/e2e/py").join(script_name);
+    let out_dir = dir.path().join("out");
+    let child = script(
+        &python,
+        &server.url(),
+        dir.path(),
+        &[path.to_str().unwrap(), out_dir.to_str().unwrap()],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let trainer = Trainer(Some(child));
+    let run = 1;
+    wait_for(180, "the run's first steps", || {
+        server
+            .get("/api/v1/runs")
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+            && last_step(&server, run) > 10
+    });
+    let detail = server.get(&format!("/api/v1/runs/{run}"));
+    assert_eq!(detail["layers"], layers, "{detail}");
+    let stats = detail["layer_stats"].as_array().unwrap();
+    assert!(stats.iter().any(|s| s == "hidden_var"), "{detail}");
+    assert!(
+        detail["scalars"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s == "loss"),
+        "{detail}"
+    );
+
+    let set = command(&server, run, json!({"kind": "set_lr", "multiplier": 0.5}));
+    let n = applied(&server, run, set);
+    wait_past(&server, run, n + 3);
+    let series_lr = series(&server, run, "lr");
+    assert!((at(&series_lr, n - 1) - lr).abs() < 1e-12);
+    assert!(
+        (at(&series_lr, n) - lr / 2.0).abs() < 1e-12,
+        "{}",
+        at(&series_lr, n)
+    );
+    let loss = series(&server, run, "loss");
+    assert!(
+        loss.iter().any(|(s, _)| *s == n),
+        "loss and lr share their steps"
+    );
+
+    let clip = command(
+        &server,
+        run,
+        json!({"kind": "set_grad_clip", "max_norm": 0.5}),
+    );
+    applied(&server, run, clip);
+    let rewind = command(&server, run, json!({"kind": "rewind"}));
+    let r = outcome(&server, run, rewind);
+    assert_eq!(r["status"], "rejected");
+    assert!(r["message"].as_str().unwrap().contains("on_rewind"), "{r}");
+
+    let save = command(&server, run, json!({"kind": "checkpoint"}));
+    let c = applied(&server, run, save);
+    let ckpt = checkpoint(&out_dir, c - 1);
+    wait_for(60, &format!("{}", ckpt.display()), || ckpt.exists());
+
+    let stop = command(&server, run, json!({"kind": "stop"}));
+    let s = applied(&server, run, stop);
+    let out = trainer.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(&format!("trained {s} steps")), "{stdout}");
+    wait_for(30, "finished", || {
+        server.get(&format!("/api/v1/runs/{run}"))["status"] == "finished"
+    });
+    server.stop();
+}
+
+/// transformers' Trainer on a tiny random GPT-2 with `KeelCallback`.
+#[test]
+fn an_hf_trainer_run_is_steered_through_keels_callback() {
+    steer_framework("hf_trainer.py", 1e-3, 2, |out, step| {
+        out.join(format!("checkpoint-{}", step + 1))
+    });
+}
+
+/// Lightning with `KeelLogger` and `KeelControl`.
+#[test]
+fn a_lightning_run_is_steered_through_keels_logger_and_callback() {
+    steer_framework("lightning_fit.py", 0.01, 3, |out, step| {
+        out.join("checkpoints")
+            .join(format!("keel-step-{step}.ckpt"))
+    });
+}
