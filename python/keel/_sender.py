@@ -70,6 +70,7 @@ class Sender:
         self._spooled = 0
         self._backoff = 0.0
         self._retry_at = 0.0
+        self._deadline = 0.0
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="keel-sender", daemon=True)
         self._thread.start()
@@ -91,6 +92,7 @@ class Sender:
     def close(self, timeout: float) -> bool:
         """Sends what is queued, for at most `timeout` seconds. True when all of it went."""
         deadline = time.monotonic() + timeout
+        self._deadline = deadline
         try:
             self.queue.put(_CLOSE, timeout=max(timeout, 0.1))
         except queue.Full:
@@ -136,9 +138,13 @@ class Sender:
                         warnings.warn(f"keel: step {item.step} could not be read ({e}); not logged")
             self._flush(records)
             if closing:
-                # One last try at everything, then the spool keeps what is left.
+                # Keep trying until everything went or the deadline passed; then the spool
+                # keeps what is left.
                 self._retry_at = 0.0
                 self._flush([])
+                while self.pending() and time.monotonic() < self._deadline and not self.broken:
+                    time.sleep(max(min(self._retry_at, self._deadline) - time.monotonic(), 0.05))
+                    self._flush([])
                 return
 
     def _flush(self, records: list[tuple[int, dict]]) -> None:

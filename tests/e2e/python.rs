@@ -388,21 +388,16 @@ fn every_rank_of_a_torchrun_job_obeys_each_command_at_the_same_step() {
     let stop = command(&server, run, json!({"kind": "stop"}));
     let at_stop = applied(&server, run, stop);
     let out = trainer.wait();
-    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "{stdout}\n{}",
+        "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     // Both ranks stopped at the same step, with the same LR and the same parameters.
-    let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with("rank ")).collect();
-    assert_eq!(lines.len(), 2, "{stdout}");
-    let tail = |l: &str| l.split_once(" stopped").unwrap().1.to_owned();
-    assert_eq!(tail(lines[0]), tail(lines[1]));
-    assert!(
-        tail(lines[0]).starts_with(&format!(" at step {} lr 0.005 ", at_stop - 1)),
-        "{stdout}"
-    );
+    let rank = |r: u32| std::fs::read_to_string(dir.path().join(format!("rank-{r}.txt"))).unwrap();
+    assert_eq!(rank(0), rank(1));
+    let expect = format!("stopped at step {} lr 0.005 ", at_stop - 1);
+    assert!(rank(0).starts_with(&expect), "{}", rank(0));
     wait_for(30, "finished", || {
         server.get(&format!("/api/v1/runs/{run}"))["status"] == "finished"
     });
@@ -517,4 +512,117 @@ fn a_lightning_run_is_steered_through_keels_logger_and_callback() {
         out.join("checkpoints")
             .join(format!("keel-step-{step}.ckpt"))
     });
+}
+
+fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn sender(python: &Path, url: &str, dir: &Path, mode: &str) -> Child {
+    let path = root().join("tests/e2e/py/sender.py");
+    script(python, url, dir, &[path.to_str().unwrap(), mode])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Every step of the run, as (step, loss).
+fn losses(server: &Server, run: i64) -> Vec<(u64, Value)> {
+    series(server, run, "loss")
+}
+
+fn assert_all_100(server: &Server, run: i64) {
+    let loss = losses(server, run);
+    assert_eq!(loss.len(), 100);
+    assert_eq!(loss[7].1, "NaN");
+    assert_eq!(loss[3].1.as_f64(), Some(0.25));
+    let m = server.get(&format!(
+        "/api/v1/runs/{run}/layers/hidden_var?from=99&to=99"
+    ));
+    assert_eq!(m["max"][0], json!([1.0, 99.0]));
+}
+
+/// The server is not there while the run logs: logging does not wait for it, the steps
+/// wait on disk, and `finish` sends them all once it is up.
+#[test]
+fn a_python_run_logs_while_the_server_is_away_and_loses_nothing() {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let child = sender(&python, &format!("http://{addr}"), dir.path(), "wait");
+    let trainer = Trainer(Some(child));
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let server = Server::start(&dir.path().join("keel.db"), addr);
+    let out = trainer.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    // 100 steps with 10 ms sleeps: logging itself took no time, server or not.
+    let took: f64 = stdout.split_whitespace().nth(4).unwrap().parse().unwrap();
+    assert!(took < 2.5, "{stdout}");
+    assert!(!stdout.contains("warning"), "{stdout}");
+    assert_all_100(&server, 1);
+    assert_eq!(server.get("/api/v1/runs/1")["status"], "finished");
+    assert!(!dir.path().join(".keel").read_dir().unwrap().any(|e| {
+        e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("spool-")
+    }));
+    server.stop();
+}
+
+/// A run that ended while the server was away leaves its spool; `python -m keel sync`
+/// sends it later, and sending it twice changes nothing.
+#[test]
+fn python_m_keel_sync_sends_what_a_run_left_behind() {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let url = format!("http://{addr}");
+    let out = Trainer(Some(sender(&python, &url, dir.path(), "leave"))).wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("python -m keel sync"), "{stdout}");
+    let server = Server::start(&dir.path().join("keel.db"), addr);
+    let sync = |expect: &str| {
+        let out = script(&python, &url, dir.path(), &["-m", "keel", "sync"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success() && text.contains(expect), "{text}");
+    };
+    sync("100 step(s) stored");
+    assert_all_100(&server, 1);
+    sync("nothing to send");
+    assert_eq!(server.get("/api/v1/runs").as_array().unwrap().len(), 1);
+    server.stop();
+}
+
+/// A step the server refuses is kept in a dead-letter file with the reason, with a
+/// warning; the others of its batch are stored.
+#[test]
+fn a_step_the_server_refuses_goes_to_a_dead_letter_file_and_the_rest_are_stored() {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("keel.db"), "127.0.0.1:0".parse().unwrap());
+    let out = Trainer(Some(sender(&python, &server.url(), dir.path(), "refused"))).wait();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("refused step(s) 7"), "{stderr}");
+    let loss = losses(&server, 1);
+    assert_eq!(loss.len(), 99);
+    assert!(loss.iter().all(|(s, _)| *s != 7));
+    let dead = std::fs::read_to_string(dir.path().join(".keel/refused-run-1.jsonl")).unwrap();
+    let line: Value = serde_json::from_str(dead.lines().next().unwrap()).unwrap();
+    assert_eq!(line["record"]["step"], 7);
+    assert_eq!(line["record"]["scalars"]["loss"], "NaN");
+    assert!(
+        line["reason"].as_str().unwrap().contains("`time`"),
+        "{line}"
+    );
+    server.stop();
 }

@@ -45,7 +45,8 @@ while step < 100_000:
     time.sleep(0.005)
     step += 1
 checksum = sum(float(p.detach().double().sum()) for p in model.parameters())
-print(f"rank {rank} stopped at step {step} lr {opt.param_groups[0]['lr']:.6g} checksum {checksum:.12g}", flush=True)
+with open(f"rank-{rank}.txt", "w") as f:
+    f.write(f"stopped at step {step} lr {opt.param_groups[0]['lr']:.6g} checksum {checksum:.12g}\n")
 if rank == 0:
     run.finish()
 ctl.close()
