@@ -95,7 +95,8 @@ class Watch:
         self.gains: list[torch.Tensor] = []
         self.gain_owner: list[int] = []
         for i, block in enumerate(self.blocks):
-            gain_ids = {id(p) for m in block.modules() if _is_norm(m) for p in m.parameters(recurse=False) if p.dim() == 1}
+            # The gains of its norms (`weight`; a LayerNorm's bias is neither a gain nor a matrix).
+            gain_ids = {id(p) for m in block.modules() if _is_norm(m) for name, p in m.named_parameters(recurse=False) if name == "weight" and p.dim() == 1}
             for p in block.parameters():
                 if id(p) in gain_ids:
                     self.gains.append(p)
@@ -167,9 +168,9 @@ class Watch:
         grads = [g for g, _ in pairs]
         device = grads[0].device
         norms = torch._foreach_norm(grads)
-        sq = torch.stack([n.to(device=device, dtype=torch.float32) for n in norms]).square()
+        sq = _stack(norms, device).square()
         index = self._index(tuple(o for _, o in pairs), device)
-        per_block = torch.zeros(self.n + 1, device=device).index_add_(0, index, sq)
+        per_block = torch.zeros(self.n + 1, device=device, dtype=sq.dtype).index_add_(0, index, sq)
         total = per_block.sum().sqrt()
         if clip is not None:
             coef = (clip / (total + 1e-6)).clamp(max=1.0)
@@ -217,12 +218,13 @@ class Watch:
             if self._gain_count is None:
                 sizes = torch.tensor([float(g.numel()) for g in self.gains], device=device)
                 self._gain_count = torch.zeros(self.n, device=device).index_add_(0, self._index(tuple(self.gain_owner), device), sizes).clamp(min=1)
+                self._gain_count = self._gain_count.to(g_sq.dtype)
             gain = (g_sq / self._gain_count).sqrt()
         self._params = (p_sq.sqrt(), ratio, gain)
 
     def _per_block(self, norms: list[torch.Tensor], owner: list[int], device: torch.device) -> torch.Tensor:
-        sq = torch.stack([n.to(device=device, dtype=torch.float32) for n in norms]).square()
-        return torch.zeros(self.n, device=device).index_add_(0, self._index(tuple(owner), device), sq)
+        sq = _stack(norms, device).square()
+        return torch.zeros(self.n, device=device, dtype=sq.dtype).index_add_(0, self._index(tuple(owner), device), sq)
 
     def _index(self, owner: tuple[int, ...], device: torch.device) -> torch.Tensor:
         """The block index of each tensor, on the device: made once, not at every step."""
@@ -259,6 +261,12 @@ class Watch:
             self._params = None
 
 
+def _stack(norms: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Norms as one tensor on `device`, in float32 (float64 when they are float64)."""
+    dtype = torch.float64 if any(n.dtype == torch.float64 for n in norms) else torch.float32
+    return torch.stack([n.to(device=device, dtype=dtype) for n in norms])
+
+
 def watch(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, blocks: Sequence[nn.Module] | None = None, every: int = 1, run: Run | None = None, update_ratio: bool = True) -> Watch:
     """Taps the transformer blocks of `model` for keel's per-layer statistics.
 
@@ -278,8 +286,7 @@ def clip_grad_norm_(parameters: Iterable[torch.Tensor], max_norm: float) -> torc
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return torch.zeros(())
-    norms = torch._foreach_norm(grads)
-    total = torch.stack([n.to(grads[0].device, torch.float32) for n in norms]).square().sum().sqrt()
+    total = _stack(torch._foreach_norm(grads), grads[0].device).square().sum().sqrt()
     torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp(max=1.0).to(grads[0].dtype))
     return total
 

@@ -626,3 +626,36 @@ fn a_step_the_server_refuses_goes_to_a_dead_letter_file_and_the_rest_are_stored(
     );
     server.stop();
 }
+
+/// The package as `pip install ./python` installs it, under its own tests (records, taps
+/// against a direct computation, LR changes, mixtures).
+#[test]
+fn the_installed_python_package_passes_its_own_tests() {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("site");
+    let install = Command::new(&python)
+        .args(["-m", "pip", "install", "-q", "--no-deps", "--target"])
+        .arg(&site)
+        .arg(root().join("python"))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        install.status.success(),
+        "{}",
+        String::from_utf8_lossy(&install.stderr)
+    );
+    assert!(site.join("keel/torch.py").exists());
+    let tests = Command::new(&python)
+        .args(["-m", "unittest", "discover", "-v", "-s"])
+        .arg(root().join("python/tests"))
+        .env("PYTHONPATH", &site)
+        .env("OMP_NUM_THREADS", "1")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&tests.stderr);
+    assert!(tests.status.success(), "{report}");
+    assert!(!report.contains("Ran 0 tests"), "{report}");
+}
