@@ -7,6 +7,7 @@ mod configs;
 mod demo;
 mod launch;
 mod sync;
+mod tensorboard;
 mod train;
 
 use std::net::SocketAddr;
@@ -52,8 +53,18 @@ enum Cmd {
     /// Re-send what trainers left undelivered in a checkpoint folder (spilled steps, final
     /// statuses) to a keel server.
     Sync(sync::SyncArgs),
+    /// Import runs logged by other tools into a keel server.
+    #[command(subcommand)]
+    Import(ImportCmd),
     /// Measure ingest, query and memory figures (see docs/performance.md).
     Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum ImportCmd {
+    /// TensorBoard event files: one run per directory of `events.out.tfevents.*` files
+    /// (docs/tensorboard.md).
+    Tensorboard(tensorboard::TensorboardArgs),
 }
 
 #[derive(clap::Args)]
@@ -172,6 +183,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Configs(args) => configs::run(args),
         Cmd::Check(args) => runtime()?.block_on(check(args)),
         Cmd::Sync(args) => sync::run(args),
+        Cmd::Import(ImportCmd::Tensorboard(args)) => tensorboard::run(args),
         Cmd::Bench(args) => {
             // The trainer's figures are those of `keel train`'s own settings.
             if args.trains() {

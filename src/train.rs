@@ -158,6 +158,12 @@ fn grid_variant(grid: &Path, variant: &str) -> anyhow::Result<keel_trainer::Trai
 /// A flag set by the first Ctrl-C or SIGTERM: the trainer checkpoints and stops at the next
 /// step boundary.
 pub fn stop_on_ctrl_c() -> anyhow::Result<Arc<AtomicBool>> {
+    stop_on_signal("stopping at the next step boundary…")
+}
+
+/// A flag set by the first Ctrl-C or SIGTERM (which then no longer end the process), saying
+/// `saying` when it is set.
+pub fn stop_on_signal(saying: &'static str) -> anyhow::Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -183,7 +189,7 @@ pub fn stop_on_ctrl_c() -> anyhow::Result<Arc<AtomicBool>> {
             #[cfg(not(unix))]
             let _ = tokio::signal::ctrl_c().await;
         });
-        say!("stopping at the next step boundary…");
+        say!("{saying}");
         flag.store(true, Ordering::SeqCst);
     });
     Ok(stop)
