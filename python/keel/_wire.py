@@ -143,8 +143,14 @@ class Row:
         import torch
 
         for tensors, slots in groups.values():
-            flat = torch.cat([t.to(torch.float64) for t in tensors])
-            self.packed.append((flat, slots))
+            # One cat per dtype (usually one), then one cast: few kernels per step.
+            by_dtype: dict[Any, list[int]] = {}
+            for j, t in enumerate(tensors):
+                by_dtype.setdefault(t.dtype, []).append(j)
+            order = [j for js in by_dtype.values() for j in js]
+            parts = [torch.cat([tensors[j] for j in js]).to(torch.float64) for js in by_dtype.values()]
+            flat = parts[0] if len(parts) == 1 else torch.cat(parts)
+            self.packed.append((flat, [slots[j] for j in order]))
 
     def _unpack(self) -> None:
         for flat, slots in self.packed:

@@ -143,15 +143,15 @@ class Watch:
             if not isinstance(h, torch.Tensor) or h.dim() < 1:
                 return
             with torch.no_grad():
-                x = h.detach().float()
-                mean_sq = x.square().mean(-1)
-                mean = x.mean(-1)
+                x = h.detach()
+                if x.dtype != torch.float32 and x.dtype != torch.float64:
+                    x = x.float()
                 # Population variance over the hidden dimension per token, then the mean over
-                # tokens; hidden_rms² = hidden_var + mean² (averaged over tokens).
-                var = (mean_sq - mean.square()).mean()
-                rms = mean_sq.mean().sqrt()
-                absmax = x.abs().amax()
-                self._fwd[i] = torch.stack([var, rms, absmax])
+                # tokens; hidden_rms² = hidden_var + mean² (averaged over tokens). Few ops:
+                # on a small model their dispatch costs more than the passes over x.
+                var, mean = torch.var_mean(x, -1, correction=0)
+                lo, hi = torch.aminmax(x)
+                self._fwd[i] = torch.stack([var.mean(), (var + mean.square()).mean().sqrt(), torch.maximum(-lo, hi)])
 
         return hook
 
@@ -193,7 +193,7 @@ class Watch:
             self.measure_grads()
         if self._update_ratio and self.matrices:
             with torch.no_grad():
-                self._before = [p.detach().clone() for p in self.matrices]
+                self._before = torch._foreach_mul(self.matrices, 1.0)  # copies, in one call
 
     def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self.active:
@@ -208,7 +208,7 @@ class Watch:
         p_sq = self._per_block([n for n in torch._foreach_norm(self.matrices)], self.matrix_owner, device)
         ratio = None
         if self._before is not None:
-            delta = torch._foreach_sub([p.detach() for p in self.matrices], self._before)
+            delta = torch._foreach_sub(self.matrices, self._before)
             d_sq = self._per_block(torch._foreach_norm(delta), self.matrix_owner, device)
             ratio = d_sq.sqrt() / p_sq.sqrt().clamp(min=1e-30)
             self._before = None
@@ -263,7 +263,10 @@ class Watch:
 
 def _stack(norms: list[torch.Tensor], device: torch.device) -> torch.Tensor:
     """Norms as one tensor on `device`, in float32 (float64 when they are float64)."""
-    dtype = torch.float64 if any(n.dtype == torch.float64 for n in norms) else torch.float32
+    dtypes = {n.dtype for n in norms}
+    dtype = torch.float64 if torch.float64 in dtypes else torch.float32
+    if len(dtypes) == 1 and all(n.device == device for n in norms):
+        return torch.stack(norms).to(dtype)  # the usual case: one kernel, one cast
     return torch.stack([n.to(device=device, dtype=dtype) for n in norms])
 
 
@@ -760,9 +763,11 @@ class MixtureSampler:
 
 def loss_by_source(per_row: torch.Tensor, sources: Sequence[str], prefix: str = "loss/") -> dict[str, torch.Tensor]:
     """`{"loss/<source>": mean loss of that source's rows}`, as tensors (no host sync)."""
-    out: dict[str, torch.Tensor] = {}
-    per_row = per_row.detach()
-    for s in dict.fromkeys(sources):
-        mask = torch.tensor([x == s for x in sources], device=per_row.device)
-        out[f"{prefix}{s}"] = per_row[mask].float().mean()
-    return out
+    names = list(dict.fromkeys(sources))
+    at = {s: j for j, s in enumerate(names)}
+    index = torch.tensor([at[s] for s in sources], device=per_row.device)
+    counts = torch.bincount(index, minlength=len(names))
+    rows = per_row.detach().reshape(len(sources), -1).mean(1).float()
+    sums = torch.zeros(len(names), device=per_row.device).index_add_(0, index, rows)
+    means = sums / counts
+    return {f"{prefix}{s}": means[j] for j, s in enumerate(names)}
