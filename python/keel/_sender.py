@@ -113,13 +113,17 @@ class Sender:
     def _loop(self) -> None:
         closing = False
         while True:
+            # What arrives within one interval goes in one request: a request per step would
+            # cost the training process more than the step's statistics do.
             items = []
-            try:
-                items.append(self.queue.get(timeout=self.interval))
-                while len(items) < MAX_BATCH:
-                    items.append(self.queue.get_nowait())
-            except queue.Empty:
-                pass
+            until = time.monotonic() + self.interval
+            while len(items) < MAX_BATCH:
+                try:
+                    items.append(self.queue.get(timeout=max(until - time.monotonic(), 0.0)))
+                except queue.Empty:
+                    break
+                if items[-1] is _CLOSE:
+                    break
             records: list[tuple[int, dict]] = []
             for item in items:
                 if item is _CLOSE:

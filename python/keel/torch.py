@@ -72,9 +72,10 @@ def _is_norm(m: nn.Module) -> bool:
 class Watch:
     """Taps a model's blocks. Made by `watch`; see there."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, blocks: Sequence[nn.Module] | None, every: int, run: Run, update_ratio: bool):
-        if every < 1:
-            raise ValueError(f"`every` must be at least 1, got {every}")
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, blocks: Sequence[nn.Module] | None, every: int, run: Run, update_ratio: bool, update_every: int = 10):
+        if every < 1 or update_every < 1:
+            raise ValueError(f"`every` and `update_every` must be at least 1, got {every} and {update_every}")
+        self.update_every = update_every
         self.model = model
         self.blocks = list(blocks) if blocks is not None else find_blocks(model)
         self.every = every
@@ -146,12 +147,14 @@ class Watch:
                 x = h.detach()
                 if x.dtype != torch.float32 and x.dtype != torch.float64:
                     x = x.float()
-                # Population variance over the hidden dimension per token, then the mean over
-                # tokens; hidden_rms² = hidden_var + mean² (averaged over tokens). Few ops:
-                # on a small model their dispatch costs more than the passes over x.
-                var, mean = torch.var_mean(x, -1, correction=0)
+                # Population variance over the hidden dimension per token, E[x²] − E[x]² as
+                # keel's trainer takes it, then the mean over tokens; hidden_rms² =
+                # hidden_var + mean² (averaged over tokens). Few, fast ops (on the CPU,
+                # torch.var_mean is ten times slower than these together).
                 lo, hi = torch.aminmax(x)
-                self._fwd[i] = torch.stack([var.mean(), (var + mean.square()).mean().sqrt(), torch.maximum(-lo, hi)])
+                # [E[x²], E[E[x]²], min, max] over tokens; the difference (hidden_var), the
+                # square root (hidden_rms) and |·| come at collect, for every block at once.
+                self._fwd[i] = torch.stack([x.square().mean(), x.mean(-1).square().mean(), lo, hi])
 
         return hook
 
@@ -191,7 +194,7 @@ class Watch:
         if self._grads_at != self._steps:
             # Nobody clipped through keel: the gradients as the optimizer sees them.
             self.measure_grads()
-        if self._update_ratio and self.matrices:
+        if self._update_ratio and self.matrices and self._steps % (self.every * self.update_every) == 0:
             with torch.no_grad():
                 self._before = torch._foreach_mul(self.matrices, 1.0)  # copies, in one call
 
@@ -202,25 +205,34 @@ class Watch:
         self._steps += 1
 
     def _measure_params(self) -> None:
+        """param_norm, update_ratio and norm_gain of every block: one foreach norm over the
+        matrices, their updates and the gains together, one sum into per-block slots."""
         if not self.matrices:
             return
         device = self.matrices[0].device
-        p_sq = self._per_block([n for n in torch._foreach_norm(self.matrices)], self.matrix_owner, device)
-        ratio = None
-        if self._before is not None:
-            delta = torch._foreach_sub(self.matrices, self._before)
-            d_sq = self._per_block(torch._foreach_norm(delta), self.matrix_owner, device)
-            ratio = d_sq.sqrt() / p_sq.sqrt().clamp(min=1e-30)
+        tensors = list(self.matrices)
+        # slot k*n + i: kind k (0 matrices, 1 updates, 2 gains) of block i
+        owner = list(self.matrix_owner)
+        ratio = self._before is not None
+        if ratio:
+            tensors += torch._foreach_sub(self.matrices, self._before)
+            owner += [self.n + i for i in self.matrix_owner]
             self._before = None
-        gain = None
-        if self.gains:
-            g_sq = self._per_block([n for n in torch._foreach_norm(self.gains)], self.gain_owner, device)
-            if self._gain_count is None:
-                sizes = torch.tensor([float(g.numel()) for g in self.gains], device=device)
-                self._gain_count = torch.zeros(self.n, device=device).index_add_(0, self._index(tuple(self.gain_owner), device), sizes).clamp(min=1)
-                self._gain_count = self._gain_count.to(g_sq.dtype)
-            gain = (g_sq / self._gain_count).sqrt()
-        self._params = (p_sq.sqrt(), ratio, gain)
+        tensors += self.gains
+        owner += [2 * self.n + i for i in self.gain_owner]
+        sq = _stack(torch._foreach_norm(tensors), device).square()
+        slots = torch.zeros(3 * self.n, device=device, dtype=sq.dtype).index_add_(0, self._index(tuple(owner), device), sq)
+        if self._gain_count is None:
+            count = [0.0] * self.n
+            for g, i in zip(self.gains, self.gain_owner):
+                count[i] += g.numel()
+            self._gain_count = torch.tensor([max(c, 1.0) for c in count], device=device, dtype=sq.dtype)
+        norms = slots.view(3, self.n).sqrt()
+        self._params = (
+            norms[0],
+            norms[1] / norms[0].clamp(min=1e-30) if ratio else None,
+            (slots[2 * self.n :] / self._gain_count).sqrt() if self.gains else None,
+        )
 
     def _per_block(self, norms: list[torch.Tensor], owner: list[int], device: torch.device) -> torch.Tensor:
         sq = _stack(norms, device).square()
@@ -239,10 +251,11 @@ class Watch:
     def collect(self, row: _wire.Row) -> None:
         """Adds what was measured since the last row to `row` (tensors; read later)."""
         if all(f is not None for f in self._fwd):
-            stats = torch.stack([f.to(self._fwd[0].device) for f in self._fwd])  # [n, 3]
-            row.layers.setdefault("hidden_var", stats[:, 0])
-            row.layers.setdefault("hidden_rms", stats[:, 1])
-            row.layers.setdefault("act_absmax", stats[:, 2])
+            device = self._fwd[0].device
+            stats = torch.stack([f if f.device == device else f.to(device) for f in self._fwd])  # [n, 4]
+            row.layers.setdefault("hidden_var", stats[:, 0] - stats[:, 1])
+            row.layers.setdefault("hidden_rms", stats[:, 0].sqrt())
+            row.layers.setdefault("act_absmax", torch.maximum(-stats[:, 2], stats[:, 3]))
         self._fwd = [None] * self.n
         if self._grads is not None:
             per_block, total = self._grads
@@ -270,18 +283,27 @@ def _stack(norms: list[torch.Tensor], device: torch.device) -> torch.Tensor:
     return torch.stack([n.to(device=device, dtype=dtype) for n in norms])
 
 
-def watch(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, blocks: Sequence[nn.Module] | None = None, every: int = 1, run: Run | None = None, update_ratio: bool = True) -> Watch:
+def watch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    blocks: Sequence[nn.Module] | None = None,
+    every: int = 1,
+    run: Run | None = None,
+    update_ratio: bool = True,
+    update_every: int = 10,
+) -> Watch:
     """Taps the transformer blocks of `model` for keel's per-layer statistics.
 
     Every `every` optimizer steps: `hidden_var`, `hidden_rms`, `act_absmax` of each block's
     output; with `optimizer`, per-block `grad_norm` (before clipping when the loop clips with
     `Control.clip_grad_norm_`, else as the optimizer sees them), `param_norm` and
-    `update_ratio` (‖ΔW‖/‖W‖ of the block's matrices; it keeps a copy of those matrices
-    during the optimizer step, which `update_ratio=False` saves), `norm_gain` (the RMS of the
+    `update_ratio` (‖ΔW‖/‖W‖ of the block's matrices, on every `update_every`-th tapped step:
+    it copies those matrices before the optimizer step, which costs about a third of an
+    AdamW step; `update_ratio=False` never does), `norm_gain` (the RMS of the
     blocks' norm gains), and the global `grad_norm`. `blocks` defaults to `find_blocks(model)`.
     Register before `torch.compile`.
     """
-    return Watch(model, optimizer, blocks, every, _default_run(run), update_ratio)
+    return Watch(model, optimizer, blocks, every, _default_run(run), update_ratio, update_every)
 
 
 def clip_grad_norm_(parameters: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
