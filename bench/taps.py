@@ -79,7 +79,8 @@ class Setup:
         self.mix = keel.torch.MixtureSampler({"web": 0.5, "code": 0.5})
         self.run = self.ctl = None
         if setup != "bare":
-            self.run = keel.init(name=setup, server=url, token="bench-token", dir=folder, layers=args.layers)
+            # Runs side by side: keel.Run, as keel.init would finish the one before.
+            self.run = keel.Run(name=setup, server=url, token="bench-token", dir=folder, layers=args.layers)
         if setup in ("watch", "control"):
             keel.torch.watch(self.model, self.opt, run=self.run, update_ratio=args.update_ratio)
         if setup == "control":
@@ -126,9 +127,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--d-model", type=int, default=64)
+    ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--seq", type=int, default=32)
+    ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--update-ratio", action=argparse.BooleanOptionalAction, default=True)
     args = ap.parse_args()
