@@ -111,6 +111,15 @@ class Sender:
     # ---- the sender thread ----
 
     def _loop(self) -> None:
+        while True:
+            try:
+                self._work()
+                return
+            except Exception as e:  # a full disk, say: warn, and go on sending
+                warnings.warn(f"keel: the sender failed ({type(e).__name__}: {e}); it goes on")
+                time.sleep(1.0)
+
+    def _work(self) -> None:
         closing = False
         while True:
             # What arrives within one interval goes in one request: a request per step would

@@ -535,12 +535,14 @@ class Control:
     def _apply(self, cmd: dict, step: int) -> None:
         body = cmd["command"]
         kind = body["kind"]
+        handler = getattr(self, f"_do_{kind}", None)
+        if handler is None:
+            self._outcome(cmd, "rejected", step + 1, f"this loop does not know the command `{kind}`")
+            return
         try:
-            message = getattr(self, f"_do_{kind}")(body, step)
+            message = handler(body, step)
         except _Rejected as e:
             self._outcome(cmd, "rejected", step + 1, str(e))
-        except AttributeError:
-            self._outcome(cmd, "rejected", step + 1, f"this loop does not know the command `{kind}`")
         except Exception as e:  # a callback that failed: the run goes on
             self._outcome(cmd, "rejected", step + 1, f"{type(e).__name__}: {e}")
         else:

@@ -3,7 +3,7 @@
 //! with torch, transformers, lightning and tensorboard: `scripts/python-env.sh`);
 //! `KEEL_SKIP_PYTHON=1` skips these tests.
 
-use std::io::{BufRead, BufReader};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -122,18 +122,53 @@ fn wait_past(server: &Server, run: i64, step: u64) {
     });
 }
 
-/// A training process, killed if the test fails before it ends.
-struct Trainer(Option<Child>);
+/// A training process, killed if the test fails before it ends. Its output is read as it
+/// comes (a full pipe would stall a chatty trainer, such as HF's, mid-run).
+struct Trainer {
+    child: Option<Child>,
+    out: Vec<std::thread::JoinHandle<Vec<u8>>>,
+}
 
 impl Trainer {
+    fn spawn(mut cmd: Command) -> Trainer {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let drain = |mut r: Box<dyn Read + Send>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let _ = r.read_to_end(&mut buf);
+                buf
+            })
+        };
+        let out = vec![
+            drain(Box::new(child.stdout.take().unwrap())),
+            drain(Box::new(child.stderr.take().unwrap())),
+        ];
+        Trainer {
+            child: Some(child),
+            out,
+        }
+    }
+
     fn wait(mut self) -> std::process::Output {
-        self.0.take().unwrap().wait_with_output().unwrap()
+        let status = self.child.take().unwrap().wait().unwrap();
+        let mut out = std::mem::take(&mut self.out)
+            .into_iter()
+            .map(|t| t.join().unwrap());
+        std::process::Output {
+            status,
+            stdout: out.next().unwrap(),
+            stderr: out.next().unwrap(),
+        }
     }
 }
 
 impl Drop for Trainer {
     fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
+        if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -151,7 +186,7 @@ fn a_pytorch_run_is_paused_retuned_annealed_remixed_rewound_and_stopped_from_kee
     let mut server = Server::start(&db, "127.0.0.1:0".parse().unwrap());
     let addr = server.addr;
     let example = root().join("examples/pytorch_gpt.py");
-    let mut child = script(
+    let child = script(
         &python,
         &server.url(),
         dir.path(),
@@ -166,12 +201,8 @@ fn a_pytorch_run_is_paused_retuned_annealed_remixed_rewound_and_stopped_from_kee
             "--checkpoints",
             "ck",
         ],
-    )
-    .stdout(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let trainer = Trainer(Some(child));
+    );
+    let trainer = Trainer::spawn(child);
     let run = 1;
     wait_for(120, "the run's first steps", || {
         server
@@ -306,8 +337,10 @@ fn a_pytorch_run_is_paused_retuned_annealed_remixed_rewound_and_stopped_from_kee
     let r = outcome(&server, run, stop);
     assert_eq!(r["status"], "applied");
     assert!(r["message"].as_str().unwrap().contains("checkpoint"), "{r}");
-    assert!(trainer.wait().status.success());
-    let lines: Vec<String> = stdout.lines().map_while(Result::ok).collect();
+    let out = trainer.wait();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
     assert!(
         lines.iter().any(|l| l.contains("finished at step")),
         "{lines:?}"
@@ -345,12 +378,8 @@ fn every_rank_of_a_torchrun_job_obeys_each_command_at_the_same_step() {
             &port,
             ddp.to_str().unwrap(),
         ],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let trainer = Trainer(Some(child));
+    );
+    let trainer = Trainer::spawn(child);
     let run = 1;
     wait_for(120, "the run's first steps", || {
         server
@@ -404,8 +433,9 @@ fn every_rank_of_a_torchrun_job_obeys_each_command_at_the_same_step() {
     server.stop();
 }
 
-/// A framework's loop under keel's commands: a set_lr, a set_grad_clip, a checkpoint that
-/// lands at `checkpoint(step)`, a rewind it refuses with the reason, and a stop.
+/// A framework's loop under keel's commands: a set_lr, a pause, an anneal, a set_grad_clip,
+/// a checkpoint that lands at `checkpoint(step)`, a rewind it refuses with the reason, and a
+/// stop.
 fn steer_framework(
     script_name: &str,
     lr: f64,
@@ -422,12 +452,8 @@ fn steer_framework(
         &server.url(),
         dir.path(),
         &[path.to_str().unwrap(), out_dir.to_str().unwrap()],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let trainer = Trainer(Some(child));
+    );
+    let trainer = Trainer::spawn(child);
     let run = 1;
     wait_for(180, "the run's first steps", || {
         server
@@ -465,6 +491,30 @@ fn steer_framework(
         "loss and lr share their steps"
     );
 
+    let pause = command(&server, run, json!({"kind": "pause"}));
+    applied(&server, run, pause);
+    assert_no_steps_while_paused(&server, run);
+    let resume = command(&server, run, json!({"kind": "resume"}));
+    applied(&server, run, resume);
+
+    // keel's decay from the current LR, over the framework's own scheduler.
+    let anneal = command(
+        &server,
+        run,
+        json!({"kind": "anneal", "steps": 10, "final_lr": lr / 20.0, "shape": "linear"}),
+    );
+    let m = applied(&server, run, anneal);
+    wait_past(&server, run, m + 11);
+    let series_lr = series(&server, run, "lr");
+    assert!((at(&series_lr, m) - lr / 2.0).abs() < 1e-12);
+    let half = lr / 20.0 + (lr / 2.0 - lr / 20.0) * 0.5;
+    assert!(
+        (at(&series_lr, m + 5) - half).abs() < 1e-12,
+        "{}",
+        at(&series_lr, m + 5)
+    );
+    assert!((at(&series_lr, m + 11) - lr / 20.0).abs() < 1e-12);
+
     let clip = command(
         &server,
         run,
@@ -475,6 +525,20 @@ fn steer_framework(
     let r = outcome(&server, run, rewind);
     assert_eq!(r["status"], "rejected");
     assert!(r["message"].as_str().unwrap().contains("on_rewind"), "{r}");
+    let mix = command(
+        &server,
+        run,
+        json!({"kind": "set_data_mix", "weights": {"code": 1.0}}),
+    );
+    applied(&server, run, mix);
+    let books = command(
+        &server,
+        run,
+        json!({"kind": "set_data_mix", "weights": {"books": 1.0}}),
+    );
+    let r = outcome(&server, run, books);
+    assert_eq!(r["status"], "rejected");
+    assert!(r["message"].as_str().unwrap().contains("books"), "{r}");
 
     let save = command(&server, run, json!({"kind": "checkpoint"}));
     let c = applied(&server, run, save);
@@ -521,13 +585,9 @@ fn free_addr() -> std::net::SocketAddr {
         .unwrap()
 }
 
-fn sender(python: &Path, url: &str, dir: &Path, mode: &str) -> Child {
+fn sender(python: &Path, url: &str, dir: &Path, mode: &str) -> Trainer {
     let path = root().join("tests/e2e/py/sender.py");
-    script(python, url, dir, &[path.to_str().unwrap(), mode])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    Trainer::spawn(script(python, url, dir, &[path.to_str().unwrap(), mode]))
 }
 
 /// Every step of the run, as (step, loss).
@@ -553,8 +613,7 @@ fn a_python_run_logs_while_the_server_is_away_and_loses_nothing() {
     let Some(python) = python() else { return };
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
-    let child = sender(&python, &format!("http://{addr}"), dir.path(), "wait");
-    let trainer = Trainer(Some(child));
+    let trainer = sender(&python, &format!("http://{addr}"), dir.path(), "wait");
     std::thread::sleep(std::time::Duration::from_secs(3));
     let server = Server::start(&dir.path().join("keel.db"), addr);
     let out = trainer.wait();
@@ -583,7 +642,7 @@ fn python_m_keel_sync_sends_what_a_run_left_behind() {
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
     let url = format!("http://{addr}");
-    let out = Trainer(Some(sender(&python, &url, dir.path(), "leave"))).wait();
+    let out = sender(&python, &url, dir.path(), "leave").wait();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("python -m keel sync"), "{stdout}");
@@ -609,7 +668,7 @@ fn a_step_the_server_refuses_goes_to_a_dead_letter_file_and_the_rest_are_stored(
     let Some(python) = python() else { return };
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("keel.db"), "127.0.0.1:0".parse().unwrap());
-    let out = Trainer(Some(sender(&python, &server.url(), dir.path(), "refused"))).wait();
+    let out = sender(&python, &server.url(), dir.path(), "refused").wait();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("refused step(s) 7"), "{stderr}");

@@ -58,10 +58,7 @@ class KeelLogger(Logger):
 
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        data = {k: v for k, v in metrics.items() if k != "epoch" or step is None}
-        if "epoch" in metrics:
-            data["epoch"] = metrics["epoch"]
-        self.experiment.log(data, step=step)
+        self.experiment.log(dict(metrics), step=step)
 
     @rank_zero_only
     def finalize(self, status: str) -> None:

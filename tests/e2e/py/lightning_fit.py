@@ -6,7 +6,10 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+import keel.torch
 from keel.integrations.lightning import KeelControl, KeelLogger
+
+mix = keel.torch.MixtureSampler({"web": 0.5, "code": 0.5})
 
 
 class Module(pl.LightningModule):
@@ -32,7 +35,7 @@ class Module(pl.LightningModule):
 torch.manual_seed(0)
 data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(100_000, 16)), batch_size=32)
 trainer = pl.Trainer(
-    max_steps=100_000, logger=KeelLogger(name="lightning"), callbacks=[KeelControl()], log_every_n_steps=1,
+    max_steps=100_000, logger=KeelLogger(name="lightning"), callbacks=[KeelControl(on_data_mix=mix.set_weights)], log_every_n_steps=1,
     enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", default_root_dir=sys.argv[1],
     enable_checkpointing=False,
 )
