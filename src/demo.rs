@@ -64,7 +64,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     let drill_stop = stop.clone();
     let drill_notices = notices.clone();
-    tokio::task::spawn_blocking(move || {
+    let drill = tokio::task::spawn_blocking(move || {
         if let Err(e) = keel_trainer::train(drill, drill_stop) {
             let why = format!("the demo's spike drill failed: {e:#}");
             eprintln!("keel demo: {why}");
@@ -93,6 +93,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             Err(e) => Some(e),
         },
     };
+    // The spike drill stops at its next step boundary and reports to a server still there;
+    // then the server stops.
+    stop.store(true, Ordering::SeqCst);
+    let _ = drill.await;
     let Some(e) = failure else {
         server_stop.cancel();
         return server.await.context("the server task")?;
