@@ -2,76 +2,11 @@
 //! the same database: every step is stored exactly once, every summary level is exact, and a
 //! command queued just before a kill is applied exactly once.
 
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{TOKEN, spawn_training, tiny, wait_for};
-
-/// A `keel serve` process: killed with SIGKILL when dropped, as a crash would end it.
-struct Process {
-    child: Child,
-    url: String,
-}
-
-impl Process {
-    fn start(db: &Path, addr: SocketAddr) -> Process {
-        let url = format!("http://{addr}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
-                .args(["serve", "--addr", &addr.to_string(), "--db"])
-                .arg(db)
-                .env("KEEL_TOKEN", TOKEN)
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            // The port of the killed server may take a moment to be free again.
-            while Instant::now() < deadline {
-                if ureq::get(&format!("{url}/healthz")).call().is_ok() {
-                    return Process { child, url };
-                }
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            assert!(
-                Instant::now() < deadline,
-                "keel serve did not start on {addr}"
-            );
-        }
-    }
-
-    fn get(&self, path: &str) -> Value {
-        let mut resp = ureq::get(&format!("{}{path}", self.url)).call().unwrap();
-        resp.body_mut().read_json().unwrap()
-    }
-
-    fn kill(mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
+use crate::harness::{Process, TOKEN, free_addr, spawn_training, tiny, wait_for};
 
 fn stored(server: &Process, run: i64) -> u64 {
     server.get(&format!("/api/v1/runs/{run}"))["steps"]

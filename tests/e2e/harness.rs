@@ -1,8 +1,9 @@
 //! A keel server on a random port, on its own thread and runtime, restartable on the same
-//! database file; and a trainer run on a thread of its own.
+//! database file; a `keel serve` process to kill; and a trainer run on a thread of its own.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -170,4 +171,67 @@ pub fn assert_summaries_exact(db: &Path, steps: u64) {
         .unwrap();
     assert!(report.is_clean(), "{:?}", report.examples);
     assert_eq!(report.steps, steps);
+}
+
+/// A `keel serve` process: killed with SIGKILL when dropped, as a crash would end it.
+pub struct Process {
+    child: Child,
+    pub url: String,
+}
+
+impl Process {
+    pub fn start(db: &Path, addr: SocketAddr) -> Process {
+        let url = format!("http://{addr}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+                .args(["serve", "--addr", &addr.to_string(), "--db"])
+                .arg(db)
+                .env("KEEL_TOKEN", TOKEN)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            // The port of the killed server may take a moment to be free again.
+            while Instant::now() < deadline {
+                if ureq::get(&format!("{url}/healthz")).call().is_ok() {
+                    return Process { child, url };
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            assert!(
+                Instant::now() < deadline,
+                "keel serve did not start on {addr}"
+            );
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        let mut resp = ureq::get(&format!("{}{path}", self.url)).call().unwrap();
+        resp.body_mut().read_json().unwrap()
+    }
+
+    pub fn kill(mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
 }

@@ -9,7 +9,10 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Server, TOKEN, assert_no_steps_while_paused, wait_for};
+use crate::harness::{
+    Process, Server, TOKEN, assert_no_steps_while_paused, assert_summaries_exact, free_addr,
+    wait_for,
+};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -19,7 +22,7 @@ fn root() -> PathBuf {
 pub fn python() -> Option<PathBuf> {
     if std::env::var("KEEL_SKIP_PYTHON").is_ok_and(|v| v == "1") {
         eprintln!("KEEL_SKIP_PYTHON=1: PyTorch test skipped");
-        note_skipped();
+        crate::webdriver::note_skipped();
         return None;
     }
     let python = std::env::var_os("KEEL_PYTHON").map(PathBuf::from).expect(
@@ -27,24 +30,6 @@ pub fn python() -> Option<PathBuf> {
          (`scripts/python-env.sh` makes one and prints it; KEEL_SKIP_PYTHON=1 skips them)",
     );
     Some(python)
-}
-
-fn note_skipped() {
-    use std::io::Write;
-    let Some(path) = std::env::var_os("KEEL_SKIPPED") else {
-        return;
-    };
-    let name = std::thread::current()
-        .name()
-        .unwrap_or("a PyTorch test")
-        .to_owned();
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-    {
-        let _ = writeln!(f, "{name}");
-    }
 }
 
 /// `python script args…` with the server's address and token in its environment.
@@ -114,6 +99,17 @@ fn last_step(server: &Server, run: i64) -> u64 {
     server.get(&format!("/api/v1/runs/{run}"))["last_step"]
         .as_u64()
         .unwrap_or(0)
+}
+
+/// Waits until the run exists and its live history is past `step`.
+fn wait_first_steps(server: &Server, run: i64, step: u64) {
+    wait_for(180, "the run's first steps", || {
+        server
+            .get("/api/v1/runs")
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+            && last_step(server, run) > step
+    });
 }
 
 fn wait_past(server: &Server, run: i64, step: u64) {
@@ -204,13 +200,7 @@ fn a_pytorch_run_is_paused_retuned_annealed_remixed_rewound_and_stopped_from_kee
     );
     let trainer = Trainer::spawn(child);
     let run = 1;
-    wait_for(120, "the run's first steps", || {
-        server
-            .get("/api/v1/runs")
-            .as_array()
-            .is_some_and(|r| !r.is_empty())
-            && last_step(&server, run) > 30
-    });
+    wait_first_steps(&server, run, 30);
     let detail = server.get(&format!("/api/v1/runs/{run}"));
     assert_eq!(detail["layers"], 4);
     for stat in [
@@ -381,13 +371,7 @@ fn every_rank_of_a_torchrun_job_obeys_each_command_at_the_same_step() {
     );
     let trainer = Trainer::spawn(child);
     let run = 1;
-    wait_for(120, "the run's first steps", || {
-        server
-            .get("/api/v1/runs")
-            .as_array()
-            .is_some_and(|r| !r.is_empty())
-            && last_step(&server, run) > 20
-    });
+    wait_first_steps(&server, run, 20);
     let detail = server.get(&format!("/api/v1/runs/{run}"));
     assert_eq!(detail["ranks"], 2, "{detail}");
     assert_eq!(detail["layers"], 3, "{detail}");
@@ -455,13 +439,7 @@ fn steer_framework(
     );
     let trainer = Trainer::spawn(child);
     let run = 1;
-    wait_for(180, "the run's first steps", || {
-        server
-            .get("/api/v1/runs")
-            .as_array()
-            .is_some_and(|r| !r.is_empty())
-            && last_step(&server, run) > 10
-    });
+    wait_first_steps(&server, run, 10);
     let detail = server.get(&format!("/api/v1/runs/{run}"));
     assert_eq!(detail["layers"], layers, "{detail}");
     let stats = detail["layer_stats"].as_array().unwrap();
@@ -576,13 +554,6 @@ fn a_lightning_run_is_steered_through_keels_logger_and_callback() {
         out.join("checkpoints")
             .join(format!("keel-step-{step}.ckpt"))
     });
-}
-
-fn free_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 fn sender(python: &Path, url: &str, dir: &Path, mode: &str) -> Trainer {
@@ -717,4 +688,63 @@ fn the_installed_python_package_passes_its_own_tests() {
     let report = String::from_utf8_lossy(&tests.stderr);
     assert!(tests.status.success(), "{report}");
     assert!(!report.contains("Ran 0 tests"), "{report}");
+}
+
+/// The server is killed (SIGKILL) mid-run and started again on the same file: the PyTorch
+/// run goes on, and every step is stored once, with exact summaries.
+#[test]
+fn a_pytorch_run_whose_server_is_killed_mid_run_loses_no_step() {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("keel.db");
+    let addr = free_addr();
+    let server = Process::start(&db, addr);
+    let example = root().join("examples/pytorch_gpt.py");
+    let trainer = Trainer::spawn(script(
+        &python,
+        &server.url,
+        dir.path(),
+        &[
+            example.to_str().unwrap(),
+            "--steps",
+            "300",
+            "--d-model",
+            "64",
+            "--seq",
+            "32",
+            "--delay",
+            "0.01",
+        ],
+    ));
+    let last = |s: &Process| s.get("/api/v1/runs/1")["last_step"].as_u64();
+    wait_for(120, "step 60", || {
+        has_a_run(&server) && last(&server).is_some_and(|l| l > 60)
+    });
+    server.kill();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let server = Process::start(&db, addr);
+    let out = trainer.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let loss = server.get("/api/v1/runs/1/scalars/loss?points=100000");
+    let steps: Vec<u64> = loss["step"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (0..300).collect::<Vec<_>>());
+    assert_eq!(server.get("/api/v1/runs/1")["status"], "finished");
+    server.kill();
+    assert_summaries_exact(&db, 300);
+}
+
+fn has_a_run(server: &Process) -> bool {
+    server
+        .get("/api/v1/runs")
+        .as_array()
+        .is_some_and(|r| !r.is_empty())
 }
