@@ -27,7 +27,7 @@ pub struct RunSpec {
     #[serde(default)]
     pub protocol: Option<u32>,
     /// Ranks of a distributed run: the length of every `rank_*` statistic's vector.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ranks: Option<u32>,
 }
 

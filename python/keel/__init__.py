@@ -98,7 +98,10 @@ class Run:
         self._layers = n
 
     def set_ranks(self, n: int) -> None:
-        """The number of ranks, for the `rank_*` statistics of a distributed run."""
+        """The number of ranks, for the `rank_*` statistics of a distributed run (before the
+        first step is logged: the run is created with it)."""
+        if self._sender.layers is not None and self._sender.ranks != n:
+            _wire.warn_once("ranks", "keel: the run was created before its ranks were known; its rank_* statistics are not logged")
         self._ranks = n
 
     def _spec(self) -> dict:

@@ -58,7 +58,8 @@ class Sender:
         self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self.run_id: int | None = None
         self.created = threading.Event()
-        self.layers: int | None = None
+        self.layers: int | None = None  # fixed by the first row: what the run is created with
+        self.ranks: int | None = None
         self.dropped = 0
         self.refused = 0
         self.sent = 0
@@ -144,9 +145,10 @@ class Sender:
                     self._calls.append(item)
                 else:
                     if self.layers is None:
-                        self.layers = self.spec()["layers"]
+                        spec = self.spec()
+                        self.layers, self.ranks = spec["layers"], spec.get("ranks")
                     try:
-                        records.append((item.branch, item.resolve(self.layers)))
+                        records.append((item.branch, item.resolve(self.layers, self.ranks)))
                     except Exception as e:  # a tensor that cannot be read: that row only
                         warnings.warn(f"keel: step {item.step} could not be read ({e}); not logged")
             self._flush(records)

@@ -169,8 +169,11 @@ class Row:
                     self.tokens = part[0]
         self.packed = []
 
-    def resolve(self, layers: int) -> dict:
-        """The JSON record; values that cannot be sent are left out with one warning each."""
+    def resolve(self, layers: int, ranks: int | None = None) -> dict:
+        """The JSON record; values that cannot be sent are left out with one warning each.
+
+        A layer statistic has `layers` values; a `rank_*` one, `ranks` when the run has them.
+        """
         self._unpack()
         record: dict[str, Any] = {"step": self.step, "time": self.time}
         if self.tokens is not None:
@@ -201,8 +204,14 @@ class Row:
                 warn_once(f"name:{stat}", f"keel: {stat!r} is not a series name; not logged")
             elif any(v is None for v in values):
                 warn_once(f"type:{stat}", f"keel: `{stat}` holds values that are not numbers; not logged")
-            elif len(values) != layers and not stat.startswith("rank_"):
-                warn_once(f"len:{stat}", f"keel: `{stat}` has {len(values)} values and the run has {layers} layers; not logged")
+            elif ranks is not None and stat.startswith("rank_"):
+                if len(values) == ranks:
+                    out_layers[stat] = [metric(v) for v in values]
+                else:
+                    warn_once(f"len:{stat}", f"keel: `{stat}` has {len(values)} values and the run has {ranks} ranks; not logged")
+            elif len(values) != layers:
+                what = " (the run was created before Control knew its ranks)" if stat.startswith("rank_") else ""
+                warn_once(f"len:{stat}", f"keel: `{stat}` has {len(values)} values and the run has {layers} layers{what}; not logged")
             else:
                 out_layers[stat] = [metric(v) for v in values]
         if len(scalars) + len(out_layers) > MAX_SERIES:

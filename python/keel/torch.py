@@ -318,9 +318,6 @@ def clip_grad_norm_(parameters: Iterable[torch.Tensor], max_norm: float) -> torc
 
 # ---- commands ----
 
-SHAPES = ("1-sqrt", "linear", "cosine")
-
-
 def decay_factor(shape: str, progress: float) -> float:
     """keel's WSD decay shapes: the fraction of the way from the final LR to the start LR."""
     p = min(max(progress, 0.0), 1.0)
@@ -497,16 +494,17 @@ class Control:
     def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         a = self._anneal
         if a is not None:
-            lr = a["final_lr"] + (a["from_lr"] - a["final_lr"]) * decay_factor(a["shape"], (self._next - a["start"]) / a["steps"])
+            lr = self._next_lr()
             for g, r in zip(self.optimizer.param_groups, a["ratios"]):
                 _set_lr(g, lr * r)
         self._lr_used = _get_lr(self.optimizer.param_groups[0])
 
     def _next_lr(self) -> float:
-        """Group 0's LR at the next optimizer step."""
+        """Group 0's LR at the next optimizer step: the anneal's, or the group's own."""
         a = self._anneal
         if a is not None:
-            return a["final_lr"] + (a["from_lr"] - a["final_lr"]) * decay_factor(a["shape"], (self._next - a["start"]) / a["steps"])
+            progress = (self._next - a["start"]) / a["steps"]
+            return a["final_lr"] + (a["from_lr"] - a["final_lr"]) * decay_factor(a["shape"], progress)
         return _get_lr(self.optimizer.param_groups[0])
 
     def _schedulers(self) -> list:
