@@ -787,9 +787,18 @@ def loss_by_source(per_row: torch.Tensor, sources: Sequence[str], prefix: str = 
     """`{"loss/<source>": mean loss of that source's rows}`, as tensors (no host sync)."""
     names = list(dict.fromkeys(sources))
     at = {s: j for j, s in enumerate(names)}
-    index = torch.tensor([at[s] for s in sources], device=per_row.device)
-    counts = torch.bincount(index, minlength=len(names))
+    index = _to_device([at[s] for s in sources], per_row.device)
     rows = per_row.detach().reshape(len(sources), -1).mean(1).float()
     sums = torch.zeros(len(names), device=per_row.device).index_add_(0, index, rows)
+    # Counts by index_add too: torch.bincount on a GPU reads its input's maximum back.
+    counts = torch.zeros(len(names), device=per_row.device).index_add_(0, index, torch.ones_like(rows))
     means = sums / counts
     return {f"{prefix}{s}": means[j] for j, s in enumerate(names)}
+
+
+def _to_device(values: list[int], device: torch.device) -> torch.Tensor:
+    """A small index tensor on `device` without waiting for it: a copy from pinned memory is
+    queued on the stream, where one from ordinary memory would block the host until it lands."""
+    if device.type == "cpu":
+        return torch.tensor(values)
+    return torch.tensor(values, pin_memory=True).to(device, non_blocking=True)

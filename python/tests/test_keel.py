@@ -4,7 +4,10 @@ direct computations. (Against a real server: tests/e2e/python.rs.)"""
 from __future__ import annotations
 
 import math
+import os
+import sys
 import tempfile
+import threading
 import unittest
 import warnings
 
@@ -195,6 +198,59 @@ class Taps(unittest.TestCase):
         # Every 2nd step; the update ratio on every 2nd of those.
         self.assertEqual(seen, [full, [], cheap, [], full, [], cheap, []])
         watch.remove()
+
+
+class NoHostReads(unittest.TestCase):
+    """On a GPU a read of a tensor (`.item()`, `.tolist()`, `float(t)`, ...) waits for every
+    kernel queued before it. The training thread makes none of them in keel's code: the
+    sender thread reads each step's values, once."""
+
+    READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
+
+    def test_a_step_with_log_watch_and_control_reads_nothing_on_the_training_thread(self):
+        main = threading.get_ident()
+        reads: list[str] = []
+        originals = {name: getattr(torch.Tensor, name) for name in self.READS}
+
+        def spy(name):
+            original = originals[name]
+
+            def read(t, *args, **kwargs):
+                caller = sys._getframe(1).f_code.co_filename
+                if threading.get_ident() == main and f"{os.sep}keel{os.sep}" in caller:
+                    reads.append(f"{name} from {caller}:{sys._getframe(1).f_lineno}")
+                return original(t, *args, **kwargs)
+
+            return read
+
+        with tempfile.TemporaryDirectory() as tmp:
+            run = offline_run(tmp)
+            model = Blocks()
+            opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+            keel.torch.watch(model, opt, run=run, update_every=1)
+            ctl = keel.torch.Control(run, opt, sched, max_grad_norm=0.5)
+            mix = keel.torch.MixtureSampler({"a": 1.0, "b": 1.0})
+            for name in self.READS:
+                setattr(torch.Tensor, name, spy(name))
+            try:
+                for step in range(3):
+                    sources = mix.draw(4)
+                    per_row = model(torch.randn(4, 8)).square().mean(1)
+                    loss = per_row.mean()
+                    loss.backward()
+                    ctl.clip_grad_norm_()
+                    opt.step()
+                    sched.step()
+                    opt.zero_grad()
+                    run.log({"loss": loss, **keel.torch.loss_by_source(per_row, sources)}, step=step)
+                    ctl.step(step, tokens=32)
+            finally:
+                for name, original in originals.items():
+                    setattr(torch.Tensor, name, original)
+            ctl.close()
+            finish_quietly(run)
+        self.assertEqual(reads, [])
 
 
 class LearningRates(unittest.TestCase):
