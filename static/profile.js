@@ -34,10 +34,19 @@ export class Profile {
       return;
     }
     const L = v.values.length;
+    // A `rank_*` statistic of a distributed run has a value per rank, not per layer.
+    const rows = v.stat.startsWith("rank_") ? "rank" : "layer";
     this.what.textContent = `${v.stat} at step ${count(v.step)}${v.latest ? " (latest)" : ""}`;
-    // Last over first layer: the depth-growth ratio, now and at the run's first step.
-    const ratio = (xs) => (xs && L > 1 ? short(xs[L - 1] / xs[0]) : "—");
-    this.growth.textContent = `last / first layer: ×${ratio(v.values)} (first step ×${ratio(v.first)})`;
+    if (rows === "rank") {
+      // The spread across ranks: a straggler is the highest.
+      const finite = v.values.filter(Number.isFinite);
+      const top = v.values.indexOf(Math.max(...finite));
+      this.growth.textContent = `highest: rank ${top}, ×${short(Math.max(...finite) / Math.min(...finite))} the lowest`;
+    } else {
+      // Last over first layer: the depth-growth ratio, now and at the run's first step.
+      const ratio = (xs) => (xs && L > 1 ? short(xs[L - 1] / xs[0]) : "—");
+      this.growth.textContent = `last / first layer: ×${ratio(v.values)} (first step ×${ratio(v.first)})`;
+    }
     const all = [...v.values, ...(v.first || [])].filter(Number.isFinite);
     let lo = Math.min(...all), hi = Math.max(...all);
     const log = lo > 0;
@@ -47,7 +56,7 @@ export class Profile {
     const px = (l) => M.l + (L > 1 ? (l / (L - 1)) * pw : pw / 2);
     const f = (x) => (log ? Math.log(x) : x);
     const py = (x) => M.t + ph - ((f(x) - f(lo)) / (f(hi) - f(lo))) * ph;
-    this.axes(ctx, t, { lo, hi, log, L, pw, ph, px, py });
+    this.axes(ctx, t, { lo, hi, log, L, pw, ph, px, py, rows });
     if (v.first) {
       ctx.setLineDash([5, 4]);
       this.line(ctx, v.first, t.muted, px, py, 1.25, false);
@@ -59,7 +68,7 @@ export class Profile {
     v.values.forEach((x, l) => {
       if (!Number.isFinite(x)) ctx.fillRect(px(l) - 3, M.t, 6, 6);
     });
-    this.canvas.title = v.values.map((x, l) => `layer ${l}: ${metric(x)}`).join("\n");
+    this.canvas.title = v.values.map((x, l) => `${rows} ${l}: ${metric(x)}`).join("\n");
   }
 
   axes(ctx, t, g) {
@@ -79,7 +88,7 @@ export class Profile {
     ctx.textBaseline = "top";
     const every = Math.max(1, Math.ceil(g.L / 8));
     for (let l = 0; l < g.L; l += every) ctx.fillText(String(l), g.px(l), M.t + g.ph + 5);
-    ctx.fillText("layer", M.l + g.pw / 2, M.t + g.ph + 17);
+    ctx.fillText(g.rows, M.l + g.pw / 2, M.t + g.ph + 17);
   }
 
   line(ctx, values, colour, px, py, width, dots) {
