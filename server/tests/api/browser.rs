@@ -559,3 +559,64 @@ fn ten_tabs_of_run_pages_all_load_and_follow_their_runs_live() {
     let errors = b.errors();
     assert!(errors.is_empty(), "script errors: {errors:?}");
 }
+
+/// A distributed run's `rank_step_time_s` is a heatmap with a row per rank: a straggler is a
+/// hot row, and the profile of a rank statistic names the highest rank.
+#[test]
+fn a_rank_statistic_is_drawn_with_a_row_per_rank() {
+    let app = TestApp::spawn();
+    let r = app.post(
+        "/api/v1/runs",
+        &json!({"name": "ddp", "layers": 2, "ranks": 4}),
+    );
+    let id = r.body["id"].as_i64().unwrap();
+    let steps: Vec<Value> = (0..50)
+        .map(|s| {
+            json!({"step": s, "scalars": {"loss": 1.0},
+            "layers": {"hidden_var": [1.0, 2.0], "rank_step_time_s": [0.1, 0.1, 0.5, 0.1]}})
+        })
+        .collect();
+    assert_eq!(app.ingest(id, json!(steps)).status, 200);
+    let b = or_skip!(Browser::start(1280, 1400));
+    b.goto(&app.url(&format!("/runs/{id}")));
+    let fig = "document.querySelector('figure[data-stat=rank_step_time_s]')";
+    b.wait_for(
+        "the rank heatmap to be drawn",
+        PATIENCE,
+        &format!("return {fig}?.querySelector('canvas').dataset.drawn === '50'"),
+    );
+    let caption = b.eval(
+        &format!("return {fig}.querySelector('.unit').textContent"),
+        json!([]),
+    );
+    assert_eq!(caption, "rank × step");
+    // Hovering down the middle column names each rank's row and its value: rank 2 is hot.
+    let tips = b.eval(
+        &format!(
+            "const f = {fig}, c = f.querySelector('canvas'), t = f.querySelector('.tip');
+             const r = c.getBoundingClientRect(), out = [];
+             for (let y = 0.02; y < 1; y += 0.02) {{
+               c.dispatchEvent(new MouseEvent('mousemove', {{bubbles: true,
+                 clientX: r.left + r.width * 0.5, clientY: r.top + r.height * y}}));
+               if (!t.hidden) out.push(t.textContent);
+             }}
+             return out;"
+        ),
+        json!([]),
+    );
+    let tips: Vec<&str> = tips
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    for (rank, max) in [(0, "0.1"), (2, "0.5"), (3, "0.1")] {
+        let tip = tips
+            .iter()
+            .find(|t| t.starts_with(&format!("rank_step_time_s · rank {rank} · ")))
+            .unwrap_or_else(|| panic!("no tooltip for rank {rank}: {tips:?}"));
+        assert!(tip.contains(&format!("max {max}")), "{tip}");
+    }
+    let errors = b.errors();
+    assert!(errors.is_empty(), "script errors: {errors:?}");
+}

@@ -267,3 +267,46 @@ fn a_nan_loss_raises_a_stored_alert_counted_on_the_run() {
     assert_eq!(alerts[0]["severity"], "critical");
     assert_eq!(app.get(&format!("/api/v1/runs/{id}")).body["alerts"], 1);
 }
+
+/// A distributed run's `rank_*` statistics have one value per rank; every other layer
+/// statistic keeps one per block.
+#[test]
+fn rank_statistics_of_a_distributed_run_have_a_value_per_rank() {
+    let app = TestApp::spawn();
+    let r = app.post(
+        "/api/v1/runs",
+        &json!({"name": "ddp", "layers": 3, "ranks": 2}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.body["id"].as_i64().unwrap();
+    assert_eq!(app.get(&format!("/api/v1/runs/{id}")).body["ranks"], 2);
+    let good = json!([{"step": 0, "layers": {"rank_step_time_s": [0.1, 0.3], "hidden_var": [1.0, 2.0, 3.0]}}]);
+    assert_eq!(app.ingest(id, good).status, 200);
+    let three = json!([{"step": 1, "layers": {"rank_step_time_s": [0.1, 0.2, 0.3]}}]);
+    let r = app.ingest(id, three);
+    assert_eq!(r.status, 422);
+    assert_eq!(
+        r.body["error"],
+        "step 1: `rank_step_time_s` has 3 values; the run has 2 ranks"
+    );
+    let two = json!([{"step": 1, "layers": {"hidden_var": [1.0, 2.0]}}]);
+    assert_eq!(app.ingest(id, two).status, 422);
+    let m = app.get(&format!("/api/v1/runs/{id}/layers/rank_step_time_s"));
+    assert_eq!(m.body["layers"], 2);
+    assert_eq!(m.body["max"], json!([[0.1, 0.3]]));
+    // Without `ranks`, a `rank_*` statistic is a layer statistic like the others.
+    let plain = app.create_run("single", 3);
+    assert_eq!(
+        app.get(&format!("/api/v1/runs/{plain}")).body["ranks"],
+        json!(null)
+    );
+    let one = json!([{"step": 0, "layers": {"rank_step_time_s": [0.1, 0.3]}}]);
+    assert_eq!(app.ingest(plain, one).status, 422);
+    for bad in [json!(0), json!(4097), json!("2")] {
+        let r = app.post(
+            "/api/v1/runs",
+            &json!({"name": "x", "layers": 3, "ranks": bad}),
+        );
+        assert_eq!(r.status, 422, "{bad}: {}", r.body);
+    }
+}
