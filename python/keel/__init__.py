@@ -128,6 +128,7 @@ class Run:
         """
         if self._sender.run_id is None:
             if self._sender.layers is None:
+                # Nothing logged yet: any call makes the sender create the run now.
                 self._sender.put(Call("GET", "/api/v1/runs/{run}", None))
             self._sender.created.wait(10)
         return self._sender.run_id

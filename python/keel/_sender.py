@@ -28,13 +28,12 @@ BACKOFF_MAX = 10.0
 class Call:
     """A request other than ingest (a status, a command's outcome), sent in queue order."""
 
-    __slots__ = ("method", "path", "body", "done")
+    __slots__ = ("method", "path", "body")
 
     def __init__(self, method: str, path: str, body: Any):
         self.method = method
         self.path = path  # "{run}" stands for the run's id
         self.body = body
-        self.done = threading.Event()
 
 
 _CLOSE = object()
@@ -72,7 +71,6 @@ class Sender:
         self._backoff = 0.0
         self._retry_at = 0.0
         self._deadline = 0.0
-        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="keel-sender", daemon=True)
         self._thread.start()
 
@@ -257,7 +255,6 @@ class Sender:
             except Refused as e:
                 warnings.warn(f"keel: {call.method} {call.path} was refused: {e.message}")
             self._calls.pop(0)
-            call.done.set()
 
     def _away(self) -> None:
         self._backoff = min(max(self._backoff * 2, 0.5), BACKOFF_MAX)
