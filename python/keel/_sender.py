@@ -182,7 +182,7 @@ class Sender:
             warnings.warn(f"keel: {self.broken}; steps go to {self._dead_path()}")
             return False
         self.run_id = int(answer["id"])
-        self.layers = spec["layers"]
+        self.layers, self.ranks = spec["layers"], spec.get("ranks")
         self.created.set()
         return True
 
