@@ -35,8 +35,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use keel_protocol::{IngestBatch, Metric, RunSpec, StepRecord};
-use keel_server::storage::series::{self, Window};
-use keel_server::storage::{Store, WriteOp, runs};
+use keel_server::storage::Store;
+use keel_server::storage::series::Window;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -177,7 +177,7 @@ async fn create(store: &Store, name: &str, layers: u32) -> anyhow::Result<i64> {
         protocol: None,
         ranks: None,
     };
-    Ok(store.write(|r| WriteOp::CreateRun(spec, r)).await?)
+    Ok(store.create_run(spec).await?)
 }
 
 /// Writes `steps` steps made by `make` in batches; returns values written and seconds.
@@ -198,7 +198,7 @@ async fn fill(
             branch: None,
             steps: records,
         };
-        store.write(|r| WriteOp::Ingest(run, b, r)).await?;
+        store.ingest(run, b).await?;
         busy += t.elapsed();
     }
     Ok((values, busy.as_secs_f64()))
@@ -305,8 +305,7 @@ async fn query(dir: &Path, scale: u64) -> anyhow::Result<()> {
         "| fill: {steps} steps × (64 layers + 1 scalar) | {:.0} values/s, {secs:.0} s |",
         values as f64 / secs
     );
-    let db = store.reader();
-    let row = runs::run_row(db, run).await?;
+    let row = store.run_row(run).await?;
     let window = |buckets| Window {
         from: None,
         to: None,
@@ -317,12 +316,12 @@ async fn query(dir: &Path, scale: u64) -> anyhow::Result<()> {
     let mut line = Vec::new();
     for _ in 0..15 {
         let t = Instant::now();
-        let m = series::layer_matrix(db, &row, "hidden_var", window(1000)).await?;
+        let m = store.layer_matrix(&row, "hidden_var", window(1000)).await?;
         let json = serde_json::to_vec(&m)?;
         heat.push(t.elapsed().as_secs_f64() * 1e3);
         anyhow::ensure!(m.step.len() <= 1000 && !json.is_empty());
         let t = Instant::now();
-        let s = series::scalar_series(db, &row, "loss", window(2000)).await?;
+        let s = store.scalar_series(&row, "loss", window(2000)).await?;
         let json = serde_json::to_vec(&s)?;
         line.push(t.elapsed().as_secs_f64() * 1e3);
         anyhow::ensure!(s.step.len() <= 2000 && !json.is_empty());
@@ -339,7 +338,7 @@ async fn query(dir: &Path, scale: u64) -> anyhow::Result<()> {
     let mut page = Vec::new();
     for _ in 0..15 {
         let t = Instant::now();
-        let detail = runs::run_detail(db, run).await?;
+        let detail = store.run_detail(run).await?;
         let html = keel_server::views::RunPage::new(&detail, 0.0).to_html()?;
         page.push(t.elapsed().as_secs_f64() * 1e3);
         anyhow::ensure!(html.len() < 64 * 1024);

@@ -14,9 +14,9 @@ use std::time::Duration;
 use keel_protocol::{RunStatus, Severity};
 
 use crate::AppState;
-use crate::storage::series::{self, Window};
+use crate::storage::now;
+use crate::storage::series::Window;
 use crate::storage::writer::NewEvent;
-use crate::storage::{WriteOp, now, runs};
 
 /// A run is stalled after this many usual step times without a step…
 pub const STALL_STEPS: f64 = 20.0;
@@ -51,23 +51,24 @@ async fn stalls(
     told: &mut HashSet<(i64, Option<u64>)>,
     floor: Duration,
 ) -> anyhow::Result<()> {
-    let db = state.store.reader();
+    let store = &state.store;
     let now = now();
-    for (id, last, at) in runs::quiet_running_runs(db, now - floor.as_secs_f64()).await? {
+    for (id, last, at) in store.quiet_running_runs(now - floor.as_secs_f64()).await? {
         if told.contains(&(id, last)) {
             continue;
         }
         // The usual step time: the mean `step_time_s` of the last 50 steps, when reported.
         let usual = match last {
             Some(last) => {
-                let run = runs::run_row(db, id).await?;
+                let run = store.run_row(id).await?;
                 let window = Window {
                     from: Some(last.saturating_sub(49)),
                     to: Some(last),
                     buckets: 1,
                     branch: None,
                 };
-                series::scalar_series(db, &run, "step_time_s", window)
+                store
+                    .scalar_series(&run, "step_time_s", window)
                     .await
                     .ok()
                     .and_then(|s| s.mean.first().map(|m| m.get()))
@@ -94,20 +95,17 @@ async fn stalls(
             step: last,
             message: format!("no step for {quiet:.0} s after {after}{usual}, while running"),
         };
-        state.store.write(|r| WriteOp::AddEvent(event, r)).await?;
+        state.store.add_event(event).await?;
     }
     Ok(())
 }
 
 async fn sweep(state: &AppState) -> anyhow::Result<()> {
     let before = now() - state.config.lost_after.as_secs_f64();
-    for id in runs::silent_runs(state.store.reader(), before).await? {
+    for id in state.store.silent_runs(before).await? {
         let silence = state.config.lost_after.as_secs();
         let message = Some(format!("no word from the trainer for {silence} s"));
-        state
-            .store
-            .write(|reply| WriteOp::SetStatus(id, RunStatus::Lost, message, reply))
-            .await?;
+        state.store.set_status(id, RunStatus::Lost, message).await?;
     }
     Ok(())
 }

@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 use super::child::{self, Ended};
 use super::{Job, LaunchConfig, grids};
 use crate::error::AppError;
-use crate::storage::launches::{self as stored, StoredLaunch};
-use crate::storage::{Store, WriteOp, now, runs};
+use crate::storage::launches::StoredLaunch;
+use crate::storage::{Store, now};
 
 /// The launches of this server: cheap to clone, shared by every handler.
 #[derive(Clone)]
@@ -84,22 +84,20 @@ impl Launches {
         store: Store,
     ) -> anyhow::Result<Launches> {
         let forget_before = now() - config.retention.as_secs_f64();
-        let pruned = store
-            .write(|r| WriteOp::PruneLaunches(forget_before, r))
-            .await?;
+        let pruned = store.prune_launches(forget_before).await?;
         if pruned > 0 {
             tracing::info!(
                 "forgot {pruned} launches that ended over {:?} ago",
                 config.retention
             );
         }
-        let kept = stored::load(store.reader()).await?;
+        let kept = store.launches().await?;
         let (saves, mut to_save) = mpsc::unbounded_channel::<StoredLaunch>();
         let writer = store.clone();
         tokio::spawn(async move {
             while let Some(launch) = to_save.recv().await {
                 let id = launch.record.id;
-                if let Err(e) = writer.write(|r| WriteOp::SaveLaunch(launch, r)).await {
+                if let Err(e) = writer.save_launch(launch).await {
                     tracing::warn!(launch = id, "saving a launch: {e:#}");
                 }
             }
@@ -383,7 +381,7 @@ impl Launches {
 
     /// The status of a variant's run, when it has one.
     async fn run_status(&self, run: Option<i64>) -> Option<RunStatus> {
-        let row = runs::run_row(self.0.store.reader(), run?).await;
+        let row = self.0.store.run_row(run?).await;
         row.ok().map(|r| r.status)
     }
 
@@ -514,7 +512,7 @@ impl Launches {
     /// page says why. A run that already ended keeps its own word.
     async fn mark_failed(&self, run: i64, why: String) {
         let store = &self.0.store;
-        let status = runs::run_row(store.reader(), run).await.map(|r| r.status);
+        let status = store.run_row(run).await.map(|r| r.status);
         if matches!(status, Ok(RunStatus::Finished | RunStatus::Failed)) {
             return;
         }
@@ -537,7 +535,7 @@ impl Launches {
         {
             return true;
         }
-        let found = runs::run_of_variant(self.0.store.reader(), &job.group, &job.variant).await;
+        let found = self.0.store.run_of_variant(&job.group, &job.variant).await;
         match found {
             Ok(Some(run)) => {
                 let mut t = self.table();

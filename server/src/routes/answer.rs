@@ -10,12 +10,13 @@
 
 use std::time::Duration;
 
+use crate::storage::Store;
+use crate::storage::series::Snapshot;
 use axum::body::{Body, Bytes};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use keel_protocol::{LayerMatrix, ScalarSeries};
 use serde::Serialize;
-use sqlx::{SqliteConnection, SqlitePool};
 use tokio::sync::mpsc;
 
 use crate::storage::series::{self, Plan};
@@ -94,23 +95,17 @@ impl From<crate::storage::StoreError> for Failure {
     }
 }
 
-impl From<sqlx::Error> for Failure {
-    fn from(e: sqlx::Error) -> Self {
-        Failure::Read(e.into())
-    }
-}
-
 /// The answer for `plan`, streamed. Everything that can be refused (an unknown run, series
 /// or branch) has been by the time there is a plan, so the status is always 200; a read that
 /// fails half-way ends the body early, which the client sees as a broken transfer.
-pub fn respond(db: SqlitePool, plan: Plan, series: Series, shape: Shape) -> Response {
+pub fn respond(store: Store, plan: Plan, series: Series, shape: Shape) -> Response {
     let (tx, rx) = mpsc::channel(4);
     let sink = Sink {
         tx: tx.clone(),
         buf: Vec::with_capacity(PIECE),
     };
     tokio::spawn(async move {
-        let written = tokio::time::timeout(DEADLINE, write(&db, &plan, &series, shape, sink));
+        let written = tokio::time::timeout(DEADLINE, write(&store, &plan, &series, shape, sink));
         let error = match written.await {
             Ok(Ok(())) | Ok(Err(Failure::Gone)) => return,
             Ok(Err(Failure::Read(e))) => {
@@ -135,17 +130,17 @@ pub fn respond(db: SqlitePool, plan: Plan, series: Series, shape: Shape) -> Resp
 }
 
 async fn write(
-    db: &SqlitePool,
+    store: &Store,
     plan: &Plan,
     series: &Series,
     shape: Shape,
     mut sink: Sink,
 ) -> Result<(), Failure> {
-    let mut tx = db.begin().await?;
+    let mut snap = store.snapshot().await?;
     match (shape, series) {
         // A small answer is read once and held; only a large one is read a field at a time.
         (Shape::Json, _) if plan.answer_values() <= HOLD_VALUES => {
-            let buckets = plan.read_every(&mut tx).await?;
+            let buckets = snap.read_every(plan).await?;
             match series {
                 Series::Scalar(key) => sink.json(&series::scalar_columns(plan, key, &buckets)),
                 Series::Layers(stat, layers) => {
@@ -165,7 +160,7 @@ async fn write(
                 ("last", |s, out| list(out, &s.last)),
             ];
             let chunk = |b: &[Summary]| series::scalar_columns(plan, key, b);
-            columnar(&mut sink, &mut tx, plan, &fields, chunk, |s| s.step.len()).await?;
+            columnar(&mut sink, &mut snap, plan, &fields, chunk, |s| s.step.len()).await?;
             sink.push("}");
         }
         (Shape::Json, Series::Layers(stat, layers)) => {
@@ -179,7 +174,7 @@ async fn write(
                 ("mean", |m, out| list(out, &m.mean)),
             ];
             let chunk = |b: &[Summary]| series::layer_columns(plan, stat, *layers, b);
-            columnar(&mut sink, &mut tx, plan, &fields, chunk, |m| m.step.len()).await?;
+            columnar(&mut sink, &mut snap, plan, &fields, chunk, |m| m.step.len()).await?;
             sink.push("}");
         }
         (Shape::Csv, series) => {
@@ -189,7 +184,7 @@ async fn write(
                 Series::Layers(..) => csv::LAYERS_HEADER,
             });
             for cols in plan.chunks() {
-                let buckets: Vec<Summary> = plan.read(&mut tx, cols).await?;
+                let buckets: Vec<Summary> = snap.read(plan, cols).await?;
                 match series {
                     Series::Scalar(key) => {
                         csv::scalar_rows(&mut text, &series::scalar_columns(plan, key, &buckets))
@@ -216,7 +211,7 @@ type Field<T> = (&'static str, fn(&T, &mut Sink));
 /// the one transaction, so every field sees the same buckets).
 async fn columnar<T>(
     sink: &mut Sink,
-    tx: &mut SqliteConnection,
+    snap: &mut Snapshot,
     plan: &Plan,
     fields: &[Field<T>],
     chunk: impl Fn(&[Summary]) -> T,
@@ -226,7 +221,7 @@ async fn columnar<T>(
         sink.push(&format!(",\"{name}\":["));
         let mut first = true;
         for cols in plan.chunks() {
-            let part = chunk(&plan.read(tx, cols).await?);
+            let part = chunk(&snap.read(plan, cols).await?);
             if len(&part) > 0 {
                 if !std::mem::take(&mut first) {
                     sink.push(",");

@@ -16,7 +16,6 @@ use crate::alerts::Thresholds;
 use crate::auth::Operator;
 use crate::error::{ApiJson, ApiPath, ApiQuery, AppError, AppResult};
 use crate::routes::table::Routes;
-use crate::storage::{WriteOp, incidents, runs};
 
 pub fn router() -> Routes {
     Routes::new()
@@ -47,7 +46,7 @@ async fn issue(
         seq_len: Some(len), ..
     } = &command
     {
-        let run = runs::run_row(state.store.reader(), id).await?;
+        let run = state.store.run_row(id).await?;
         let config = serde_json::from_str(&run.config).unwrap_or_default();
         if let Some(max) = max_seq_len(&config)
             && u64::from(*len) > max
@@ -57,15 +56,7 @@ async fn issue(
             )));
         }
     }
-    let record = state
-        .store
-        .write(|reply| WriteOp::AddCommand {
-            run_id: id,
-            command,
-            issued_by: op.by,
-            reply,
-        })
-        .await?;
+    let record = state.store.add_command(id, command, op.by).await?;
     Ok((StatusCode::ACCEPTED, Json(record)))
 }
 
@@ -83,9 +74,9 @@ async fn list(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
 ) -> AppResult<Json<Vec<CommandRecord>>> {
-    let db = state.store.reader();
-    runs::run_row(db, id).await?;
-    Ok(Json(runs::commands(db, id).await?))
+    let store = &state.store;
+    store.run_row(id).await?;
+    Ok(Json(store.commands(id).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,7 +100,7 @@ async fn pending(
     // Subscribe before looking, so a command queued in between still wakes us.
     let mut rx = state.hub.subscribe(id);
     loop {
-        let open = state.store.write(|r| WriteOp::TakeCommands(id, r)).await?;
+        let open = state.store.take_commands(id).await?;
         let open: Vec<_> = open.into_iter().filter(|c| c.id > q.after).collect();
         if !open.is_empty() {
             return Ok(Json(open));
@@ -141,10 +132,7 @@ async fn outcome(
             "an outcome's status is `applied` or `rejected`".into(),
         ));
     }
-    let record = state
-        .store
-        .write(|r| WriteOp::Outcome(id, cid, outcome, r))
-        .await?;
+    let record = state.store.outcome(id, cid, outcome).await?;
     Ok(Json(record))
 }
 
@@ -167,16 +155,16 @@ async fn events(
             "`limit` must be between 1 and 10000".into(),
         ));
     }
-    let db = state.store.reader();
-    runs::run_row(db, id).await?;
-    Ok(Json(runs::events(db, id, q.after, limit).await?))
+    let store = &state.store;
+    store.run_row(id).await?;
+    Ok(Json(store.events(id, q.after, limit).await?))
 }
 
 /// Most rules a run has.
 pub const MAX_RULES: usize = 32;
 
 async fn rules(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> AppResult<Json<Rules>> {
-    let rules = runs::rules(state.store.reader(), id).await?;
+    let rules = state.store.rules(id).await?;
     Ok(Json(Rules { rules }))
 }
 
@@ -212,10 +200,7 @@ async fn set_rules(
         }
     }
     let rules = body.rules;
-    state
-        .store
-        .write(|r| WriteOp::SetRules(id, rules.clone(), op.by, r))
-        .await?;
+    state.store.set_rules(id, rules.clone(), op.by).await?;
     Ok(Json(Rules { rules }))
 }
 
@@ -223,7 +208,7 @@ async fn thresholds(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
 ) -> AppResult<Json<Thresholds>> {
-    Ok(Json(runs::thresholds(state.store.reader(), id).await?))
+    Ok(Json(state.store.thresholds(id).await?))
 }
 
 /// Replaces the run's alert thresholds; keys left out keep their defaults.
@@ -234,10 +219,7 @@ async fn set_thresholds(
     ApiJson(t): ApiJson<Thresholds>,
 ) -> AppResult<Json<Thresholds>> {
     t.validate().map_err(AppError::Invalid)?;
-    state
-        .store
-        .write(|r| WriteOp::SetThresholds(id, t.clone(), op.by, r))
-        .await?;
+    state.store.set_thresholds(id, t.clone(), op.by).await?;
     Ok(Json(t))
 }
 
@@ -254,9 +236,9 @@ async fn incidents(
     ApiPath(id): ApiPath<i64>,
     ApiQuery(q): ApiQuery<IncidentsQuery>,
 ) -> AppResult<Json<Vec<Incident>>> {
-    let db = state.store.reader();
-    runs::run_row(db, id).await?;
-    Ok(Json(incidents::list(db, id, q.open).await?))
+    let store = &state.store;
+    store.run_row(id).await?;
+    Ok(Json(store.incidents(id, q.open).await?))
 }
 
 async fn acknowledge(
@@ -264,9 +246,6 @@ async fn acknowledge(
     op: Operator,
     ApiPath((id, iid)): ApiPath<(i64, i64)>,
 ) -> AppResult<Json<Incident>> {
-    let incident = state
-        .store
-        .write(|r| WriteOp::AckIncident(id, iid, op.by, r))
-        .await?;
+    let incident = state.store.ack_incident(id, iid, op.by).await?;
     Ok(Json(incident))
 }

@@ -13,7 +13,6 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use futures_util::future::try_join_all;
 use serde::Deserialize;
-use sqlx::SqlitePool;
 
 use crate::AppState;
 use crate::charts::compare::{self, CompareRun, Comparison, Layout, XAxis};
@@ -22,8 +21,9 @@ use crate::error::{ApiQuery, AppError, AppResult};
 use crate::routes::data::{MAX_BUCKETS, MAX_STEP};
 use crate::routes::images::blocking;
 use crate::routes::table::Routes;
-use crate::storage::runs::{self, RunRow, SeriesRow};
-use crate::storage::series::{self, Window};
+use crate::storage::Store;
+use crate::storage::runs::{RunRow, SeriesRow};
+use crate::storage::series::Window;
 use crate::views::compare::MAX_RUNS;
 use crate::views::csv;
 use crate::views::run::stat_order;
@@ -62,7 +62,7 @@ pub async fn compare_ids(
     let ids = match (runs, group) {
         (Some(list), None) => parse_ids(list)?,
         (None, Some(group)) => {
-            let ids = runs::group_ids(state.store.reader(), group).await?;
+            let ids = state.store.group_ids(group).await?;
             if ids.is_empty() {
                 return Err(AppError::NotFound(format!("group {group} not found")));
             }
@@ -107,11 +107,11 @@ impl Picked {
 
 /// The runs of the query with their series, in comparison order; an unknown run is a 404.
 async fn pick(state: &AppState, runs: Option<&str>, group: Option<&str>) -> AppResult<Vec<Picked>> {
-    let db = state.store.reader();
+    let store = &state.store;
     let mut picked = Vec::new();
     for id in compare_ids(state, runs, group).await? {
-        let row = runs::run_row(db, id).await?;
-        let series = runs::series_of(db, id).await?;
+        let row = store.run_row(id).await?;
+        let series = store.series_of(id).await?;
         picked.push(Picked { row, series });
     }
     Ok(picked)
@@ -249,8 +249,11 @@ async fn figure(state: &AppState, q: FigureQuery, format: Format) -> AppResult<R
         x: opts.x,
         layout: &layout,
     };
-    let db = state.store.reader();
-    let parts = picked.iter().enumerate().map(|(i, p)| plan.read(db, p, i));
+    let store = &state.store;
+    let parts = picked
+        .iter()
+        .enumerate()
+        .map(|(i, p)| plan.read(store, p, i));
     let mut runs = try_join_all(parts).await?;
     for (run, label) in runs.iter_mut().zip(labels) {
         run.label = label;
@@ -286,7 +289,7 @@ struct Plan<'a> {
 }
 
 impl Plan<'_> {
-    async fn read(&self, db: &SqlitePool, p: &Picked, index: usize) -> AppResult<CompareRun> {
+    async fn read(&self, store: &Store, p: &Picked, index: usize) -> AppResult<CompareRun> {
         let row = &p.row;
         let whole = |buckets: u64| Window {
             from: None,
@@ -297,10 +300,10 @@ impl Plan<'_> {
         let mut run = CompareRun::default();
         let points = whole(self.layout.loss.columns());
         if p.has(false, self.key) {
-            run.loss = Some(series::scalar_series(db, row, self.key, points).await?);
+            run.loss = Some(store.scalar_series(row, self.key, points).await?);
         }
         if self.x == XAxis::Tokens && p.has(false, "tokens") {
-            run.tokens = Some(series::scalar_series(db, row, "tokens", points).await?);
+            run.tokens = Some(store.scalar_series(row, "tokens", points).await?);
         }
         let (Some(stat), Some(panels)) = (self.stat, &self.layout.layers) else {
             return Ok(run);
@@ -309,7 +312,7 @@ impl Plan<'_> {
             return Ok(run);
         }
         let columns = whole(panels.cells[index].columns());
-        run.heat = Some(series::layer_matrix(db, row, stat, columns).await?);
+        run.heat = Some(store.layer_matrix(row, stat, columns).await?);
         // A run that has not got as far as the step shows its newest one.
         if let (Some(want), Some(last)) = (self.step, row.last_step) {
             let at = want.min(last);
@@ -319,7 +322,7 @@ impl Plan<'_> {
                 buckets: 1,
                 branch: None,
             };
-            let m = series::layer_matrix(db, row, stat, one).await?;
+            let m = store.layer_matrix(row, stat, one).await?;
             if let (Some(step), Some(mean)) = (m.step.first(), m.mean.first()) {
                 run.profile = Some((*step, mean.iter().map(|v| v.get()).collect()));
             }
@@ -353,7 +356,7 @@ async fn table(
     let picked = pick(&state, q.runs.as_deref(), q.group.as_deref()).await?;
     let key = scalar_key(&picked, q.key.as_deref())?;
     let to = picked.iter().filter_map(|p| p.row.last_step).max();
-    let db = state.store.reader();
+    let store = &state.store;
     let mut columns = Vec::new();
     for p in &picked {
         let column = match to {
@@ -364,7 +367,7 @@ async fn table(
                     buckets,
                     branch: None,
                 };
-                Some(series::scalar_series(db, &p.row, &key, window).await?)
+                Some(store.scalar_series(&p.row, &key, window).await?)
             }
             _ => None,
         };

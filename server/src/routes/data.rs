@@ -15,8 +15,7 @@ use crate::routes::answer::{self, Series, Shape};
 use crate::routes::images::{self, Source};
 use crate::routes::table::Routes;
 use crate::storage::runs::RunRow;
-use crate::storage::series::{Plan, Window};
-use crate::storage::{WriteOp, runs};
+use crate::storage::series::Window;
 use crate::views::csv;
 
 pub fn router() -> Routes {
@@ -100,7 +99,7 @@ async fn ingest(
     ApiPath(id): ApiPath<i64>,
     ApiJson(batch): ApiJson<IngestBatch>,
 ) -> AppResult<Json<IngestReply>> {
-    let run = runs::run_row(state.store.reader(), id).await?;
+    let run = state.store.run_row(id).await?;
     if batch.steps.is_empty() {
         return Err(AppError::Invalid("the batch has no steps".into()));
     }
@@ -112,7 +111,7 @@ async fn ingest(
     for record in &batch.steps {
         check_step(record, &run)?;
     }
-    let reply = state.store.write(|r| WriteOp::Ingest(id, batch, r)).await?;
+    let reply = state.store.ingest(id, batch).await?;
     Ok(Json(reply))
 }
 
@@ -175,16 +174,16 @@ async fn scalars(
         let by = CellValue::default();
         return images::image(&state, id, key, Source::Scalar, window, by, format).await;
     }
-    let db = state.store.reader();
-    let run = runs::run_row(db, id).await?;
+    let store = &state.store;
+    let run = store.run_row(id).await?;
     // `loss.csv` is the same buckets as a table.
     let (key, shape) = match csv::split(&key) {
         Some(key) => (key, Shape::Csv),
         None => (key.as_str(), Shape::Json),
     };
-    let plan = Plan::new(db, &run, false, key, window).await?;
+    let plan = store.plan(&run, false, key, window).await?;
     let series = Series::Scalar(key.to_owned());
-    Ok(answer::respond(db.clone(), plan, series, shape))
+    Ok(answer::respond(store.clone(), plan, series, shape))
 }
 
 async fn layers(
@@ -209,13 +208,13 @@ async fn layers(
                 .into(),
         ));
     }
-    let db = state.store.reader();
-    let run = runs::run_row(db, id).await?;
+    let store = &state.store;
+    let run = store.run_row(id).await?;
     let (stat, shape) = match csv::split(&stat) {
         Some(stat) => (stat, Shape::Csv),
         None => (stat.as_str(), Shape::Json),
     };
-    let plan = Plan::new(db, &run, true, stat, window).await?;
+    let plan = store.plan(&run, true, stat, window).await?;
     let series = Series::Layers(stat.to_owned(), run.width(stat));
-    Ok(answer::respond(db.clone(), plan, series, shape))
+    Ok(answer::respond(store.clone(), plan, series, shape))
 }

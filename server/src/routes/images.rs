@@ -9,8 +9,7 @@ use axum::response::{IntoResponse, Response};
 use crate::AppState;
 use crate::charts::{self, CellValue, Format};
 use crate::error::{AppError, AppResult};
-use crate::storage::runs;
-use crate::storage::series::{self, Window};
+use crate::storage::series::Window;
 
 /// What to draw: a layer statistic or a scalar.
 pub enum Source {
@@ -35,18 +34,18 @@ pub async fn image(
         buckets: window.buckets.min(MAX_BUCKETS),
         ..window
     };
-    let db = state.store.reader();
-    let run = runs::run_row(db, id).await?;
+    let store = &state.store;
+    let run = store.run_row(id).await?;
     let title = format!("{name} · {} (run {id})", run.name);
     // Encoding is CPU work of tens of milliseconds: keep it off the async workers.
     let bytes = match source {
         Source::Layers => {
-            let m = series::layer_matrix(db, &run, name, window).await?;
+            let m = store.layer_matrix(&run, name, window).await?;
             let title = format!("{title} · {} per bucket", by.name());
             blocking(move || charts::heatmap(&m, &title, by, format)).await?
         }
         Source::Scalar => {
-            let s = series::scalar_series(db, &run, name, window).await?;
+            let s = store.scalar_series(&run, name, window).await?;
             blocking(move || charts::scalar_chart(&s, &title, format)).await?
         }
     };

@@ -20,7 +20,7 @@ use crate::AppState;
 use crate::error::{ApiPath, ApiQuery, AppError, AppResult};
 use crate::hub::Published;
 use crate::routes::table::Routes;
-use crate::storage::{Cursor, runs};
+use crate::storage::Cursor;
 
 pub fn router() -> Routes {
     Routes::new()
@@ -58,15 +58,7 @@ fn event(tag: Option<i64>, cursor: Cursor, message: &LiveMessage) -> Event {
 }
 
 async fn current(state: &AppState, run_id: i64) -> AppResult<Cursor> {
-    let (seq, event): (i64, i64) = sqlx::query_as(
-        "SELECT seq, (SELECT COALESCE(MAX(id), 0) FROM events WHERE run_id = ?) FROM runs WHERE id = ?",
-    )
-    .bind(run_id)
-    .bind(run_id)
-    .fetch_one(state.store.reader())
-    .await
-    .map_err(crate::storage::StoreError::from)?;
-    Ok(Cursor { seq, event })
+    Ok(state.store.cursor(run_id).await?)
 }
 
 /// What a client resuming from `from` missed, as SSE events, and where that leaves it.
@@ -76,10 +68,12 @@ async fn backfill(
     from: Cursor,
     tag: Option<i64>,
 ) -> AppResult<(Vec<Event>, Cursor)> {
-    let db = state.store.reader();
+    let store = &state.store;
     let mut out = Vec::new();
     let mut at = from;
-    let steps = runs::steps_since(db, run_id, from.seq, MAX_BACKFILL + 1).await?;
+    let steps = store
+        .steps_since(run_id, from.seq, MAX_BACKFILL + 1)
+        .await?;
     if steps.len() as i64 > MAX_BACKFILL {
         at.seq = current(state, run_id).await?.seq;
         out.push(event(tag, at, &LiveMessage::Resync));
@@ -93,7 +87,7 @@ async fn backfill(
             out.push(event(tag, at, &message));
         }
     }
-    for e in runs::events(db, run_id, from.event, 10_000).await? {
+    for e in store.events(run_id, from.event, 10_000).await? {
         at.event = e.id;
         out.push(event(tag, at, &LiveMessage::Event { event: e }));
     }
@@ -105,7 +99,7 @@ async fn live(
     ApiPath(id): ApiPath<i64>,
     headers: HeaderMap,
 ) -> AppResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    runs::run_row(state.store.reader(), id).await?;
+    state.store.run_row(id).await?;
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -168,7 +162,7 @@ async fn live_runs(
     let wanted = parse_runs(&q.runs)?;
     let mut streams = Vec::new();
     for (id, resume) in wanted {
-        runs::run_row(state.store.reader(), id).await?;
+        state.store.run_row(id).await?;
         streams.push(run_events(&state, id, resume, Some(id)).await?.boxed());
     }
     let stream = stream::select_all(streams)

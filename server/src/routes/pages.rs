@@ -13,8 +13,8 @@ use crate::AppState;
 use crate::error::{AppError, AppResult};
 use crate::routes::compare::compare_ids;
 use crate::routes::table::Routes;
-use crate::storage::series::{self, Window};
-use crate::storage::{now, runs};
+use crate::storage::now;
+use crate::storage::series::Window;
 use crate::views::compare::FinalLoss;
 use crate::views::{ComparePage, LaunchPanel, RunPage, RunsPage, RunsTablePartial};
 
@@ -83,12 +83,12 @@ fn runs_query(
 }
 
 async fn table(state: &AppState, before: Option<i64>) -> AppResult<RunsTablePartial> {
-    let db = state.store.reader();
-    let mut rows = runs::list_runs(db, before, RUNS_PER_PAGE + 1).await?;
+    let store = &state.store;
+    let mut rows = store.list_runs(before, RUNS_PER_PAGE + 1).await?;
     let older = (rows.len() > RUNS_PER_PAGE as usize).then(|| rows[RUNS_PER_PAGE as usize - 1].id);
     rows.truncate(RUNS_PER_PAGE as usize);
     let summaries: Vec<_> = rows.iter().map(|r| r.summary()).collect();
-    let total = runs::count_runs(db).await?;
+    let total = store.count_runs().await?;
     Ok(RunsTablePartial::new(&summaries, now()).paged(before, older, total))
 }
 
@@ -127,7 +127,7 @@ async fn run_page(
     let id: i64 = id
         .parse()
         .map_err(|_| AppError::NotFound(format!("run {id} not found")))?;
-    let detail = runs::run_detail(state.store.reader(), id).await?;
+    let detail = state.store.run_detail(id).await?;
     // Only a signed-in page carries the CSRF token, and with it the controls.
     let csrf = crate::auth::signed_in(&headers, &state);
     html(&RunPage::new(&detail, now()).with_csrf(csrf))
@@ -148,7 +148,7 @@ async fn compare_page(
     let mut finals = Vec::new();
     // Sequential reads: at most twenty small ones, and a missing run stops at once (404).
     for id in compare_ids(&state, q.runs.as_deref(), q.group.as_deref()).await? {
-        let detail = runs::run_detail(state.store.reader(), id).await?;
+        let detail = state.store.run_detail(id).await?;
         finals.push(final_loss(&state, &detail).await?);
         details.push(detail);
     }
@@ -163,7 +163,7 @@ async fn final_loss(
     state: &AppState,
     detail: &keel_protocol::RunDetail,
 ) -> AppResult<Option<(f64, FinalLoss)>> {
-    let db = state.store.reader();
+    let store = &state.store;
     use keel_protocol::names::{LOSS, VAL_LOSS};
     let (key, kind) = if detail.scalars.iter().any(|s| s == VAL_LOSS) {
         (VAL_LOSS, FinalLoss::Validation)
@@ -172,14 +172,14 @@ async fn final_loss(
     } else {
         return Ok(None);
     };
-    let row = runs::run_row(db, detail.summary.id).await?;
+    let row = store.run_row(detail.summary.id).await?;
     let window = Window {
         from: None,
         to: None,
         buckets: 10,
         branch: None,
     };
-    let s = series::scalar_series(db, &row, key, window).await?;
+    let s = store.scalar_series(&row, key, window).await?;
     let value = match kind {
         FinalLoss::Validation => s.last.last(),
         FinalLoss::TrainingTail => s.mean.last(),

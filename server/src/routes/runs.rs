@@ -10,7 +10,6 @@ use crate::AppState;
 use crate::auth::Operator;
 use crate::error::{ApiJson, ApiPath, ApiQuery, AppError, AppResult};
 use crate::routes::table::Routes;
-use crate::storage::{WriteOp, runs};
 
 pub fn router() -> Routes {
     Routes::new()
@@ -69,7 +68,7 @@ async fn create(
     ApiJson(spec): ApiJson<RunSpec>,
 ) -> AppResult<(StatusCode, Json<CreatedRun>)> {
     check_spec(&spec)?;
-    let id = state.store.write(|r| WriteOp::CreateRun(spec, r)).await?;
+    let id = state.store.create_run(spec).await?;
     Ok((StatusCode::CREATED, Json(CreatedRun { id })))
 }
 
@@ -97,7 +96,7 @@ async fn list(
             "`limit` must be between 1 and {LIST_MAX}"
         )));
     }
-    let mut rows = runs::list_runs(state.store.reader(), q.before, limit + 1).await?;
+    let mut rows = state.store.list_runs(q.before, limit + 1).await?;
     let more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
     let summaries: Vec<RunSummary> = rows.iter().map(|r| r.summary()).collect();
@@ -118,7 +117,7 @@ async fn show(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
 ) -> AppResult<Json<RunDetail>> {
-    Ok(Json(runs::run_detail(state.store.reader(), id).await?))
+    Ok(Json(state.store.run_detail(id).await?))
 }
 
 async fn report_status(
@@ -136,7 +135,5 @@ async fn report_status(
         .store
         .set_status(id, report.status, report.message)
         .await?;
-    Ok(Json(
-        runs::run_row(state.store.reader(), id).await?.summary(),
-    ))
+    Ok(Json(state.store.run_row(id).await?.summary()))
 }

@@ -60,7 +60,7 @@ pub(super) async fn prune(tx: &mut SqliteConnection, before: f64) -> StoreResult
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::{Store, WriteOp};
+    use crate::storage::Store;
     use keel_protocol::{LaunchVariant, VariantState};
 
     fn launch(id: i64, state: VariantState) -> StoredLaunch {
@@ -97,18 +97,18 @@ mod tests {
             launch(2, VariantState::Finished),
         );
         for l in [running.clone(), ended.clone()] {
-            store.write(|r| WriteOp::SaveLaunch(l, r)).await.unwrap();
+            store.save_launch(l).await.unwrap();
         }
         assert_eq!(
-            load(store.reader()).await.unwrap(),
+            store.launches().await.unwrap(),
             vec![running.clone(), ended]
         );
         // Pruning everything that ended before now keeps the running one.
         let gone = store
-            .write(|r| WriteOp::PruneLaunches(crate::storage::now() + 1.0, r))
+            .prune_launches(crate::storage::now() + 1.0)
             .await
             .unwrap();
         assert_eq!(gone, 1);
-        assert_eq!(load(store.reader()).await.unwrap(), vec![running]);
+        assert_eq!(store.launches().await.unwrap(), vec![running]);
     }
 }

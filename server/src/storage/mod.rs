@@ -14,9 +14,11 @@
 //! - [`series`]: scalar series and layer matrices at a requested resolution.
 //! - [`check`]: summaries verified against their steps, offline (`keel check`).
 //! - [`lock`]: one server per database file. - [`launches`]: launched grids, kept.
+//! - `door`: the [`Store`]'s methods, the only way in for the rest of the server.
 
 pub mod check;
 pub mod codec;
+mod door;
 pub mod incidents;
 pub mod launches;
 pub mod lock;
@@ -36,7 +38,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{ConnectOptions, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
-pub use writer::WriteOp;
+use writer::WriteOp;
 
 /// A failure that says what was wrong with a request; anything else is `Db`.
 #[derive(Debug, thiserror::Error)]
@@ -152,7 +154,7 @@ impl Store {
     }
 
     /// Sends one write to the writer task and waits for its committed result.
-    pub async fn write<T>(
+    async fn write<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<StoreResult<T>>) -> WriteOp,
     ) -> StoreResult<T> {
@@ -176,10 +178,6 @@ impl Store {
         let message = message.map(|m| m.chars().take(MAX_STATUS_MESSAGE).collect());
         self.write(|r| WriteOp::SetStatus(run_id, status, message, r))
             .await
-    }
-
-    pub fn reader(&self) -> &SqlitePool {
-        &self.read
     }
 
     /// Is the database answering?

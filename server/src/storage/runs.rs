@@ -216,6 +216,18 @@ pub async fn quiet_running_runs(
         .collect())
 }
 
+/// Where a run's live stream stands: its last step arrival and its last event.
+pub async fn cursor(db: impl SqliteExecutor<'_>, run_id: i64) -> StoreResult<super::Cursor> {
+    let (seq, event): (i64, i64) = sqlx::query_as(
+        "SELECT seq, (SELECT COALESCE(MAX(id), 0) FROM events WHERE run_id = ?) FROM runs WHERE id = ?",
+    )
+    .bind(run_id)
+    .bind(run_id)
+    .fetch_one(db)
+    .await?;
+    Ok(super::Cursor { seq, event })
+}
+
 /// Runs whose trainer has not been heard from since `before` while they should be stepping.
 pub async fn silent_runs(db: impl SqliteExecutor<'_>, before: f64) -> StoreResult<Vec<i64>> {
     let rows: Vec<(i64,)> =

@@ -436,6 +436,30 @@ pub async fn layer_matrix(
     Ok(layer_columns(&plan, stat, run.width(stat), &buckets))
 }
 
+/// One consistent view of the database for reads that span several queries: the chunks
+/// of a large answer agree with each other while steps keep arriving.
+pub struct Snapshot(sqlx::Transaction<'static, sqlx::Sqlite>);
+
+impl Snapshot {
+    pub(super) async fn begin(db: &SqlitePool) -> StoreResult<Snapshot> {
+        Ok(Snapshot(db.begin().await?))
+    }
+
+    /// The buckets with data among `plan`'s grid columns `cols`, in step order.
+    pub async fn read(
+        &mut self,
+        plan: &Plan,
+        cols: std::ops::Range<u64>,
+    ) -> StoreResult<Vec<Summary>> {
+        plan.read(&mut self.0, cols).await
+    }
+
+    /// Every bucket of `plan`, chunk after chunk.
+    pub async fn read_every(&mut self, plan: &Plan) -> StoreResult<Vec<Summary>> {
+        plan.read_every(&mut self.0).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
