@@ -1,0 +1,319 @@
+//! The single writer: every write of the server goes through this task.
+//!
+//! It takes whatever writes are waiting (up to [`MAX_OPS`]), applies them in one transaction,
+//! commits, and only then answers each caller and publishes the [`Change`]s in commit order.
+//! A write that is refused (unknown run, conflicting branch) is refused before it writes
+//! anything, so the others in the same transaction go ahead; a database error fails the
+//! whole transaction and every write in it.
+//!
+//! Summaries are maintained here as steps arrive: every bucket a new step falls in, at every
+//! level, is merged and rewritten in the same transaction as the step, so a reader never sees
+//! a step without its summaries. The newest bucket per series and level is kept in memory
+//! (`tails`) so that steady streaming reads each bucket back once, when it opens.
+//!
+//! - [`steps`]: ingest. - [`summaries`]: the buckets of new steps. - [`events`]: events,
+//!   statuses, incidents, rules and the audit log. - [`commands`]: commands and outcomes.
+
+mod commands;
+mod events;
+mod steps;
+mod summaries;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, OnceLock};
+
+use anyhow::Context;
+use keel_protocol::{
+    CommandOutcome, CommandRecord, CommandStatus, EventRecord, IngestBatch, IngestReply,
+    LiveMessage, RunSpec, RunStatus, Severity, StepRecord,
+};
+use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection};
+use tokio::sync::{mpsc, oneshot};
+
+use super::incidents;
+use super::summary::{LEVELS, Summary};
+use super::{Change, Cursor, StoreError, StoreResult, codec, now, runs};
+use crate::alerts::{Alert, Detector, Thresholds};
+use crate::webhooks::{self, Notice, Notifier, RunRef};
+
+/// Most writes applied in one transaction.
+const MAX_OPS: usize = 256;
+/// Runs whose alert state is kept in memory before it is emptied (it re-learns as steps come).
+const MAX_DETECTORS: usize = 10_000;
+/// Tail buckets kept in memory before the cache is emptied (it refills from the table).
+const MAX_TAILS: usize = 50_000;
+
+/// A new alert or other event.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub run_id: i64,
+    pub kind: String,
+    pub name: String,
+    pub severity: Severity,
+    pub step: Option<u64>,
+    pub message: String,
+}
+
+type Reply<T> = oneshot::Sender<StoreResult<T>>;
+
+pub enum WriteOp {
+    CreateRun(RunSpec, Reply<i64>),
+    Ingest(i64, IngestBatch, Reply<IngestReply>),
+    AddEvent(NewEvent, Reply<EventRecord>),
+    /// A status change reported by the trainer or decided by the server (e.g. `lost`).
+    SetStatus(i64, RunStatus, Option<String>, Reply<()>),
+    AddCommand {
+        run_id: i64,
+        command: keel_protocol::Command,
+        issued_by: String,
+        reply: Reply<CommandRecord>,
+    },
+    /// Marks queued commands delivered and returns every command not yet applied or rejected.
+    TakeCommands(i64, Reply<Vec<CommandRecord>>),
+    Outcome(i64, i64, CommandOutcome, Reply<CommandRecord>),
+    /// Replaces a run's rules; who did it goes in the audit log.
+    SetRules(i64, Vec<keel_protocol::Rule>, String, Reply<()>),
+    /// Replaces a run's alert thresholds (in force from its next step); audited.
+    SetThresholds(i64, Thresholds, String, Reply<()>),
+    /// Acknowledges an incident of a run, by whom; audited.
+    AckIncident(i64, i64, String, Reply<keel_protocol::Incident>),
+    /// Writes a launch's record as it now stands.
+    SaveLaunch(super::launches::StoredLaunch, Reply<()>),
+    /// Forgets launches that ended before the time given; answers how many.
+    PruneLaunches(f64, Reply<u64>),
+}
+
+/// An answer waiting for the commit.
+trait Finish: Send {
+    fn finish(self: Box<Self>, failure: Option<&str>);
+}
+
+struct Answer<T>(Reply<T>, StoreResult<T>);
+
+impl<T: Send> Finish for Answer<T> {
+    fn finish(self: Box<Self>, failure: Option<&str>) {
+        let result = match failure {
+            Some(why) => Err(StoreError::Db(anyhow::anyhow!("{why}"))),
+            None => self.1,
+        };
+        // The caller may have gone away (client hung up); the write stands all the same.
+        let _ = self.0.send(result);
+    }
+}
+
+type SeriesKey = (bool, String);
+type TailKey = (i64, u32, u32, u64);
+
+struct Writer {
+    changes: mpsc::UnboundedSender<Change>,
+    cursor: Cursor,
+    /// Per run: (is_layer, name) → (series id, width).
+    series: HashMap<i64, HashMap<SeriesKey, (u32, usize)>>,
+    /// The newest bucket of each (run, branch, series, level), as last written.
+    tails: HashMap<TailKey, (u64, Summary)>,
+    /// Alert detectors of each (run, branch) that receives steps.
+    detectors: HashMap<(i64, u32), Detector>,
+    notifier: Arc<OnceLock<Notifier>>,
+    /// Notices of the transaction under way: sent once it commits.
+    notices: Vec<Notice>,
+}
+
+/// Starts the writer task on `conn`; it holds the database's `lock` until it stops.
+pub async fn spawn(
+    mut conn: SqliteConnection,
+    changes: mpsc::UnboundedSender<Change>,
+    notifier: Arc<OnceLock<Notifier>>,
+    lock: super::lock::DbLock,
+) -> anyhow::Result<mpsc::Sender<WriteOp>> {
+    let (seq, event): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COALESCE(MAX(seq), 0) FROM runs), (SELECT COALESCE(MAX(id), 0) FROM events)",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .context("reading the write cursors")?;
+    let mut writer = Writer {
+        changes,
+        cursor: Cursor { seq, event },
+        series: HashMap::new(),
+        tails: HashMap::new(),
+        detectors: HashMap::new(),
+        notifier,
+        notices: Vec::new(),
+    };
+    let (tx, mut rx) = mpsc::channel::<WriteOp>(1024);
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut ops = vec![first];
+            while ops.len() < MAX_OPS {
+                match rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            writer.apply(&mut conn, ops).await;
+        }
+        tracing::debug!("writer stopped: every store handle is gone");
+        drop(lock);
+    });
+    Ok(tx)
+}
+
+impl Writer {
+    async fn apply(&mut self, conn: &mut SqliteConnection, ops: Vec<WriteOp>) {
+        let before = self.cursor;
+        let mut answers: Vec<Box<dyn Finish>> = Vec::with_capacity(ops.len());
+        let mut changes = Vec::new();
+        let result = async {
+            let mut tx = conn.begin().await?;
+            for op in ops {
+                answers.push(self.one(&mut tx, op, &mut changes).await?);
+            }
+            tx.commit().await?;
+            Ok::<_, StoreError>(())
+        }
+        .await;
+        let failure = match result {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::error!(error = ?e, "a write transaction failed and was rolled back");
+                // The caches may hold what was rolled back: start them afresh.
+                self.tails.clear();
+                self.series.clear();
+                self.cursor = before;
+                changes.clear();
+                self.notices.clear();
+                // Thresholds set in the failed transaction may be in a detector: start afresh.
+                self.detectors.clear();
+                Some("the database refused the write")
+            }
+        };
+        for answer in answers {
+            answer.finish(failure);
+        }
+        for change in changes {
+            let _ = self.changes.send(change);
+        }
+        let notices = std::mem::take(&mut self.notices);
+        if let Some(notifier) = self.notifier.get() {
+            notices.into_iter().for_each(|n| notifier.send(n));
+        }
+    }
+
+    /// A notice about run `run_id`, sent if the transaction commits.
+    async fn notify(
+        &mut self,
+        tx: &mut SqliteConnection,
+        run_id: i64,
+        make: impl FnOnce(RunRef) -> Notice,
+    ) -> StoreResult<()> {
+        if self.notifier.get().is_none() {
+            return Ok(());
+        }
+        let run = runs::run_row(&mut *tx, run_id).await?;
+        let config = serde_json::from_str(&run.config).unwrap_or_default();
+        let run = RunRef {
+            id: run.id,
+            name: run.name,
+            url: None,
+            webhooks: webhooks::of_config(&config),
+        };
+        self.notices.push(make(run));
+        Ok(())
+    }
+
+    async fn one(
+        &mut self,
+        tx: &mut SqliteConnection,
+        op: WriteOp,
+        changes: &mut Vec<Change>,
+    ) -> Result<Box<dyn Finish>, StoreError> {
+        // Each arm refuses (Ok with an Err answer) before writing, or fails the transaction.
+        Ok(match op {
+            WriteOp::CreateRun(spec, reply) => {
+                let result = steps::create_run(tx, &spec).await;
+                Box::new(Answer(reply, Ok(result?)))
+            }
+            WriteOp::Ingest(run_id, batch, reply) => {
+                let result = self.ingest(tx, run_id, batch, changes).await;
+                Box::new(Answer(reply, refusal(result)?))
+            }
+            WriteOp::AddEvent(event, reply) => {
+                let result = self.add_event(tx, event, 0.0, changes).await;
+                Box::new(Answer(reply, Ok(result?)))
+            }
+            WriteOp::SetStatus(run_id, status, message, reply) => {
+                let result = self.set_status(tx, run_id, status, message, changes).await;
+                Box::new(Answer(reply, refusal(result)?))
+            }
+            WriteOp::AddCommand {
+                run_id,
+                command,
+                issued_by,
+                reply,
+            } => {
+                let result = self
+                    .add_command(tx, run_id, command, issued_by, changes)
+                    .await;
+                Box::new(Answer(reply, refusal(result)?))
+            }
+            WriteOp::TakeCommands(run_id, reply) => {
+                let result = self.take_commands(tx, run_id, changes).await;
+                Box::new(Answer(reply, refusal(result)?))
+            }
+            WriteOp::Outcome(run_id, id, outcome, reply) => {
+                let result = self.outcome(tx, run_id, id, outcome, changes).await;
+                Box::new(Answer(reply, refusal(result)?))
+            }
+            WriteOp::SetRules(run_id, rules, by, reply) => {
+                let text = serde_json::to_string(&rules).map_err(anyhow::Error::from)?;
+                let result = self
+                    .set_setting(tx, run_id, "rules", text, &by, changes)
+                    .await;
+                Box::new(Answer(reply, refusal(result)?))
+            }
+            WriteOp::SetThresholds(run_id, thresholds, by, reply) => {
+                let text = serde_json::to_string(&thresholds).map_err(anyhow::Error::from)?;
+                let result = self
+                    .set_setting(tx, run_id, "thresholds", text, &by, changes)
+                    .await;
+                if result.is_ok() {
+                    // In force from the next step: the detectors keep what they have seen.
+                    for ((run, _), d) in self.detectors.iter_mut() {
+                        if *run == run_id {
+                            d.set_thresholds(thresholds.clone());
+                        }
+                    }
+                }
+                Box::new(Answer(reply, refusal(result)?))
+            }
+            WriteOp::AckIncident(run_id, id, by, reply) => {
+                let result = self.ack_incident(tx, run_id, id, &by, changes).await;
+                Box::new(Answer(reply, refusal(result)?))
+            }
+            WriteOp::SaveLaunch(launch, reply) => {
+                super::launches::save(tx, &launch).await?;
+                Box::new(Answer(reply, Ok(())))
+            }
+            WriteOp::PruneLaunches(before, reply) => {
+                let n = super::launches::prune(tx, before).await?;
+                Box::new(Answer(reply, Ok(n)))
+            }
+        })
+    }
+
+    fn change(&self, run_id: i64, message: LiveMessage) -> Change {
+        Change {
+            run_id,
+            cursor: self.cursor,
+            message,
+        }
+    }
+}
+
+/// Refusals become the caller's answer; database errors fail the transaction.
+fn refusal<T>(result: StoreResult<T>) -> Result<StoreResult<T>, StoreError> {
+    match result {
+        Err(StoreError::Db(e)) => Err(StoreError::Db(e)),
+        other => Ok(other),
+    }
+}

@@ -1,0 +1,323 @@
+//! Steps: a batch checked against what is stored, its branch resolved, the fresh steps
+//! written with their series, judged by the run's alert detectors and published.
+
+use super::*;
+
+impl Writer {
+    pub(super) async fn ingest(
+        &mut self,
+        tx: &mut SqliteConnection,
+        run_id: i64,
+        batch: IngestBatch,
+        changes: &mut Vec<Change>,
+    ) -> StoreResult<IngestReply> {
+        let run = runs::run_row(&mut *tx, run_id).await?;
+        let branch = resolve_branch(tx, &run, &batch).await?;
+        let existing = existing_steps(tx, run_id, branch, &batch.steps).await?;
+        let mut fresh: Vec<StepRecord> = Vec::with_capacity(batch.steps.len());
+        let mut seen = HashSet::with_capacity(batch.steps.len());
+        let total = batch.steps.len() as u64;
+        for record in batch.steps {
+            if !existing.contains(&record.step) && seen.insert(record.step) {
+                fresh.push(record);
+            }
+        }
+        let mut dirty: HashMap<(u32, u64, u64), Summary> = HashMap::new();
+        let mut rows = Vec::with_capacity(fresh.len());
+        for record in &fresh {
+            self.cursor.seq += 1;
+            let entries = self.entries(tx, run_id, record).await?;
+            let mut blob = Vec::with_capacity(entries.iter().map(|e| 8 + 8 * e.1.len()).sum());
+            for (id, values) in &entries {
+                codec::put_entry(&mut blob, *id, values);
+                for level in LEVELS {
+                    let key = (*id, level, record.step / level);
+                    if let Some(s) = dirty.get_mut(&key) {
+                        s.add(record.step, values);
+                    } else {
+                        let merged = match self.bucket(tx, run_id, branch, key).await? {
+                            Some(mut s) => {
+                                s.add(record.step, values);
+                                s
+                            }
+                            None => Summary::of(record.step, values),
+                        };
+                        dirty.insert(key, merged);
+                    }
+                }
+            }
+            rows.push((record.step as i64, self.cursor.seq, blob));
+        }
+        insert_steps(tx, run_id, branch, rows).await?;
+        self.write_buckets(tx, run_id, branch, dirty).await?;
+        self.note_steps(tx, &run, branch, &fresh).await?;
+        if run.status == RunStatus::Lost && !fresh.is_empty() {
+            let back = Some("the trainer is sending steps again".to_owned());
+            self.set_status(tx, run_id, RunStatus::Running, back, changes)
+                .await?;
+        }
+        let reply = IngestReply {
+            accepted: fresh.len() as u64,
+            duplicates: total - fresh.len() as u64,
+            branch,
+        };
+        let alerts = self.judge(&run, branch, &fresh);
+        if !fresh.is_empty() {
+            let message = LiveMessage::Steps {
+                branch,
+                steps: fresh,
+            };
+            changes.push(self.change(run_id, message));
+        }
+        // Alerts follow the steps they are about, on the live channel too.
+        for a in alerts {
+            let event = NewEvent {
+                run_id,
+                kind: "alert".into(),
+                name: a.name.into(),
+                severity: a.severity,
+                step: Some(a.step),
+                message: a.message,
+            };
+            self.add_event(tx, event, a.size, changes).await?;
+        }
+        Ok(reply)
+    }
+
+    /// Runs the new steps of a branch through its alert detector, in step order.
+    fn judge(&mut self, run: &runs::RunRow, branch: u32, fresh: &[StepRecord]) -> Vec<Alert> {
+        if self.detectors.len() > MAX_DETECTORS {
+            self.detectors.clear();
+        }
+        let detector = self.detectors.entry((run.id, branch)).or_insert_with(|| {
+            let config = serde_json::from_str(&run.config).unwrap_or_default();
+            let set = run
+                .thresholds
+                .as_deref()
+                .and_then(|t| serde_json::from_str(t).ok());
+            Detector::new(set.unwrap_or_else(|| Thresholds::from_config(&config)))
+        });
+        let mut ordered: Vec<&StepRecord> = fresh.iter().collect();
+        ordered.sort_by_key(|r| r.step);
+        ordered
+            .into_iter()
+            .flat_map(|r| detector.observe(r))
+            .collect()
+    }
+
+    /// The series of one step as (series id, values), registering new series on first sight.
+    async fn entries(
+        &mut self,
+        tx: &mut SqliteConnection,
+        run_id: i64,
+        record: &StepRecord,
+    ) -> StoreResult<Vec<(u32, Vec<f64>)>> {
+        let mut out = Vec::with_capacity(record.scalars.len() + record.layers.len() + 2);
+        let mut implicit = Vec::new();
+        if let Some(time) = record.time {
+            implicit.push(("time", time));
+        }
+        if let Some(tokens) = record.tokens {
+            implicit.push(("tokens", tokens as f64));
+        }
+        let scalars = record.scalars.iter().map(|(k, v)| (k.as_str(), v.get()));
+        for (name, value) in implicit.into_iter().chain(scalars) {
+            let id = self.series_id(tx, run_id, false, name, 1).await?;
+            out.push((id, vec![value]));
+        }
+        for (name, values) in &record.layers {
+            let id = self.series_id(tx, run_id, true, name, values.len()).await?;
+            out.push((id, values.iter().map(|v| v.get()).collect()));
+        }
+        Ok(out)
+    }
+
+    async fn series_id(
+        &mut self,
+        tx: &mut SqliteConnection,
+        run_id: i64,
+        layer: bool,
+        name: &str,
+        width: usize,
+    ) -> StoreResult<u32> {
+        let map = match self.series.entry(run_id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let known = runs::series_of(&mut *tx, run_id).await?;
+                let map = known
+                    .into_iter()
+                    .map(|s| ((s.layer, s.name), (s.id, s.width)));
+                e.insert(map.collect())
+            }
+        };
+        if let Some(&(id, known_width)) = map.get(&(layer, name.to_owned())) {
+            if known_width != width {
+                return Err(StoreError::Invalid(format!(
+                    "`{name}` has {width} values where earlier steps had {known_width}"
+                )));
+            }
+            return Ok(id);
+        }
+        let id = map.len() as u32;
+        sqlx::query("INSERT INTO series (run_id, id, kind, name, width) VALUES (?, ?, ?, ?, ?)")
+            .bind(run_id)
+            .bind(id)
+            .bind(if layer { "layer" } else { "scalar" })
+            .bind(name)
+            .bind(width as i64)
+            .execute(&mut *tx)
+            .await?;
+        map.insert((layer, name.to_owned()), (id, width));
+        Ok(id)
+    }
+
+    /// Updates the run's row after new steps: newest step, loss, tokens, life signs.
+    async fn note_steps(
+        &mut self,
+        tx: &mut SqliteConnection,
+        run: &runs::RunRow,
+        branch: u32,
+        fresh: &[StepRecord],
+    ) -> StoreResult<()> {
+        // Steps of an abandoned branch (a late re-send) do not move the run's newest step.
+        let live = branch >= run.branch;
+        let newest = fresh.iter().filter(|_| live).max_by_key(|r| r.step);
+        let (mut last_step, mut last_loss, mut tokens) = (run.last_step, run.last_loss, run.tokens);
+        if let Some(r) = newest
+            && last_step.is_none_or(|s| r.step >= s || branch > run.branch)
+        {
+            last_step = Some(r.step);
+            if let Some(loss) = r.scalars.get("loss") {
+                last_loss = Some(loss.get());
+            }
+            tokens = r.tokens.or(tokens);
+        }
+        let t = now();
+        sqlx::query(
+            "UPDATE runs SET last_step = ?, last_loss = ?, tokens = ?, steps = steps + ?, seq = ?,
+             updated_at = ?, seen_at = ? WHERE id = ?",
+        )
+        .bind(last_step.map(|s| s as i64))
+        .bind(last_loss.map(codec::f64_blob))
+        .bind(tokens.map(|t| t as i64))
+        .bind(fresh.len() as i64)
+        .bind(self.cursor.seq)
+        .bind(t)
+        .bind(t)
+        .bind(run.id)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+}
+
+pub(super) async fn create_run(tx: &mut SqliteConnection, spec: &RunSpec) -> StoreResult<i64> {
+    let t = now();
+    let id = sqlx::query(
+        "INSERT INTO runs (name, grp, variant, tags, config, layers, ranks, status, created_at, updated_at, seen_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)",
+    )
+    .bind(&spec.name)
+    .bind(&spec.group)
+    .bind(&spec.variant)
+    .bind(serde_json::to_string(&spec.tags).map_err(anyhow::Error::from)?)
+    .bind(spec.config.to_string())
+    .bind(spec.layers)
+    .bind(spec.ranks)
+    .bind(t)
+    .bind(t)
+    .bind(t)
+    .execute(&mut *tx)
+    .await?
+    .last_insert_rowid();
+    sqlx::query("INSERT INTO branches (run_id, branch, created_at) VALUES (?, 0, ?)")
+        .bind(id)
+        .bind(t)
+        .execute(&mut *tx)
+        .await?;
+    Ok(id)
+}
+
+/// The branch a batch goes to. Naming the branch after the live one starts it (a rewind):
+/// it forks from its parent just before the batch's first step.
+async fn resolve_branch(
+    tx: &mut SqliteConnection,
+    run: &runs::RunRow,
+    batch: &IngestBatch,
+) -> StoreResult<u32> {
+    let Some(branch) = batch.branch else {
+        return Ok(run.branch);
+    };
+    if branch <= run.branch {
+        return Ok(branch);
+    }
+    if branch != run.branch + 1 {
+        return Err(StoreError::Conflict(format!(
+            "branch {branch} does not exist; the live branch is {}",
+            run.branch
+        )));
+    }
+    let first = batch.steps.iter().map(|s| s.step).min().unwrap_or(0);
+    sqlx::query(
+        "INSERT INTO branches (run_id, branch, parent, fork_step, created_at) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(run.id)
+    .bind(branch)
+    .bind(run.branch)
+    .bind(first.checked_sub(1).map(|s| s as i64))
+    .bind(now())
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE runs SET branch = ? WHERE id = ?")
+        .bind(branch)
+        .bind(run.id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(branch)
+}
+
+/// Inserts raw step rows (step, seq, blob), many per statement.
+async fn insert_steps(
+    tx: &mut SqliteConnection,
+    run_id: i64,
+    branch: u32,
+    rows: Vec<(i64, i64, Vec<u8>)>,
+) -> StoreResult<()> {
+    for chunk in rows.chunks(150) {
+        let mut q =
+            QueryBuilder::<Sqlite>::new("INSERT INTO steps (run_id, branch, step, seq, data) ");
+        q.push_values(chunk, |mut b, (step, seq, data)| {
+            b.push_bind(run_id)
+                .push_bind(branch)
+                .push_bind(*step)
+                .push_bind(*seq)
+                .push_bind(data.as_slice());
+        });
+        q.build().execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
+async fn existing_steps(
+    tx: &mut SqliteConnection,
+    run_id: i64,
+    branch: u32,
+    steps: &[StepRecord],
+) -> StoreResult<HashSet<u64>> {
+    let (Some(lo), Some(hi)) = (
+        steps.iter().map(|s| s.step).min(),
+        steps.iter().map(|s| s.step).max(),
+    ) else {
+        return Ok(HashSet::new());
+    };
+    let rows: Vec<(i64,)> = sqlx::query_as(
+        "SELECT step FROM steps WHERE run_id = ? AND branch = ? AND step BETWEEN ? AND ?",
+    )
+    .bind(run_id)
+    .bind(branch)
+    .bind(lo as i64)
+    .bind(hi as i64)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(rows.into_iter().map(|(s,)| s as u64).collect())
+}
