@@ -1,5 +1,6 @@
 //! `keel ablate`: one grid file (a base config plus named variants) becomes one run per
-//! variant, all in one group, trained `--parallel` at a time against a server.
+//! variant, all in one group, trained `--parallel` at a time against a server — or, with
+//! `--slurm`, submitted as one SLURM job each ([`crate::slurm`]).
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,8 @@ pub struct AblateArgs {
     /// `cpu` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     device: String,
+    #[command(flatten)]
+    slurm: crate::slurm::SlurmArgs,
 }
 
 /// What one variant's run came to.
@@ -39,6 +42,25 @@ pub fn run(args: AblateArgs) -> anyhow::Result<()> {
     let variants = keel_trainer::load_grid(&args.grid)
         .with_context(|| format!("loading the grid {}", args.grid.display()))?;
     let group = group_name(&args.grid);
+    if args.slurm.slurm {
+        eprintln!(
+            "{} variants of {} in group {group}, one SLURM job each",
+            variants.len(),
+            args.grid.display()
+        );
+        return crate::slurm::run(
+            &args.slurm,
+            crate::slurm::Submission {
+                grid: &args.grid,
+                variants: variants.into_iter().map(|(v, _)| v).collect(),
+                group: &group,
+                server: &args.server,
+                token: &args.token,
+                steps: args.steps,
+                device: &args.device,
+            },
+        );
+    }
     eprintln!(
         "{} variants of {} in group {group}, {} at a time",
         variants.len(),

@@ -6,6 +6,7 @@ mod bench;
 mod configs;
 mod demo;
 mod launch;
+mod slurm;
 mod sync;
 mod tensorboard;
 mod train;
