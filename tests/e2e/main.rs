@@ -11,6 +11,7 @@ mod harness;
 mod launch;
 mod outbox;
 mod python;
+mod slurm;
 mod tensorboard;
 mod training;
 // The server's WebDriver client, shared rather than copied; not every method is used here.
