@@ -39,7 +39,12 @@ pub struct SlurmArgs {
     #[arg(long, requires = "slurm")]
     pub mem: Option<String>,
     /// Another `sbatch` argument, as one word (`--sbatch-arg=--qos=high`); repeatable.
-    #[arg(long = "sbatch-arg", value_name = "ARG", requires = "slurm", allow_hyphen_values = true)]
+    #[arg(
+        long = "sbatch-arg",
+        value_name = "ARG",
+        requires = "slurm",
+        allow_hyphen_values = true
+    )]
     pub extra: Vec<String>,
     /// Where the jobs' output goes: `<dir>/<variant>-<job id>.out`.
     #[arg(long, default_value = "slurm-logs", requires = "slurm")]
@@ -96,7 +101,10 @@ pub fn run(args: &SlurmArgs, s: Submission<'_>) -> anyhow::Result<()> {
                     if cancelled.is_empty() {
                         String::new()
                     } else {
-                        format!("; cancelled the jobs already submitted: {}", cancelled.join(", "))
+                        format!(
+                            "; cancelled the jobs already submitted: {}",
+                            cancelled.join(", ")
+                        )
                     }
                 );
             }
@@ -130,7 +138,12 @@ fn which(program: &str) -> anyhow::Result<()> {
 }
 
 /// `sbatch` for one variant; the job id, or the scheduler's message.
-fn submit(args: &SlurmArgs, s: &Submission<'_>, keel: &Path, variant: &str) -> anyhow::Result<String> {
+fn submit(
+    args: &SlurmArgs,
+    s: &Submission<'_>,
+    keel: &Path,
+    variant: &str,
+) -> anyhow::Result<String> {
     let mut train = vec![
         quote(&keel.to_string_lossy()),
         "train".into(),
@@ -191,7 +204,9 @@ fn quote(s: &str) -> String {
 
 /// Polls the scheduler (once a second) and prints each change, until every job has ended.
 fn follow(args: &SlurmArgs, jobs: &mut [Job]) -> anyhow::Result<()> {
-    let stop = crate::train::stop_on_signal("cancelling the jobs: SIGTERM first, so that each checkpoints…")?;
+    let stop = crate::train::stop_on_signal(
+        "cancelling the jobs: SIGTERM first, so that each checkpoints…",
+    )?;
     let mut cancelled_at: Option<Instant> = None;
     loop {
         if stop.load(Ordering::SeqCst) && cancelled_at.is_none() {
@@ -216,7 +231,10 @@ fn follow(args: &SlurmArgs, jobs: &mut [Job]) -> anyhow::Result<()> {
             {
                 j.state = state.clone();
                 j.detail = detail.clone();
-                eprintln!("{:<24} job {:<8} {:<10} {}", j.variant, j.id, j.state, j.detail);
+                eprintln!(
+                    "{:<24} job {:<8} {:<10} {}",
+                    j.variant, j.id, j.state, j.detail
+                );
             }
         }
         if jobs.iter().all(|j| ended(&j.state)) {
@@ -229,14 +247,23 @@ fn follow(args: &SlurmArgs, jobs: &mut [Job]) -> anyhow::Result<()> {
 fn ended(state: &str) -> bool {
     !matches!(
         state,
-        "SUBMITTED" | "PENDING" | "CONFIGURING" | "RUNNING" | "COMPLETING" | "SUSPENDED" | "REQUEUED" | "RESIZING"
+        "SUBMITTED"
+            | "PENDING"
+            | "CONFIGURING"
+            | "RUNNING"
+            | "COMPLETING"
+            | "SUSPENDED"
+            | "REQUEUED"
+            | "RESIZING"
     )
 }
 
 /// Each job's state and what goes with it: the pending reason, the node it runs on, or the
 /// exit code it ended with — from `scontrol show job`, which knows ended jobs for
 /// `MinJobAge` after they end.
-fn states<'a>(ids: impl Iterator<Item = &'a str>) -> anyhow::Result<BTreeMap<String, (String, String)>> {
+fn states<'a>(
+    ids: impl Iterator<Item = &'a str>,
+) -> anyhow::Result<BTreeMap<String, (String, String)>> {
     let mut out = BTreeMap::new();
     for id in ids {
         let o = Command::new("scontrol")
