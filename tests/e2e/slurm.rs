@@ -91,6 +91,14 @@ fn ablate(cluster: &Cluster, dir: &Path, server: &Server, grid: &Path, extra: &[
     c
 }
 
+/// A test cluster, a folder and a keel server; `None` when SLURM tests are skipped.
+fn setup() -> Option<(Cluster, tempfile::TempDir, Server)> {
+    let cluster = Cluster::up()?;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("keel.db"), "127.0.0.1:0".parse().unwrap());
+    Some((cluster, dir, server))
+}
+
 fn runs(server: &Server) -> Vec<serde_json::Value> {
     server.get("/api/v1/runs").as_array().unwrap().clone()
 }
@@ -103,9 +111,9 @@ fn stderr(out: &Output) -> String {
 /// command line.
 #[test]
 fn a_grid_submitted_through_slurm_runs_each_variant_as_a_job() {
-    let Some(cluster) = Cluster::up() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("keel.db"), "127.0.0.1:0".parse().unwrap());
+    let Some((cluster, dir, server)) = setup() else {
+        return;
+    };
     let out = ablate(
         &cluster,
         dir.path(),
@@ -143,9 +151,9 @@ fn a_grid_submitted_through_slurm_runs_each_variant_as_a_job() {
 /// Ctrl-C cancels the jobs with SIGTERM first: each trainer checkpoints and stops.
 #[test]
 fn cancelling_slurm_jobs_stops_each_trainer_with_a_checkpoint() {
-    let Some(cluster) = Cluster::up() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("keel.db"), "127.0.0.1:0".parse().unwrap());
+    let Some((cluster, dir, server)) = setup() else {
+        return;
+    };
     let mut child = ablate(
         &cluster,
         dir.path(),
@@ -212,9 +220,9 @@ fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<std::pr
 /// A job the scheduler refuses says why, and nothing is left submitted.
 #[test]
 fn a_grid_the_scheduler_refuses_says_why_and_leaves_no_job() {
-    let Some(cluster) = Cluster::up() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("keel.db"), "127.0.0.1:0".parse().unwrap());
+    let Some((cluster, dir, server)) = setup() else {
+        return;
+    };
     let out = ablate(
         &cluster,
         dir.path(),
