@@ -40,8 +40,6 @@ use crate::webhooks::{self, Notice, Notifier, RunRef};
 const MAX_OPS: usize = 256;
 /// Runs whose alert state is kept in memory before it is emptied (it re-learns as steps come).
 const MAX_DETECTORS: usize = 10_000;
-/// Tail buckets kept in memory before the cache is emptied (it refills from the table).
-const MAX_TAILS: usize = 50_000;
 
 /// A new alert or other event.
 #[derive(Clone, Debug)]
@@ -102,7 +100,6 @@ impl<T: Send> Finish for Answer<T> {
 }
 
 type SeriesKey = (bool, String);
-type TailKey = (i64, u32, u32, u64);
 
 struct Writer {
     changes: mpsc::UnboundedSender<Change>,
@@ -110,7 +107,7 @@ struct Writer {
     /// Per run: (is_layer, name) → (series id, width).
     series: HashMap<i64, HashMap<SeriesKey, (u32, usize)>>,
     /// The newest bucket of each (run, branch, series, level), as last written.
-    tails: HashMap<TailKey, (u64, Summary)>,
+    tails: summaries::Tails,
     /// Alert detectors of each (run, branch) that receives steps.
     detectors: HashMap<(i64, u32), Detector>,
     notifier: Arc<OnceLock<Notifier>>,
@@ -135,7 +132,7 @@ pub async fn spawn(
         changes,
         cursor: Cursor { seq, event },
         series: HashMap::new(),
-        tails: HashMap::new(),
+        tails: summaries::Tails::default(),
         detectors: HashMap::new(),
         notifier,
         notices: Vec::new(),
