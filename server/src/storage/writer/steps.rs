@@ -13,18 +13,36 @@ impl Writer {
     ) -> StoreResult<IngestReply> {
         let run = runs::run_row(&mut *tx, run_id).await?;
         let branch = resolve_branch(tx, &run, &batch).await?;
-        let existing = existing_steps(tx, run_id, branch, &batch.steps).await?;
-        let mut fresh: Vec<StepRecord> = Vec::with_capacity(batch.steps.len());
-        let mut seen = HashSet::with_capacity(batch.steps.len());
         let total = batch.steps.len() as u64;
-        for record in batch.steps {
-            if !existing.contains(&record.step) && seen.insert(record.step) {
-                fresh.push(record);
-            }
+        let fresh = fresh_steps(tx, run_id, branch, batch.steps).await?;
+        self.store_steps(tx, run_id, branch, &fresh).await?;
+        self.note_steps(tx, &run, branch, &fresh).await?;
+        if run.status == RunStatus::Lost && !fresh.is_empty() {
+            let back = Some("the trainer is sending steps again".to_owned());
+            self.set_status(tx, run_id, RunStatus::Running, back, changes)
+                .await?;
         }
+        let reply = IngestReply {
+            accepted: fresh.len() as u64,
+            duplicates: total - fresh.len() as u64,
+            branch,
+        };
+        self.publish_steps(tx, &run, branch, fresh, changes).await?;
+        Ok(reply)
+    }
+
+    /// Writes the steps, each with the next arrival number, and every summary bucket they
+    /// fall in at every level, merged with what the bucket held.
+    async fn store_steps(
+        &mut self,
+        tx: &mut SqliteConnection,
+        run_id: i64,
+        branch: u32,
+        fresh: &[StepRecord],
+    ) -> StoreResult<()> {
         let mut dirty: HashMap<(u32, u64, u64), Summary> = HashMap::new();
         let mut rows = Vec::with_capacity(fresh.len());
-        for record in &fresh {
+        for record in fresh {
             self.cursor.seq += 1;
             let entries = self.entries(tx, run_id, record).await?;
             let mut blob = Vec::with_capacity(entries.iter().map(|e| 8 + 8 * e.1.len()).sum());
@@ -49,30 +67,30 @@ impl Writer {
             rows.push((record.step as i64, self.cursor.seq, blob));
         }
         insert_steps(tx, run_id, branch, rows).await?;
-        self.write_buckets(tx, run_id, branch, dirty).await?;
-        self.note_steps(tx, &run, branch, &fresh).await?;
-        if run.status == RunStatus::Lost && !fresh.is_empty() {
-            let back = Some("the trainer is sending steps again".to_owned());
-            self.set_status(tx, run_id, RunStatus::Running, back, changes)
-                .await?;
-        }
-        let reply = IngestReply {
-            accepted: fresh.len() as u64,
-            duplicates: total - fresh.len() as u64,
-            branch,
-        };
-        let alerts = self.judge(&run, branch, &fresh);
+        self.write_buckets(tx, run_id, branch, dirty).await
+    }
+
+    /// The stored steps go out on the live channel, then the alerts they raised.
+    async fn publish_steps(
+        &mut self,
+        tx: &mut SqliteConnection,
+        run: &runs::RunRow,
+        branch: u32,
+        fresh: Vec<StepRecord>,
+        changes: &mut Vec<Change>,
+    ) -> StoreResult<()> {
+        let alerts = self.judge(run, branch, &fresh);
         if !fresh.is_empty() {
             let message = LiveMessage::Steps {
                 branch,
                 steps: fresh,
             };
-            changes.push(self.change(run_id, message));
+            changes.push(self.change(run.id, message));
         }
         // Alerts follow the steps they are about, on the live channel too.
         for a in alerts {
             let event = NewEvent {
-                run_id,
+                run_id: run.id,
                 kind: "alert".into(),
                 name: a.name.into(),
                 severity: a.severity,
@@ -81,7 +99,7 @@ impl Writer {
             };
             self.add_event(tx, event, a.size, changes).await?;
         }
-        Ok(reply)
+        Ok(())
     }
 
     /// Runs the new steps of a branch through its alert detector, in step order.
@@ -296,6 +314,21 @@ async fn insert_steps(
         q.build().execute(&mut *tx).await?;
     }
     Ok(())
+}
+
+/// The steps of a batch not stored on the branch yet, each once (the first of the batch wins).
+async fn fresh_steps(
+    tx: &mut SqliteConnection,
+    run_id: i64,
+    branch: u32,
+    steps: Vec<StepRecord>,
+) -> StoreResult<Vec<StepRecord>> {
+    let existing = existing_steps(tx, run_id, branch, &steps).await?;
+    let mut seen = HashSet::with_capacity(steps.len());
+    Ok(steps
+        .into_iter()
+        .filter(|r| !existing.contains(&r.step) && seen.insert(r.step))
+        .collect())
 }
 
 async fn existing_steps(
