@@ -66,8 +66,10 @@ class Sender:
         self._calls: list[Call] = []
         self._spool_path = folder / f"spool-{key}.jsonl"
         self._meta_path = folder / f"spool-{key}.json"
-        self._spool_at = 0  # records of the spool already sent
+        self._spool_at = 0  # records of the spool already sent…
+        self._spool_pos = 0  # …and the byte where the first unsent one starts
         self._spooled = 0
+        self._meta_run: Any = ()  # the run id the meta file was last written with
         self._backoff = 0.0
         self._retry_at = 0.0
         self._deadline = 0.0
@@ -184,6 +186,8 @@ class Sender:
         self.run_id = int(answer["id"])
         self.layers, self.ranks = spec["layers"], spec.get("ranks")
         self.created.set()
+        if self._spooled > self._spool_at:
+            self._write_meta()
         return True
 
     def _try_send(self, records: list[tuple[int, dict]]) -> bool:
@@ -226,19 +230,25 @@ class Sender:
 
     def _drain(self) -> None:
         """Replays the spool in order, then makes the waiting calls."""
-        if self._spooled > self._spool_at:
-            with open(self._spool_path, encoding="utf-8") as f:
-                lines = f.readlines()[self._spool_at :]
-            for at in range(0, len(lines), MAX_BATCH):
-                chunk = [json.loads(line) for line in lines[at : at + MAX_BATCH]]
-                records = [(c["branch"], c["record"]) for c in chunk]
-                if not self._try_send(records):
-                    self._spool_at += len(chunk) - len(records)
-                    return
-                self._spool_at += len(chunk)
+        while self._spooled > self._spool_at:
+            # From where the last replay stopped: a long outage's spool is not read again
+            # from its start at every retry.
+            with open(self._spool_path, "rb") as f:
+                f.seek(self._spool_pos)
+                lines = [f.readline() for _ in range(min(MAX_BATCH, self._spooled - self._spool_at))]
+            records = [(c["branch"], c["record"]) for c in map(json.loads, lines)]
+            total = len(records)
+            sent_all = self._try_send(records)
+            sent = total if sent_all else total - len(records)
+            self._spool_at += sent
+            self._spool_pos += sum(len(line) for line in lines[:sent])
+            if not sent_all:
+                return
+        if self._spooled:
             self._spool_path.unlink(missing_ok=True)
             self._meta_path.unlink(missing_ok=True)
-            self._spool_at = self._spooled = 0
+            self._spool_at = self._spooled = self._spool_pos = 0
+            self._meta_run = ()
         while self._calls:
             call = self._calls[0]
             if not self._ensure_run():
@@ -262,15 +272,21 @@ class Sender:
 
     def _spool(self, records: list[tuple[int, dict]]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        # What `python -m keel sync` needs to send the spool from another process.
-        meta = {"server": self.client.server, "run_id": self.run_id, "spec": self.spec()}
-        self._meta_path.write_text(json.dumps(meta, allow_nan=False))
+        self._write_meta()
         with open(self._spool_path, "a", encoding="utf-8") as f:
             for branch, record in records:
                 f.write(json.dumps({"branch": branch, "record": record}, allow_nan=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
         self._spooled += len(records)
+
+    def _write_meta(self) -> None:
+        """What `python -m keel sync` needs to send the spool from another process: written
+        when the spool starts, and again once the run has its id."""
+        if self._meta_run != self.run_id:
+            meta = {"server": self.client.server, "run_id": self.run_id, "spec": self.spec()}
+            self._meta_path.write_text(json.dumps(meta, allow_nan=False))
+            self._meta_run = self.run_id
 
     def _dead_path(self) -> Path:
         return self.folder / f"refused-run-{self.run_id if self.run_id is not None else self.key}.jsonl"
