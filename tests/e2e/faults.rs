@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Process, TOKEN, free_addr, spawn_training, tiny, wait_for};
+use crate::harness::{Process, TOKEN, free_addr, spawn_training, steps_of, tiny, wait_for};
 
 fn stored(server: &Process, run: i64) -> u64 {
     server.get(&format!("/api/v1/runs/{run}"))["steps"]
@@ -65,12 +65,7 @@ fn a_trainer_survives_its_server_killed_three_times_and_nothing_is_lost_or_doubl
 
     // Every step exactly once, on the one branch.
     let loss = server.get(&format!("/api/v1/runs/{run}/scalars/loss?points=100000"));
-    let steps: Vec<u64> = loss["step"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_u64().unwrap())
-        .collect();
+    let steps = steps_of(&loss);
     let first = steps[0];
     assert_eq!(steps, (first..first + total).collect::<Vec<_>>());
     assert_eq!(stored(&server, run), total);

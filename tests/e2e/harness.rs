@@ -148,6 +148,16 @@ pub fn steps_stored(server: &Server, run: i64) -> u64 {
         .unwrap_or(0)
 }
 
+/// The `step` column of a series answer.
+pub fn steps_of(answer: &Value) -> Vec<u64> {
+    answer["step"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_u64().unwrap())
+        .collect()
+}
+
 /// Lets what the link already queued arrive, then checks that the step count stands still.
 pub fn assert_no_steps_while_paused(server: &Server, run: i64) {
     std::thread::sleep(Duration::from_millis(1500));

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{
     Process, Server, TOKEN, assert_no_steps_while_paused, assert_summaries_exact, free_addr,
-    wait_for,
+    steps_of, wait_for,
 };
 
 fn root() -> PathBuf {
@@ -730,12 +730,7 @@ fn a_pytorch_run_whose_server_is_killed_mid_run_loses_no_step() {
         String::from_utf8_lossy(&out.stderr)
     );
     let loss = server.get("/api/v1/runs/1/scalars/loss?points=100000");
-    let steps: Vec<u64> = loss["step"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_u64().unwrap())
-        .collect();
+    let steps = steps_of(&loss);
     assert_eq!(steps, (0..300).collect::<Vec<_>>());
     assert_eq!(server.get("/api/v1/runs/1")["status"], "finished");
     server.kill();
