@@ -24,9 +24,9 @@ pub struct AblateArgs {
     /// Variants trained at the same time.
     #[arg(long, default_value_t = 1)]
     parallel: usize,
-    /// `cpu` or `cuda:N`.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    /// `cpu` or `cuda:N` (default: the grid's `[launch] device`, else cpu).
+    #[arg(long)]
+    device: Option<String>,
     #[command(flatten)]
     slurm: crate::slurm::SlurmArgs,
 }
@@ -42,6 +42,16 @@ pub fn run(args: AblateArgs) -> anyhow::Result<()> {
     let variants = keel_trainer::load_grid(&args.grid)
         .with_context(|| format!("loading the grid {}", args.grid.display()))?;
     let group = group_name(&args.grid);
+    let launch = crate::launch::GridLaunch::of(&args.grid)
+        .with_context(|| format!("loading the grid {}", args.grid.display()))?;
+    let device = args
+        .device
+        .clone()
+        .or(launch.device)
+        .unwrap_or_else(|| "cpu".into());
+    if !args.slurm.slurm {
+        args.slurm.sbatch.unused("--slurm")?;
+    }
     if args.slurm.slurm {
         eprintln!(
             "{} variants of {} in group {group}, one SLURM job each",
@@ -57,7 +67,8 @@ pub fn run(args: AblateArgs) -> anyhow::Result<()> {
                 server: &args.server,
                 token: &args.token,
                 steps: args.steps,
-                device: &args.device,
+                device: &device,
+                options: launch.slurm,
             },
         );
     }
@@ -76,7 +87,7 @@ pub fn run(args: AblateArgs) -> anyhow::Result<()> {
             let (server, token, device, group) = (
                 args.server.clone(),
                 args.token.clone(),
-                args.device.clone(),
+                device.clone(),
                 group.clone(),
             );
             let steps = args.steps;

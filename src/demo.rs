@@ -17,7 +17,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let (token, made) = crate::token_or_new(args.token)?;
     let mut config = keel_server::Config::new(args.db, token.clone());
     config.addr = args.addr;
-    config.launch = crate::launch::config(args.grids, args.max_trainers)?;
+    config.launch = crate::launch::config(
+        args.grids,
+        args.max_trainers,
+        keel_server::launches::Engine::Local,
+    )?;
     let notices = config.notices.clone();
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await

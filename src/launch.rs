@@ -4,12 +4,47 @@
 //! train --grid … --variant …`, so a launch from the browser trains exactly what `keel ablate`
 //! would. The server knows none of this; it gets it from here.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use keel_server::launches::{Job, LaunchConfig, Launcher, grids};
+use keel_server::launches::sbatch::SbatchOptions;
+use keel_server::launches::{Engine, Job, LaunchConfig, Launcher, grids};
 use keel_trainer::config::builtin;
+use serde::Deserialize;
+
+/// A grid's `[launch]` table: how its trainers are launched, beside what they train.
+///
+/// ```toml
+/// [launch]
+/// device = "cuda:0"        # what each trainer trains on (default cpu)
+/// [launch.slurm]           # sbatch options of its jobs, over the server's or keel ablate's
+/// partition = "gpu"
+/// gres = "gpu:1"
+/// time = "4:00:00"
+/// cpus = 8
+/// mem = "32G"
+/// account = "proxy"
+/// args = ["--qos=high"]
+/// ```
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GridLaunch {
+    pub device: Option<String>,
+    pub slurm: SbatchOptions,
+}
+
+impl GridLaunch {
+    /// The `[launch]` table of grid `spec` (a built-in name or a file).
+    pub fn of(spec: &Path) -> anyhow::Result<GridLaunch> {
+        let table = keel_trainer::load_launch(spec)?;
+        let launch: GridLaunch = toml::Value::Table(table)
+            .try_into()
+            .context("its [launch] table")?;
+        launch.slurm.check().context("its [launch.slurm] table")?;
+        Ok(launch)
+    }
+}
 
 struct KeelLauncher {
     exe: PathBuf,
@@ -43,8 +78,14 @@ impl Launcher for KeelLauncher {
     }
 
     fn variants(&self, grid: &str) -> anyhow::Result<Vec<String>> {
-        let variants = keel_trainer::load_grid(&self.spec(grid))?;
+        let spec = self.spec(grid);
+        let variants = keel_trainer::load_grid(&spec)?;
+        GridLaunch::of(&spec)?;
         Ok(variants.into_iter().map(|(name, _)| name).collect())
+    }
+
+    fn sbatch_options(&self, grid: &str) -> anyhow::Result<SbatchOptions> {
+        Ok(GridLaunch::of(&self.spec(grid))?.slurm)
     }
 
     fn source(&self) -> String {
@@ -59,18 +100,23 @@ impl Launcher for KeelLauncher {
 
     /// The token is not here: the server hands it over in the environment.
     fn command(&self, job: &Job) -> std::process::Command {
+        let spec = self.spec(&job.grid);
         let mut cmd = std::process::Command::new(&self.exe);
         cmd.arg("train")
             .arg("--server")
             .arg(&job.server)
             .arg("--grid")
-            .arg(self.spec(&job.grid))
+            .arg(&spec)
             .arg("--variant")
             .arg(&job.variant)
             .arg("--group")
             .arg(&job.group);
         if let Some(steps) = job.steps {
             cmd.arg("--steps").arg(steps.to_string());
+        }
+        // Checked when the grid was launched; a table broken since then trains on the CPU.
+        if let Some(device) = GridLaunch::of(&spec).ok().and_then(|l| l.device) {
+            cmd.arg("--device").arg(device);
         }
         // candle's thread settings that train fastest beside other work (the server, other
         // trainers); a user's own settings, inherited from the server, win.
@@ -81,9 +127,13 @@ impl Launcher for KeelLauncher {
     }
 }
 
-/// Launching the built-in grids and those of the folder `grids`, `max_trainers` trainers at a
-/// time; `None` (off) for a limit of 0.
-pub fn config(grids: Option<PathBuf>, max_trainers: usize) -> anyhow::Result<Option<LaunchConfig>> {
+/// Launching the built-in grids and those of the folder `grids` on `engine`, locally
+/// `max_trainers` trainers at a time; `None` (off) for a limit of 0.
+pub fn config(
+    grids: Option<PathBuf>,
+    max_trainers: usize,
+    engine: Engine,
+) -> anyhow::Result<Option<LaunchConfig>> {
     if max_trainers == 0 {
         return Ok(None);
     }
@@ -94,6 +144,7 @@ pub fn config(grids: Option<PathBuf>, max_trainers: usize) -> anyhow::Result<Opt
     let launcher = KeelLauncher { exe, folder: grids };
     let mut config = LaunchConfig::new(Arc::new(launcher));
     config.max_trainers = max_trainers;
+    config.engine = engine;
     Ok(Some(config))
 }
 
@@ -178,6 +229,46 @@ mod tests {
         assert_eq!(both.variants("stability").unwrap(), ["only"]);
         assert!(both.spec("mine").is_absolute());
         assert_eq!(both.spec("yulan-ladder"), PathBuf::from("yulan-ladder"));
-        assert!(config(Some(dir.path().join("missing")), 1).is_err());
+        assert!(config(Some(dir.path().join("missing")), 1, Engine::Local).is_err());
+    }
+
+    #[test]
+    fn a_grids_launch_table_sets_its_device_and_sbatch_options_and_no_variants_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let grid = "base = \"proxy-tiny\"\n[variants.a]\noptim.lr = 0.01\n\
+                    [launch]\ndevice = \"cuda:0\"\n\
+                    [launch.slurm]\npartition = \"gpu\"\ngres = \"gpu:1\"\ncpus = 4\n\
+                    args = [\"--qos=high\"]\n";
+        std::fs::write(dir.path().join("g.toml"), grid).unwrap();
+        let launcher = KeelLauncher {
+            exe: PathBuf::from("/bin/keel"),
+            folder: Some(dir.path().to_owned()),
+        };
+        assert_eq!(launcher.variants("g").unwrap(), ["a"]);
+        let options = launcher.sbatch_options("g").unwrap();
+        assert_eq!(options.partition.as_deref(), Some("gpu"));
+        assert_eq!(options.gres.as_deref(), Some("gpu:1"));
+        assert_eq!(options.cpus, Some(4));
+        assert_eq!(options.args, ["--qos=high"]);
+        let job = Job {
+            grid: "g".into(),
+            variant: "a".into(),
+            group: "g-1".into(),
+            steps: None,
+            server: "http://127.0.0.1:8080".into(),
+        };
+        let cmd = launcher.command(&job);
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(args[args.len() - 2..], ["--device", "cuda:0"]);
+
+        // A key the table does not know is an error that names it, and the grid does not load.
+        let bad = grid.replace("cpus = 4", "cpu = 4");
+        std::fs::write(dir.path().join("g.toml"), bad).unwrap();
+        let err = format!("{:#}", launcher.variants("g").unwrap_err());
+        assert!(err.contains("[launch]") && err.contains("cpu"), "{err}");
+        let bad = grid.replace("args = [\"--qos=high\"]", "args = [\"high\"]");
+        std::fs::write(dir.path().join("g.toml"), bad).unwrap();
+        let err = format!("{:#}", launcher.variants("g").unwrap_err());
+        assert!(err.contains("not an option"), "{err}");
     }
 }

@@ -98,14 +98,52 @@ struct ServeArgs {
     #[arg(long, env = "KEEL_GRIDS")]
     grids: Option<PathBuf>,
     /// Trainer processes the server runs at once for launched grids, over all launches (the
-    /// rest wait in a queue); 0 turns launching from the browser off.
+    /// rest wait in a queue); 0 turns launching from the browser off. Under SLURM the
+    /// scheduler decides instead.
     #[arg(long, env = "KEEL_MAX_TRAINERS", default_value_t = 1)]
     max_trainers: usize,
+    /// Where launched variants train: `local` (child processes of this server) or `slurm`
+    /// (one batch job each, through sbatch).
+    #[arg(long, env = "KEEL_LAUNCHER", value_enum, default_value_t = LauncherKind::Local)]
+    launcher: LauncherKind,
+    #[command(flatten)]
+    sbatch: slurm::SbatchArgs,
+    /// With --launcher slurm: the folder the jobs write their output to, which the compute
+    /// nodes can write and this server can read (a shared filesystem on a real cluster).
+    #[arg(long, env = "KEEL_SLURM_LOGS", default_value = "slurm-logs")]
+    slurm_logs: PathBuf,
+    /// With --launcher slurm: seconds between polls of the jobs' states (one squeue call).
+    #[arg(long, default_value_t = 2.0)]
+    slurm_poll: f64,
+    /// The server's URL as trainers on other machines and webhook receivers reach it (e.g.
+    /// http://head-node:8080); the listening address when unset.
+    #[arg(long, env = "KEEL_PUBLIC_URL", value_parser = public_url)]
+    public_url: Option<String>,
     /// A webhook that gets incidents as they open and rule firings, as JSON that
     /// Slack-compatible receivers take (`{"text": …}`); repeat for more. Runs add their own
     /// in their config's `alerts.webhooks`.
     #[arg(long = "webhook", value_name = "URL", value_parser = webhook_url)]
     webhooks: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LauncherKind {
+    Local,
+    Slurm,
+}
+
+fn public_url(s: &str) -> Result<String, String> {
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+        .ok_or_else(|| format!("`{s}` is not an http:// or https:// URL"))?;
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty() || rest.contains(['?', '#']) || rest.contains(char::is_whitespace) {
+        return Err(format!(
+            "`{s}` is not a server's base URL (http://host:port)"
+        ));
+    }
+    Ok(s.trim_end_matches('/').to_owned())
 }
 
 fn webhook_url(s: &str) -> Result<String, String> {
@@ -307,7 +345,37 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.secure_cookie = args.secure_cookie;
     config.webhooks = args.webhooks;
     config.static_dir = args.static_dir;
-    config.launch = launch::config(args.grids, args.max_trainers)?;
+    config.public_url = args.public_url;
+    let engine = match args.launcher {
+        LauncherKind::Local => {
+            args.sbatch.unused("--launcher slurm")?;
+            keel_server::launches::Engine::Local
+        }
+        LauncherKind::Slurm => {
+            anyhow::ensure!(
+                args.max_trainers > 0,
+                "--launcher slurm launches grids: it cannot go with --max-trainers 0"
+            );
+            anyhow::ensure!(
+                args.slurm_poll.is_finite() && (0.1..=600.0).contains(&args.slurm_poll),
+                "--slurm-poll must be between 0.1 and 600 seconds"
+            );
+            keel_server::launches::sbatch::check_installed()?;
+            if config.public_url.is_none() && args.addr.ip().is_loopback() {
+                eprintln!(
+                    "note: trainers launched through SLURM stream to {}, which only this \
+                     machine reaches; on a cluster, listen on another address or set --public-url",
+                    args.addr
+                );
+            }
+            keel_server::launches::Engine::Slurm(keel_server::launches::SlurmConfig {
+                options: args.sbatch.options()?,
+                logs: std::path::absolute(&args.slurm_logs).context("the --slurm-logs folder")?,
+                poll_every: std::time::Duration::from_secs_f64(args.slurm_poll),
+            })
+        }
+    };
+    config.launch = launch::config(args.grids, args.max_trainers, engine)?;
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("listening on {}", config.addr))?;
@@ -317,6 +385,30 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.db.display()
     );
     keel_server::serve(config, listener, shutdown_on_signal()).await
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::public_url;
+
+    #[test]
+    fn a_public_url_is_an_http_base_url() {
+        assert_eq!(public_url("http://head:8080/").unwrap(), "http://head:8080");
+        assert_eq!(
+            public_url("https://keel.lab/keel").unwrap(),
+            "https://keel.lab/keel"
+        );
+        for bad in [
+            "head:8080",
+            "ftp://x",
+            "http://",
+            "http:///x",
+            "http://a b",
+            "http://x?y=1",
+        ] {
+            assert!(public_url(bad).is_err(), "{bad}");
+        }
+    }
 }
 
 #[cfg(test)]

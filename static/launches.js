@@ -1,6 +1,7 @@
 // The launch panel of the runs page: pick a grid of the server's grids folder and launch it,
 // then follow every launch — each variant queued, running (with a link to its run once it has
-// one), finished, failed (with the trainer's last words) or cancelled.
+// one), finished, failed (with the trainer's last words) or cancelled; under SLURM with its
+// job id and the scheduler's word.
 //
 // The launches come from GET /api/v1/launches on every (re)connection of the page's live
 // stream and then from its `launch` events, each the whole record. A record also arrives in
@@ -16,7 +17,9 @@ const SHOWN = 20;
 
 function progress(l) {
   let p = l.cancelled ? 1 : 0;
-  for (const v of l.variants) p += 2 * RANK[v.state] + (v.run_id != null ? 1 : 0);
+  for (const v of l.variants) {
+    p += 4 * RANK[v.state] + (v.run_id != null ? 2 : 0) + (v.cancelled ? 1 : 0);
+  }
   return p;
 }
 
@@ -48,6 +51,8 @@ export class LaunchPanel {
     this.list.addEventListener("click", (e) => {
       const b = e.target.closest("button[data-cancel]");
       if (b) this.cancel(b);
+      const one = e.target.closest("button[data-cancel-variant]");
+      if (one) this.cancelVariant(one);
     });
     if (this.form && this.csrf) this.wireForm();
   }
@@ -122,6 +127,19 @@ export class LaunchPanel {
     }
   }
 
+  async cancelVariant(button) {
+    const l = this.byId.get(Number(button.closest("li[data-launch]").dataset.launch));
+    const name = button.dataset.cancelVariant;
+    if (!l || !window.confirm(`Cancel variant ${name} of ${l.group}? Its trainer stops at its next step.`)) return;
+    button.disabled = true;
+    const reply = await this.post(`/api/v1/launches/${l.id}/variants/${encodeURIComponent(name)}/cancel`);
+    if (reply.ok) this.update(reply.body);
+    else {
+      button.disabled = false;
+      window.alert(reply.error);
+    }
+  }
+
   // A POST with the CSRF token: {ok, body} or {ok: false, error}.
   async post(url, body) {
     try {
@@ -180,14 +198,14 @@ export class LaunchPanel {
       compare,
       cancel,
     );
-    const variants = el("ul", { class: "launch-variants" }, ...l.variants.map((v) => variant(l, v)));
+    const variants = el("ul", { class: "launch-variants" }, ...l.variants.map((v) => variant(l, v, this.csrf)));
     return el("li", { class: "launch-item", "data-launch": String(l.id), "data-active": String(l.active) }, line, variants);
   }
 }
 
-function variant(l, v) {
-  // A running variant of a cancelled launch is on its way out.
-  const shown = v.state === "running" && l.cancelled ? "stopping" : v.state;
+function variant(l, v, csrf) {
+  // A running variant of a cancelled launch, or one cancelled alone, is on its way out.
+  const shown = v.state === "running" && (l.cancelled || v.cancelled) ? "stopping" : v.state;
   const name = v.run_id != null
     ? el("a", { href: `/runs/${v.run_id}`, text: v.name })
     : el("span", { text: v.name });
@@ -202,6 +220,35 @@ function variant(l, v) {
   return el("li", { "data-variant": v.name, "data-state": v.state },
     el("span", { class: "status", "data-status": shown, text: shown }),
     name,
+    job(v),
     why,
+    cancelOne(l, v, csrf),
   );
+}
+
+// The button that cancels this variant alone, while it is queued or running.
+function cancelOne(l, v, csrf) {
+  if (!csrf || l.cancelled || RANK[v.state] === 3) return null;
+  const b = el("button", {
+    type: "button",
+    class: "mini",
+    "data-cancel-variant": v.name,
+    title: `cancel ${v.name} alone`,
+    text: v.cancelled ? "cancelling…" : "cancel",
+  });
+  b.disabled = v.cancelled;
+  return b;
+}
+
+// A SLURM variant's job: its id, and where it is (the scheduler's reason while it waits, its
+// node while it runs); the output file in its tooltip.
+function job(v) {
+  if (v.job == null) return null;
+  let where = "";
+  if (v.state === "queued") where = v.reason ? ` · ${v.reason}` : "";
+  else if (v.state === "running") where = v.node ? ` on ${v.node}` : "";
+  else if (v.state === "failed" && v.reason) where = ` · ${v.reason}`;
+  const attrs = { class: "muted job", "data-job": v.job, text: `job ${v.job}${where}` };
+  if (v.log) attrs.title = `output: ${v.log}`;
+  return el("span", attrs);
 }

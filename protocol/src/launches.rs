@@ -1,10 +1,11 @@
 //! Ablation grids launched by the server: what a browser asks for and what it is told.
 //!
 //! A launch is one grid started once: every variant becomes a trainer process, run in the
-//! server's queue. A variant is `queued` until a trainer slot is free, `running` while its
-//! process lives (with the run it created, once the server has seen it), then `finished`,
-//! `failed` (the process exited with an error) or `cancelled` (an operator or the server's
-//! shutdown stopped it, or it never started).
+//! server's queue or as a SLURM job. A variant is `queued` until a trainer slot is free (or
+//! while its job is pending, with the scheduler's reason), `running` while its process lives
+//! (with the run it created, once the server has seen it), then `finished`, `failed` (the
+//! process exited with an error, or the scheduler refused the job) or `cancelled` (an operator
+//! or the server's shutdown stopped it, or it never started).
 
 use serde::{Deserialize, Serialize};
 
@@ -81,6 +82,23 @@ pub struct LaunchVariant {
     /// The last lines the trainer wrote to stderr, kept when it failed.
     #[serde(default)]
     pub stderr: Vec<String>,
+    /// Whether an operator asked to cancel this variant alone (the launch's own `cancelled`
+    /// covers all of them).
+    #[serde(default)]
+    pub cancelled: bool,
+    /// The scheduler's job id, when the variant runs as a SLURM job.
+    #[serde(default)]
+    pub job: Option<String>,
+    /// The node the job runs on, once it has started.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// The scheduler's word on a queued job (why it waits: `Resources`, `Priority`) or an
+    /// ended one (`NonZeroExitCode`, `TimeLimit`).
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The job's output file (its stdout and stderr), on the cluster's filesystem.
+    #[serde(default)]
+    pub log: Option<String>,
 }
 
 /// `GET /api/v1/launches/{id}`: a grid launched once.

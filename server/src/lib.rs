@@ -79,6 +79,9 @@ pub struct Config {
     pub webhooks: Vec<String>,
     /// The first retry's delay of a failed webhook, doubled for each next one.
     pub webhook_backoff: Duration,
+    /// The server's address as others reach it (launched trainers on other nodes, links in
+    /// webhooks); the listener's own address when unset.
+    pub public_url: Option<String>,
 }
 
 impl Config {
@@ -99,6 +102,7 @@ impl Config {
             notices: Notices::default(),
             webhooks: Vec::new(),
             webhook_backoff: Duration::from_secs(1),
+            public_url: None,
         }
     }
 }
@@ -127,19 +131,21 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (store, changes) = Store::open(&config.db).await?;
-    let own = own_url(listener.local_addr().context("the listener's address")?);
+    let own = match &config.public_url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => own_url(listener.local_addr().context("the listener's address")?),
+    };
     store.notify_to(webhooks::Notifier::spawn(
         config.webhooks.clone(),
-        Some(own),
+        Some(own.clone()),
         config.webhook_backoff,
     ));
     let hub = Hub::spawn(changes);
     let grace = config.shutdown_grace;
     let launches = match &config.launch {
         Some(launch) => {
-            let url = own_url(listener.local_addr().context("the listener's address")?);
             let token = config.token.clone();
-            Some(Launches::open(launch.clone(), url, token, store.clone()).await?)
+            Some(Launches::open(launch.clone(), own, token, store.clone()).await?)
         }
         None => None,
     };

@@ -191,18 +191,24 @@ pub struct Process {
 
 impl Process {
     pub fn start(db: &Path, addr: SocketAddr) -> Process {
+        Process::start_with(db, addr, |_| {})
+    }
+
+    /// The same, with `more` adding to its command (more flags, its environment, where its
+    /// stderr goes).
+    pub fn start_with(db: &Path, addr: SocketAddr, more: impl Fn(&mut Command)) -> Process {
         let url = format!("http://{addr}");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
-                .args(["serve", "--addr", &addr.to_string(), "--db"])
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
+            cmd.args(["serve", "--addr", &addr.to_string(), "--db"])
                 .arg(db)
                 .env("KEEL_TOKEN", TOKEN)
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
+                .stderr(Stdio::null());
+            more(&mut cmd);
+            let mut child = cmd.spawn().unwrap();
             // The port of the killed server may take a moment to be free again.
             while Instant::now() < deadline {
                 if ureq::get(&format!("{url}/healthz")).call().is_ok() {

@@ -25,12 +25,27 @@
 //! ```
 //! so `[variants.mup]` with that sweep gives `mup-d32-lr0.003` and three more. Axes apply in
 //! name order, each point over the variant's own keys.
+//!
+//! A `[launch]` table is not part of any variant's config: it says how the grid's trainers are
+//! launched (the device they train on; `[launch.slurm]`, their jobs' `sbatch` options), for
+//! whoever launches it to read with [`load_launch`].
 
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
 use crate::config::{self, Kind, TrainConfig, builtin, deep_merge};
+
+/// The `[launch]` table of a grid (a built-in name or a file), an empty table when it has
+/// none.
+pub fn load_launch(path: &Path) -> Result<toml::Table> {
+    let (grid, _) = config::read_toml(path, Kind::Grid)?;
+    match grid.get("launch") {
+        None => Ok(toml::Table::new()),
+        Some(toml::Value::Table(t)) => Ok(t.clone()),
+        Some(_) => bail!("`launch` must be a table ([launch] or [launch.slurm])"),
+    }
+}
 
 /// Load a grid, a built-in name or a file: `(variant name, config)` for every
 /// `[variants.<name>]` table.
@@ -53,7 +68,7 @@ pub fn load_grid(path: &Path) -> Result<Vec<(String, TrainConfig)>> {
     // Any other top-level table applies to every variant, on top of the base.
     let mut base = base;
     for (key, value) in table {
-        if !matches!(key.as_str(), "base" | "variants" | "sweep") {
+        if !matches!(key.as_str(), "base" | "variants" | "sweep" | "launch") {
             let mut shared = toml::Table::new();
             shared.insert(key.clone(), value.clone());
             deep_merge(&mut base, toml::Value::Table(shared));

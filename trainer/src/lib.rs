@@ -37,7 +37,7 @@ pub mod schedule;
 pub mod stats;
 pub mod trainer;
 
-pub use ablation::load_grid;
+pub use ablation::{load_grid, load_launch};
 pub use config::{TrainConfig, load_config};
 pub use run::{TrainOptions, TrainSummary, train};
 

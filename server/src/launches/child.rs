@@ -109,7 +109,7 @@ async fn drain(mut out: impl AsyncRead + Unpin) {
 /// Reads `err` to its end and returns its last [`TAIL_LINES`] lines, colour codes removed.
 /// A backtrace (with `RUST_BACKTRACE` set, after an error or a panic) is read but not kept:
 /// the lines before it say what went wrong.
-async fn tail(err: impl AsyncRead + Unpin) -> Vec<String> {
+pub(super) async fn tail(err: impl AsyncRead + Unpin) -> Vec<String> {
     let mut reader = BufReader::new(err);
     let mut lines = VecDeque::with_capacity(TAIL_LINES);
     let mut buf = Vec::new();

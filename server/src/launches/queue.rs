@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use keel_protocol::{
     GridInfo, LaunchRecord, LaunchRequest, LaunchVariant, RunStatus, VariantState,
@@ -20,50 +20,64 @@ use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::child::{self, Ended};
-use super::{Job, LaunchConfig, grids};
+use super::sbatch::{self, SbatchOptions};
+use super::{Engine, Job, LaunchConfig, grids};
 use crate::error::AppError;
 use crate::storage::launches::StoredLaunch;
 use crate::storage::{Store, now};
 
 /// The launches of this server: cheap to clone, shared by every handler.
 #[derive(Clone)]
-pub struct Launches(Arc<Inner>);
+pub struct Launches(pub(super) Arc<Inner>);
 
-struct Inner {
-    config: LaunchConfig,
+pub(super) struct Inner {
+    pub(super) config: LaunchConfig,
     server: String,
-    token: String,
-    store: Store,
+    pub(super) token: String,
+    pub(super) store: Store,
     table: Mutex<Table>,
     changes: broadcast::Sender<Arc<LaunchRecord>>,
     /// Records to write, in the order they changed.
     saves: mpsc::UnboundedSender<StoredLaunch>,
     /// Woken whenever a trainer exits (shutdown waits for the last one).
     exited: Notify,
+    /// Wakes the SLURM poller before its time: a job submitted or a launch cancelled.
+    pub(super) poke: Notify,
 }
 
 #[derive(Default)]
-struct Table {
-    launches: BTreeMap<i64, Entry>,
+pub(super) struct Table {
+    pub(super) launches: BTreeMap<i64, Entry>,
     /// (launch, variant index) of every queued variant, oldest first.
     queue: VecDeque<(i64, usize)>,
     running: usize,
     next_id: i64,
     /// Set at shutdown: nothing new starts.
-    closing: bool,
+    pub(super) closing: bool,
 }
 
-struct Entry {
-    record: LaunchRecord,
+pub(super) struct Entry {
+    pub(super) record: LaunchRecord,
     /// The stop switch of each running variant, by index.
     stops: HashMap<usize, CancellationToken>,
     /// The process id of each running variant's trainer, by index.
     pids: BTreeMap<usize, u32>,
+    /// When each SLURM job of a cancelled launch was sent SIGTERM, by index.
+    pub(super) terms: HashMap<usize, Instant>,
 }
 
 impl Entry {
+    fn new(record: LaunchRecord) -> Entry {
+        Entry {
+            record,
+            stops: HashMap::new(),
+            pids: BTreeMap::new(),
+            terms: HashMap::new(),
+        }
+    }
+
     /// The record as it is shown: `active` follows the variants.
-    fn snapshot(&self) -> LaunchRecord {
+    pub(super) fn snapshot(&self) -> LaunchRecord {
         let mut r = self.record.clone();
         r.active = r.variants.iter().any(|v| !v.state.is_final());
         r
@@ -111,24 +125,48 @@ impl Launches {
             changes: broadcast::channel(256).0,
             saves,
             exited: Notify::new(),
+            poke: Notify::new(),
         }));
+        let mut submit = Vec::new();
         for launch in kept {
-            launches.restore(launch).await;
+            submit.extend(launches.restore(launch).await);
         }
         launches.pump();
+        if let Engine::Slurm(slurm) = &launches.0.config.engine {
+            sbatch::check_installed()?;
+            for (id, indexes) in submit {
+                launches.resubmit(id, indexes);
+            }
+            tokio::spawn(launches.clone().follow_jobs(slurm.clone()));
+        } else if launches.tracks_jobs() {
+            tracing::warn!(
+                "launches stored here have SLURM jobs, which this server does not follow \
+                 (it was not started with --launcher slurm)"
+            );
+        }
         Ok(launches)
     }
 
     /// One stored launch back in the table: queued variants queued again, running ones
-    /// adopted when their trainer still runs, else ended as their run did.
-    async fn restore(&self, launch: StoredLaunch) {
+    /// adopted when their trainer still runs, else ended as their run did. Variants with a
+    /// SLURM job stay as they are, for the poller to follow. Returns the launch's variants
+    /// that are to be submitted to SLURM, when it has any.
+    async fn restore(&self, launch: StoredLaunch) -> Option<(i64, Vec<usize>)> {
         let StoredLaunch { mut record, pids } = launch;
         let id = record.id;
+        let slurm = matches!(self.0.config.engine, Engine::Slurm(_));
         let mut adopt = Vec::new();
         let mut queue = Vec::new();
+        let mut submit = Vec::new();
         for (index, v) in record.variants.iter_mut().enumerate() {
+            if v.job.is_some() && !v.state.is_final() {
+                continue;
+            }
             match v.state {
-                VariantState::Queued if !record.cancelled => queue.push(index),
+                VariantState::Queued if !record.cancelled && !v.cancelled && slurm => {
+                    submit.push(index)
+                }
+                VariantState::Queued if !record.cancelled && !v.cancelled => queue.push(index),
                 VariantState::Queued => v.state = VariantState::Cancelled,
                 VariantState::Running => match pids.get(&index) {
                     Some(&pid) if child::is_trainer(pid, &v.name, &record.group) => {
@@ -138,7 +176,7 @@ impl Launches {
                         let status = self.run_status(v.run_id).await;
                         v.state = match status {
                             Some(RunStatus::Finished) => VariantState::Finished,
-                            _ if record.cancelled => VariantState::Cancelled,
+                            _ if record.cancelled || v.cancelled => VariantState::Cancelled,
                             _ => VariantState::Failed,
                         };
                         v.ended_at = Some(now());
@@ -154,14 +192,10 @@ impl Launches {
         let mut t = self.table();
         t.next_id = t.next_id.max(id);
         t.queue.extend(queue.into_iter().map(|i| (id, i)));
-        let mut entry = Entry {
-            record,
-            stops: HashMap::new(),
-            pids: BTreeMap::new(),
-        };
+        let mut entry = Entry::new(record);
         for (index, pid) in adopt {
             let stop = CancellationToken::new();
-            if entry.record.cancelled {
+            if entry.record.cancelled || entry.record.variants[index].cancelled {
                 stop.cancel();
             }
             entry.stops.insert(index, stop.clone());
@@ -180,13 +214,25 @@ impl Launches {
         }
         self.publish(&entry);
         t.launches.insert(id, entry);
+        (!submit.is_empty()).then_some((id, submit))
+    }
+
+    /// Whether a launch has a SLURM job that has not ended.
+    fn tracks_jobs(&self) -> bool {
+        let t = self.table();
+        t.launches.values().any(|e| {
+            e.record
+                .variants
+                .iter()
+                .any(|v| v.job.is_some() && !v.state.is_final())
+        })
     }
 
     pub fn config(&self) -> &LaunchConfig {
         &self.0.config
     }
 
-    fn table(&self) -> MutexGuard<'_, Table> {
+    pub(super) fn table(&self) -> MutexGuard<'_, Table> {
         self.0.table.lock().expect("launch table lock")
     }
 
@@ -206,7 +252,7 @@ impl Launches {
     }
 
     /// Saves the entry and tells the live stream.
-    fn publish(&self, entry: &Entry) {
+    pub(super) fn publish(&self, entry: &Entry) {
         let record = self.save(entry);
         // An error only means that nobody listens.
         let _ = self.0.changes.send(Arc::new(record));
@@ -247,7 +293,7 @@ impl Launches {
         issued_by: String,
     ) -> Result<LaunchRecord, AppError> {
         req.validate().map_err(AppError::Invalid)?;
-        let variants = self.variants(&req.grid).await?;
+        let (variants, options) = self.variants(&req.grid).await?;
         let id = {
             let mut t = self.table();
             if t.closing {
@@ -256,49 +302,65 @@ impl Launches {
             t.next_id += 1;
             let id = t.next_id;
             let group = unique_group(&t, &req.grid, id);
-            let entry = Entry {
-                record: LaunchRecord {
-                    id,
-                    grid: req.grid,
-                    group,
-                    steps: req.steps,
-                    issued_by,
-                    created_at: now(),
-                    cancelled: false,
-                    active: true,
-                    variants: variants.into_iter().map(queued).collect(),
-                },
-                stops: HashMap::new(),
-                pids: BTreeMap::new(),
-            };
-            t.queue
-                .extend((0..entry.record.variants.len()).map(|i| (id, i)));
+            let entry = Entry::new(LaunchRecord {
+                id,
+                grid: req.grid,
+                group,
+                steps: req.steps,
+                issued_by,
+                created_at: now(),
+                cancelled: false,
+                active: true,
+                variants: variants.into_iter().map(queued).collect(),
+            });
+            if options.is_none() {
+                t.queue
+                    .extend((0..entry.record.variants.len()).map(|i| (id, i)));
+            }
             tracing::info!(launch = id, group = %entry.record.group, "launching {} variants", entry.record.variants.len());
             self.publish(&entry);
             t.launches.insert(id, entry);
             id
         };
-        self.pump();
+        match options {
+            Some(options) => {
+                let indexes = (0..self.get(id)?.variants.len()).collect();
+                tokio::spawn(self.clone().submit(id, indexes, options));
+            }
+            None => self.pump(),
+        }
         self.get(id)
     }
 
-    /// The variants of the grid asked for: 422 for a name that cannot be a grid's or a grid
-    /// that does not load, 404 for one that is not there.
-    async fn variants(&self, name: &str) -> Result<Vec<String>, AppError> {
+    /// The variants of the grid asked for, and under SLURM the `sbatch` options of its jobs:
+    /// 422 for a name that cannot be a grid's or a grid that does not load, 404 for one that
+    /// is not there.
+    async fn variants(&self, name: &str) -> Result<(Vec<String>, Option<SbatchOptions>), AppError> {
         let launcher = self.0.config.launcher.clone();
+        let engine = self.0.config.engine.clone();
         let grid = name.to_owned();
-        let variants = tokio::task::spawn_blocking(move || {
+        let (variants, options) = tokio::task::spawn_blocking(move || {
             grids::check(&grid, &launcher.grids()?)?;
-            launcher
-                .variants(&grid)
-                .map_err(|e| AppError::Invalid(format!("grid `{grid}` does not load: {e:#}")))
+            let does_not_load =
+                |e: anyhow::Error| AppError::Invalid(format!("grid `{grid}` does not load: {e:#}"));
+            let variants = launcher.variants(&grid).map_err(does_not_load)?;
+            let options = match engine {
+                Engine::Local => None,
+                Engine::Slurm(slurm) => {
+                    let own = launcher.sbatch_options(&grid).map_err(does_not_load)?;
+                    let options = slurm.options.with(&own);
+                    options.check().map_err(does_not_load)?;
+                    Some(options)
+                }
+            };
+            Ok::<_, AppError>((variants, options))
         })
         .await
         .map_err(anyhow::Error::from)??;
         if variants.is_empty() {
             return Err(AppError::Invalid(format!("grid `{name}` has no variants")));
         }
-        Ok(variants)
+        Ok((variants, options))
     }
 
     /// Every launch, newest first.
@@ -334,12 +396,56 @@ impl Launches {
         }
         tracing::info!(launch = id, "launch cancelled");
         self.publish(entry);
+        // SLURM jobs are stopped by the poller, at once.
+        self.0.poke.notify_one();
+        Ok(entry.snapshot())
+    }
+
+    /// Cancels variant `name` of launch `id` alone: at once when it is queued (a SLURM job
+    /// that waits is cancelled by the poller), else its trainer is asked to stop as a
+    /// launch's cancel would. 404 for an unknown variant, 409 when it has ended; asking
+    /// again while it stops changes nothing.
+    pub fn cancel_variant(&self, id: i64, name: &str) -> Result<LaunchRecord, AppError> {
+        let mut t = self.table();
+        let Table {
+            launches, queue, ..
+        } = &mut *t;
+        let entry = launches.get_mut(&id).ok_or_else(|| not_found(id))?;
+        let index = entry
+            .record
+            .variants
+            .iter()
+            .position(|v| v.name == name)
+            .ok_or_else(|| AppError::NotFound(format!("launch {id} has no variant `{name}`")))?;
+        let v = &mut entry.record.variants[index];
+        if v.state.is_final() {
+            return Err(AppError::Conflict(format!(
+                "variant `{name}` of launch {id} has ended ({}); nothing is left to cancel",
+                format!("{:?}", v.state).to_lowercase()
+            )));
+        }
+        if v.cancelled || entry.record.cancelled {
+            return Ok(entry.snapshot());
+        }
+        v.cancelled = true;
+        queue.retain(|&(launch, i)| (launch, i) != (id, index));
+        if v.state == VariantState::Queued && v.job.is_none() {
+            v.state = VariantState::Cancelled;
+            v.ended_at = Some(now());
+        }
+        if let Some(stop) = entry.stops.get(&index) {
+            stop.cancel();
+        }
+        tracing::info!(launch = id, variant = name, "variant cancelled");
+        self.publish(entry);
+        self.0.poke.notify_one();
         Ok(entry.snapshot())
     }
 
     /// Shutdown: nothing new starts, queued variants are cancelled and running trainers are
     /// stopped (SIGTERM, then SIGKILL after the grace period). Returns once they have exited,
-    /// or after the grace period and a little more.
+    /// or after the grace period and a little more. SLURM jobs go on: they do not need this
+    /// server, and the next one on this database follows them.
     pub async fn stop_all(&self) {
         {
             let mut t = self.table();
@@ -369,7 +475,7 @@ impl Launches {
     }
 
     /// What the trainer of variant `index` of `record` is started with.
-    fn job(&self, record: &LaunchRecord, index: usize) -> Job {
+    pub(super) fn job(&self, record: &LaunchRecord, index: usize) -> Job {
         Job {
             grid: record.grid.clone(),
             variant: record.variants[index].name.clone(),
@@ -380,7 +486,7 @@ impl Launches {
     }
 
     /// The status of a variant's run, when it has one.
-    async fn run_status(&self, run: Option<i64>) -> Option<RunStatus> {
+    pub(super) async fn run_status(&self, run: Option<i64>) -> Option<RunStatus> {
         let row = self.0.store.run_row(run?).await;
         row.ok().map(|r| r.status)
     }
@@ -510,7 +616,7 @@ impl Launches {
     /// A trainer that died without saying so (killed, crashed, refused at start) leaves its
     /// run `running` until it shows as lost: the run is marked failed with the reason, so its
     /// page says why. A run that already ended keeps its own word.
-    async fn mark_failed(&self, run: i64, why: String) {
+    pub(super) async fn mark_failed(&self, run: i64, why: String) {
         let store = &self.0.store;
         let status = store.run_row(run).await.map(|r| r.status);
         if matches!(status, Ok(RunStatus::Finished | RunStatus::Failed)) {
@@ -528,7 +634,7 @@ impl Launches {
     }
 
     /// Looks the variant's run up in storage; true once it is known.
-    async fn note_run(&self, id: i64, index: usize, job: &Job) -> bool {
+    pub(super) async fn note_run(&self, id: i64, index: usize, job: &Job) -> bool {
         if self
             .get(id)
             .is_ok_and(|r| r.variants[index].run_id.is_some())
@@ -588,7 +694,7 @@ impl Launches {
 
 /// Why a trainer failed, for its run's page: how it exited and what it said last (its error
 /// with the causes under it, or its last three lines).
-fn failure(ended: &Ended) -> String {
+pub(super) fn failure(ended: &Ended) -> String {
     let err = &ended.stderr;
     let from = err
         .iter()
@@ -614,15 +720,22 @@ fn queued(name: String) -> LaunchVariant {
         ended_at: None,
         exit: None,
         stderr: Vec::new(),
+        cancelled: false,
+        job: None,
+        node: None,
+        reason: None,
+        log: None,
     }
 }
 
-/// Marks the entry's queued variants cancelled; whether there were any.
+/// Marks the entry's queued variants cancelled; whether there were any. A variant that is a
+/// SLURM job is left to the poller, which cancels the job and shows it ended once the
+/// scheduler says so.
 fn cancel_queued(entry: &mut Entry) -> bool {
     let t = now();
     let mut any = false;
     for v in &mut entry.record.variants {
-        if v.state == VariantState::Queued {
+        if v.state == VariantState::Queued && v.job.is_none() {
             v.state = VariantState::Cancelled;
             v.ended_at = Some(t);
             any = true;

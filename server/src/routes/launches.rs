@@ -21,6 +21,10 @@ pub fn router() -> Routes {
         .get("/api/v1/launches", list)
         .get("/api/v1/launches/{id}", one)
         .post("/api/v1/launches/{id}/cancel", cancel)
+        .post(
+            "/api/v1/launches/{id}/variants/{variant}/cancel",
+            cancel_variant,
+        )
 }
 
 fn launches(state: &AppState) -> AppResult<&Launches> {
@@ -62,4 +66,12 @@ async fn cancel(
     ApiPath(id): ApiPath<i64>,
 ) -> AppResult<Json<LaunchRecord>> {
     Ok(Json(launches(&state)?.cancel(id)?))
+}
+
+async fn cancel_variant(
+    State(state): State<AppState>,
+    _op: Operator,
+    ApiPath((id, variant)): ApiPath<(i64, String)>,
+) -> AppResult<Json<LaunchRecord>> {
+    Ok(Json(launches(&state)?.cancel_variant(id, &variant)?))
 }

@@ -101,6 +101,10 @@ async fn runs_page(
     let launch = state.launches.as_ref().map(|l| LaunchPanel {
         csrf: crate::auth::signed_in(&headers, &state),
         max_trainers: l.config().max_trainers.max(1),
+        slurm: match &l.config().engine {
+            crate::launches::Engine::Local => None,
+            crate::launches::Engine::Slurm(s) => Some(s.options.describe()),
+        },
         grids: l.config().launcher.source(),
     });
     let notices = state.config.notices.list();

@@ -24,6 +24,9 @@ pub struct LaunchPanel {
     /// the form and the cancel buttons.
     pub csrf: Option<String>,
     pub max_trainers: usize,
+    /// Under SLURM, the jobs' options in a few words (`partition gpu, gres gpu:1`, or
+    /// `the cluster's defaults`); `None` when variants train on this server.
+    pub slurm: Option<String>,
     /// Where the grids come from ("the built-in grids"), as a sentence's object.
     pub grids: String,
 }

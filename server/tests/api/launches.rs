@@ -383,6 +383,61 @@ fn cancel_drops_the_queued_variants_and_stops_the_running_one_gracefully() {
 }
 
 #[test]
+fn one_variant_is_cancelled_alone_while_the_others_go_on() {
+    let grid = "a: trap 'touch $D/a-stopped; exit 0' TERM; while :; do sleep 0.05; done\n\
+                b: touch $D/b-ran; while [ ! -e $D/go ]; do sleep 0.05; done\n\
+                c: touch $D/c-ran";
+    let s = Launching::new(&[("g", grid)], 1);
+    let l = s.launched("g");
+    let id = &l["id"];
+    let cancel = |variant: &str| {
+        s.app.post_raw(
+            &format!("/api/v1/launches/{id}/variants/{variant}/cancel"),
+            b"",
+            Some(TOKEN),
+        )
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    // A queued variant is cancelled at once and never starts.
+    let r = cancel("c");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(states(&r.body), ["running", "queued", "cancelled"]);
+    assert_eq!(r.body["variants"][2]["cancelled"], true);
+    assert_eq!(r.body["cancelled"], false);
+    // The running one stops gracefully, and the next one gets its slot.
+    let r = cancel("a");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["variants"][0]["cancelled"], true);
+    assert_eq!(cancel("a").status, 200, "asking again changes nothing");
+    let l = s.wait(id, "b to start", |l| {
+        states(l) == ["cancelled", "running", "cancelled"]
+    });
+    assert_eq!(l["variants"][0]["exit"], "exit code 0");
+    assert!(s.path("a-stopped").exists(), "the trainer got no SIGTERM");
+    s.go();
+    let l = s.wait(id, "b to finish", |l| l["active"] == false);
+    assert_eq!(states(&l), ["cancelled", "finished", "cancelled"]);
+    assert!(!s.path("c-ran").exists(), "a cancelled variant started");
+    assert_refused(
+        &cancel("b"),
+        409,
+        "variant `b` of launch 1 has ended (finished)",
+    );
+    assert_refused(&cancel("nosuch"), 404, "has no variant `nosuch`");
+    let r = s
+        .app
+        .post_raw("/api/v1/launches/9/variants/a/cancel", b"", Some(TOKEN));
+    assert_refused(&r, 404, "launch 9 not found");
+    let r = s.app.post_raw(
+        &format!("/api/v1/launches/{id}/variants/a/cancel"),
+        b"",
+        None,
+    );
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(s.get(id), l, "a refused cancel changed the launch");
+}
+
+#[test]
 fn a_trainer_that_ignores_sigterm_is_killed_after_the_grace_period() {
     let s = Launching::new(&[("g", "a: trap '' TERM; while :; do sleep 0.05; done")], 1);
     let l = s.launched("g");
