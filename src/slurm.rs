@@ -8,6 +8,7 @@
 //! after `--grace` seconds.
 
 use std::ffi::OsString;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -92,6 +93,9 @@ struct Job {
     id: String,
     state: String,
     detail: String,
+    /// The run's newest step and loss, from the server (on the live table only).
+    step: Option<u64>,
+    loss: Option<String>,
 }
 
 pub struct Submission<'a> {
@@ -149,6 +153,8 @@ pub fn run(args: &SlurmArgs, s: Submission<'_>) -> anyhow::Result<()> {
                     id,
                     state: "SUBMITTED".into(),
                     detail: String::new(),
+                    step: None,
+                    loss: None,
                 });
             }
             Err(e) => {
@@ -171,7 +177,7 @@ pub fn run(args: &SlurmArgs, s: Submission<'_>) -> anyhow::Result<()> {
             }
         }
     }
-    follow(args, &mut jobs)?;
+    follow(args, &s, &mut jobs)?;
     let failed: Vec<&Job> = jobs.iter().filter(|j| j.state != "COMPLETED").collect();
     anyhow::ensure!(
         failed.is_empty(),
@@ -187,11 +193,15 @@ pub fn run(args: &SlurmArgs, s: Submission<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Polls the scheduler (once a second) and prints each change, until every job has ended.
-fn follow(args: &SlurmArgs, jobs: &mut [Job]) -> anyhow::Result<()> {
+/// Polls the scheduler (once a second) until every job has ended. On a terminal it keeps a
+/// live table of the jobs (state, where, and each run's step and loss from the server);
+/// otherwise it prints a line per change of state.
+fn follow(args: &SlurmArgs, s: &Submission<'_>, jobs: &mut [Job]) -> anyhow::Result<()> {
     let stop = crate::train::stop_on_signal(
         "cancelling the jobs: SIGTERM first, so that each checkpoints…",
     )?;
+    let live = std::io::stderr().is_terminal();
+    let mut drawn = 0;
     let mut cancelled_at: Option<Instant> = None;
     loop {
         let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
@@ -214,22 +224,94 @@ fn follow(args: &SlurmArgs, jobs: &mut [Job]) -> anyhow::Result<()> {
                 continue;
             };
             let detail = match state.state.as_str() {
-                "PENDING" => format!("({})", state.reason),
+                "PENDING" if !state.reason.is_empty() => format!("({})", state.reason),
+                "PENDING" => String::new(),
                 "RUNNING" | "COMPLETING" => format!("on {}", state.node),
                 _ => state.exit.clone().unwrap_or_default(),
             };
             if state.state != j.state || detail != j.detail {
                 j.state = state.state;
                 j.detail = detail;
-                eprintln!(
-                    "{:<24} job {:<8} {:<10} {}",
-                    j.variant, j.id, j.state, j.detail
-                );
+                if !live {
+                    eprintln!(
+                        "{:<24} job {:<8} {:<10} {}",
+                        j.variant, j.id, j.state, j.detail
+                    );
+                }
             }
+        }
+        if live {
+            for run in progress(s) {
+                if let Some(j) = jobs.iter_mut().find(|j| j.variant == run.variant) {
+                    j.step = run.step;
+                    j.loss = run.loss;
+                }
+            }
+            drawn = draw(jobs, drawn);
         }
         if jobs.iter().all(|j| sbatch::ended(&j.state)) {
             return Ok(());
         }
         std::thread::sleep(Duration::from_secs(1));
     }
+}
+
+/// A variant's run as the server has it.
+struct RunProgress {
+    variant: String,
+    step: Option<u64>,
+    loss: Option<String>,
+}
+
+/// Each variant's run, as the server has it: its newest step and loss. Empty when the server
+/// does not answer (the table then shows the scheduler's side only).
+fn progress(s: &Submission<'_>) -> Vec<RunProgress> {
+    let url = format!("{}/api/v1/runs?limit=1000", s.server.trim_end_matches('/'));
+    let answer = ureq::get(&url)
+        .header("Authorization", &format!("Bearer {}", s.token))
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_json::<serde_json::Value>().ok());
+    let Some(serde_json::Value::Array(runs)) = answer else {
+        return Vec::new();
+    };
+    runs.iter()
+        .filter(|r| r["group"] == s.group)
+        .filter_map(|r| {
+            let variant = r["variant"].as_str()?.to_owned();
+            let loss = match &r["last_loss"] {
+                serde_json::Value::Number(n) => n.as_f64().map(|l| format!("{l:.4}")),
+                serde_json::Value::String(text) => Some(text.clone()),
+                _ => None,
+            };
+            Some(RunProgress {
+                variant,
+                step: r["last_step"].as_u64(),
+                loss,
+            })
+        })
+        .collect()
+}
+
+/// Draws the table over the `drawn` lines drawn last time; how many lines it drew.
+fn draw(jobs: &[Job], drawn: usize) -> usize {
+    let mut out = String::new();
+    if drawn > 0 {
+        // To the start of the first line drawn, then clear to the end of the screen.
+        out.push_str(&format!("\x1b[{drawn}F\x1b[J"));
+    }
+    out.push_str(&format!(
+        "{:<24} {:<8} {:<11} {:<28} {:>9} {:>9}\n",
+        "VARIANT", "JOB", "STATE", "", "STEP", "LOSS"
+    ));
+    for j in jobs {
+        let step = j.step.map_or("—".into(), |s| s.to_string());
+        let loss = j.loss.clone().unwrap_or_else(|| "—".into());
+        out.push_str(&format!(
+            "{:<24} {:<8} {:<11} {:<28} {:>9} {:>9}\n",
+            j.variant, j.id, j.state, j.detail, step, loss
+        ));
+    }
+    eprint!("{out}");
+    jobs.len() + 1
 }

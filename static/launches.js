@@ -246,8 +246,8 @@ function job(v) {
   if (v.job == null) return null;
   let where = "";
   if (v.state === "queued") where = v.reason ? ` · ${v.reason}` : "";
-  else if (v.state === "running") where = v.node ? ` on ${v.node}` : "";
-  else if (v.state === "failed" && v.reason) where = ` · ${v.reason}`;
+  else if (v.node) where = ` on ${v.node}`;
+  if (v.state === "failed" && v.reason) where += ` · ${v.reason}`;
   const attrs = { class: "muted job", "data-job": v.job, text: `job ${v.job}${where}` };
   if (v.log) attrs.title = `output: ${v.log}`;
   return el("span", attrs);
