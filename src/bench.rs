@@ -177,7 +177,7 @@ async fn create(store: &Store, name: &str, layers: u32) -> anyhow::Result<i64> {
         protocol: None,
         ranks: None,
     };
-    Ok(store.create_run(spec).await?)
+    Ok(store.create_run(spec, "bench".into()).await?)
 }
 
 /// Writes `steps` steps made by `make` in batches; returns values written and seconds.

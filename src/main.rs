@@ -10,6 +10,7 @@ mod slurm;
 mod sync;
 mod tensorboard;
 mod train;
+mod users;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -59,6 +60,8 @@ enum Cmd {
     Import(ImportCmd),
     /// Measure ingest, query and memory figures (see docs/performance.md).
     Bench(bench::BenchArgs),
+    /// Named people and their roles (viewer, operator, admin), each with a token of their own.
+    Users(users::UsersArgs),
 }
 
 #[derive(Subcommand)]
@@ -115,6 +118,10 @@ struct ServeArgs {
     /// With --launcher slurm: seconds between polls of the jobs' states (one squeue call).
     #[arg(long, default_value_t = 2.0)]
     slurm_poll: f64,
+    /// Reads need a sign-in too (a token, or a browser signed in with one): pages, the API
+    /// and the live streams. By default anyone who reaches the server can read.
+    #[arg(long, env = "KEEL_PRIVATE")]
+    private: bool,
     /// The server's URL as trainers on other machines and webhook receivers reach it (e.g.
     /// http://head-node:8080); the listening address when unset.
     #[arg(long, env = "KEEL_PUBLIC_URL", value_parser = public_url)]
@@ -223,6 +230,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Check(args) => runtime()?.block_on(check(args)),
         Cmd::Sync(args) => sync::run(args),
         Cmd::Import(ImportCmd::Tensorboard(args)) => tensorboard::run(args),
+        Cmd::Users(args) => runtime()?.block_on(users::run(args)),
         Cmd::Bench(args) => {
             // The trainer's figures are those of `keel train`'s own settings.
             if args.trains() {
@@ -346,6 +354,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.webhooks = args.webhooks;
     config.static_dir = args.static_dir;
     config.public_url = args.public_url;
+    config.private = args.private;
     let engine = match args.launcher {
         LauncherKind::Local => {
             args.sbatch.unused("--launcher slurm")?;

@@ -18,6 +18,7 @@ pub mod live;
 pub mod metric;
 pub mod runs;
 pub mod series;
+pub mod users;
 
 pub use commands::{
     Command, CommandOutcome, CommandRecord, CommandStatus, DecayShape, Rule, Rules,
@@ -32,6 +33,7 @@ pub use runs::{
     StatusReport, StepRecord,
 };
 pub use series::{LayerMatrix, ScalarSeries};
+pub use users::{Role, UserRecord};
 
 /// The version of this wire format, sent by a trainer when it creates a run.
 pub const PROTOCOL_VERSION: u32 = 1;

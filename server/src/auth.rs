@@ -1,15 +1,20 @@
-//! Who may write: the bearer token, or a signed-in browser session with its CSRF token.
+//! Who is asking, and what they may do: the server's token, a person's token, or a signed-in
+//! browser session with its CSRF token.
 //!
-//! Reads are open; every write needs `Authorization: Bearer <KEEL_TOKEN>`, or the session
-//! cookie of a browser that signed in with that token plus the session's CSRF token in
-//! `X-CSRF-Token` (the cookie alone would let any page the browser visits write). A request
-//! with an `Authorization` header is judged by it alone. Comparisons take the same time
-//! wherever the first difference is, and no token ever appears in a response or a log line.
+//! Reads are open unless the server is `--private`. A write needs `Authorization: Bearer
+//! <token>` — the server's own (`KEEL_TOKEN`, an admin) or a person's (`keel users add`) — or
+//! the session cookie of a browser that signed in with one of those, plus the session's CSRF
+//! token in `X-CSRF-Token` (the cookie alone would let any page the browser visits write). A
+//! request with an `Authorization` header is judged by it alone. Each caller has a [`Role`]:
+//! [`Operator`] takes an operator or an admin, [`Admin`] an admin. Comparisons with the
+//! server's token take the same time wherever the first difference is, and no token ever
+//! appears in a response or a log line.
 
 use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
 use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::http::request::Parts;
+use keel_protocol::Role;
 
 use crate::AppState;
 use crate::error::AppError;
@@ -18,9 +23,30 @@ use crate::sessions::{self, Lookup};
 /// The header a signed-in page sends its CSRF token in.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
-/// Proof that the request carries the operator token; `by` names the caller for the audit log.
+/// Who made a request: `by` names them in the audit log (a person's name, or `token` and
+/// `browser` for the server's own token and its sessions).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub by: String,
+    pub role: Role,
+}
+
+impl Caller {
+    /// `alice (operator)`, for a page.
+    pub fn describe(&self) -> String {
+        format!("{} ({})", self.by, self.role)
+    }
+}
+
+/// Proof that the request comes from an operator or an admin.
 #[derive(Clone, Debug)]
 pub struct Operator {
+    pub by: String,
+}
+
+/// Proof that the request comes from an admin.
+#[derive(Clone, Debug)]
+pub struct Admin {
     pub by: String,
 }
 
@@ -28,18 +54,74 @@ impl FromRequestParts<AppState> for Operator {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        let headers = &parts.headers;
-        match (headers.get(AUTHORIZATION), session_id(headers)) {
-            (Some(header), _) => bearer(header, state),
-            (None, Some(id)) => browser(headers, &id, state),
-            (None, None) => Err(AppError::Unauthorized(
-                "this needs `Authorization: Bearer <token>` or a signed-in session".into(),
-            )),
-        }
+        let caller = writer(&parts.headers, state).await?;
+        at_least(&caller, Role::Operator, "steering runs")?;
+        Ok(Operator { by: caller.by })
     }
 }
 
-fn bearer(header: &axum::http::HeaderValue, state: &AppState) -> Result<Operator, AppError> {
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let caller = writer(&parts.headers, state).await?;
+        at_least(&caller, Role::Admin, "launching and cancelling grids")?;
+        Ok(Admin { by: caller.by })
+    }
+}
+
+fn at_least(caller: &Caller, role: Role, what: &str) -> Result<(), AppError> {
+    if caller.role >= role {
+        return Ok(());
+    }
+    let can = match role {
+        Role::Admin => "an admin",
+        _ => "an operator or an admin",
+    };
+    Err(AppError::Forbidden(format!(
+        "`{}` is {} {}: {what} needs {can}",
+        caller.by,
+        if caller.role == Role::Operator {
+            "an"
+        } else {
+            "a"
+        },
+        caller.role
+    )))
+}
+
+/// The caller of a request that changes something: its bearer token, or its session with the
+/// CSRF token.
+async fn writer(headers: &HeaderMap, state: &AppState) -> Result<Caller, AppError> {
+    match (headers.get(AUTHORIZATION), session_id(headers)) {
+        (Some(header), _) => bearer(header, state).await,
+        (None, Some(id)) => browser(headers, &id, state),
+        (None, None) => Err(AppError::Unauthorized(
+            "this needs `Authorization: Bearer <token>` or a signed-in session".into(),
+        )),
+    }
+}
+
+/// The caller of a read on a `--private` server: a bearer token or a session (a read needs
+/// no CSRF token); `None` when the request has neither, or a wrong one.
+pub async fn reader(headers: &HeaderMap, state: &AppState) -> Result<Caller, AppError> {
+    match (headers.get(AUTHORIZATION), session_id(headers)) {
+        (Some(header), _) => bearer(header, state).await,
+        (None, Some(id)) => match state.sessions.lookup(&id) {
+            Lookup::Valid { caller, .. } => Ok(caller),
+            Lookup::Expired | Lookup::Unknown => Err(AppError::Unauthorized(
+                "the session has expired or is unknown; sign in again".into(),
+            )),
+        },
+        (None, None) => Err(AppError::Unauthorized(
+            "this server is private: reads need `Authorization: Bearer <token>` or a signed-in \
+             session"
+                .into(),
+        )),
+    }
+}
+
+async fn bearer(header: &axum::http::HeaderValue, state: &AppState) -> Result<Caller, AppError> {
     let given = header
         .to_str()
         .ok()
@@ -47,18 +129,32 @@ fn bearer(header: &axum::http::HeaderValue, state: &AppState) -> Result<Operator
         .ok_or_else(|| {
             AppError::Unauthorized("the Authorization header is not `Bearer <token>`".into())
         })?;
-    if is_token(given, state) {
-        Ok(Operator { by: "token".into() })
-    } else {
-        Err(AppError::Unauthorized("the token is wrong".into()))
+    match of_token(given, state).await? {
+        Some(caller) => Ok(caller),
+        None => Err(AppError::Unauthorized("the token is wrong".into())),
     }
+}
+
+/// Whose token `given` is: the server's (`token`, an admin) or a person's; `None` for no one's.
+pub async fn of_token(given: &str, state: &AppState) -> Result<Option<Caller>, AppError> {
+    if is_token(given, state) {
+        return Ok(Some(Caller {
+            by: "token".into(),
+            role: Role::Admin,
+        }));
+    }
+    let user = state.store.user_by_token(given).await?;
+    Ok(user.map(|u| Caller {
+        by: u.name,
+        role: u.role,
+    }))
 }
 
 /// A session cookie is only half the proof: the CSRF token shows the request comes from a
 /// page this server rendered for that session.
-fn browser(headers: &HeaderMap, id: &str, state: &AppState) -> Result<Operator, AppError> {
-    let csrf = match state.sessions.lookup(id) {
-        Lookup::Valid { csrf } => csrf,
+fn browser(headers: &HeaderMap, id: &str, state: &AppState) -> Result<Caller, AppError> {
+    let (csrf, caller) = match state.sessions.lookup(id) {
+        Lookup::Valid { csrf, caller } => (csrf, caller),
         Lookup::Expired => {
             return Err(AppError::Unauthorized(
                 "the session has expired; sign in again".into(),
@@ -73,9 +169,7 @@ fn browser(headers: &HeaderMap, id: &str, state: &AppState) -> Result<Operator, 
     };
     let given = headers.get(CSRF_HEADER).map(|v| v.as_bytes());
     match given {
-        Some(given) if same(given, csrf.as_bytes()) => Ok(Operator {
-            by: "browser".into(),
-        }),
+        Some(given) if same(given, csrf.as_bytes()) => Ok(caller),
         Some(_) => Err(AppError::Forbidden("the CSRF token is wrong".into())),
         None => Err(AppError::Forbidden(
             "a signed-in request needs the page's CSRF token in `X-CSRF-Token`".into(),
@@ -95,11 +189,25 @@ pub fn session_id(headers: &HeaderMap) -> Option<String> {
         .map(|(_, value)| value.to_owned())
 }
 
-/// The CSRF token of the request's session when it is signed in, for the page to carry.
-pub fn signed_in(headers: &HeaderMap, state: &AppState) -> Option<String> {
+/// The request's session when it is signed in: who, and the CSRF token for the page to carry.
+pub fn signed_in(headers: &HeaderMap, state: &AppState) -> Option<SignedIn> {
     match state.sessions.lookup(&session_id(headers)?) {
-        Lookup::Valid { csrf } => Some(csrf),
+        Lookup::Valid { csrf, caller } => Some(SignedIn { csrf, caller }),
         Lookup::Expired | Lookup::Unknown => None,
+    }
+}
+
+/// A signed-in session, as a page needs it.
+#[derive(Clone, Debug)]
+pub struct SignedIn {
+    pub csrf: String,
+    pub caller: Caller,
+}
+
+impl SignedIn {
+    /// The CSRF token when the session may do what `role` may, for a page's forms.
+    pub fn csrf_for(&self, role: Role) -> Option<String> {
+        (self.caller.role >= role).then(|| self.csrf.clone())
     }
 }
 

@@ -82,6 +82,9 @@ pub struct Config {
     /// The server's address as others reach it (launched trainers on other nodes, links in
     /// webhooks); the listener's own address when unset.
     pub public_url: Option<String>,
+    /// Reads need a sign-in too (a token or a session): pages, the API and the live streams;
+    /// only `/login`, `/healthz` and the static files stay open.
+    pub private: bool,
 }
 
 impl Config {
@@ -103,6 +106,7 @@ impl Config {
             webhooks: Vec::new(),
             webhook_backoff: Duration::from_secs(1),
             public_url: None,
+            private: false,
         }
     }
 }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::auth::new_token;
+use crate::auth::{Caller, new_token};
 
 /// The name of the session cookie.
 pub const COOKIE: &str = "keel_session";
@@ -26,15 +26,17 @@ pub struct Sessions {
 #[derive(Clone, Debug)]
 struct Session {
     csrf: String,
+    caller: Caller,
     expires: Instant,
 }
 
 /// What a session id turned out to be.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Lookup {
-    /// Signed in; the session's CSRF token.
+    /// Signed in; the session's CSRF token and who signed in.
     Valid {
         csrf: String,
+        caller: Caller,
     },
     Expired,
     Unknown,
@@ -53,8 +55,8 @@ impl Sessions {
         self.ttl
     }
 
-    /// A new session: its id and its CSRF token.
-    pub fn open(&self) -> anyhow::Result<(String, String)> {
+    /// A new session of `caller`: its id and its CSRF token.
+    pub fn open(&self, caller: Caller) -> anyhow::Result<(String, String)> {
         let (id, csrf) = (new_token()?, new_token()?);
         let now = Instant::now();
         let mut map = self.lock();
@@ -62,6 +64,7 @@ impl Sessions {
         let expires = now + self.ttl;
         let session = Session {
             csrf: csrf.clone(),
+            caller,
             expires,
         };
         map.insert(id.clone(), session);
@@ -78,6 +81,7 @@ impl Sessions {
             }
             Some(s) => Lookup::Valid {
                 csrf: s.csrf.clone(),
+                caller: s.caller.clone(),
             },
         }
     }
@@ -97,11 +101,24 @@ impl Sessions {
 mod tests {
     use super::*;
 
+    fn alice() -> Caller {
+        Caller {
+            by: "alice".into(),
+            role: keel_protocol::Role::Viewer,
+        }
+    }
+
     #[test]
     fn a_session_is_valid_until_it_expires_and_then_gone() {
         let sessions = Sessions::new(Duration::from_millis(50));
-        let (id, csrf) = sessions.open().unwrap();
-        assert_eq!(sessions.lookup(&id), Lookup::Valid { csrf });
+        let (id, csrf) = sessions.open(alice()).unwrap();
+        assert_eq!(
+            sessions.lookup(&id),
+            Lookup::Valid {
+                csrf,
+                caller: alice()
+            }
+        );
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(sessions.lookup(&id), Lookup::Expired);
         assert_eq!(sessions.lookup(&id), Lookup::Unknown);
@@ -110,7 +127,7 @@ mod tests {
     #[test]
     fn a_closed_session_is_unknown() {
         let sessions = Sessions::new(Duration::from_secs(60));
-        let (id, _) = sessions.open().unwrap();
+        let (id, _) = sessions.open(alice()).unwrap();
         sessions.close(&id);
         assert_eq!(sessions.lookup(&id), Lookup::Unknown);
     }

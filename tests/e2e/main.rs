@@ -14,6 +14,7 @@ mod python;
 mod slurm;
 mod tensorboard;
 mod training;
+mod users;
 // The server's WebDriver client, shared rather than copied; not every method is used here.
 #[allow(dead_code)]
 #[path = "../../server/tests/api/webdriver.rs"]

@@ -1,7 +1,7 @@
 //! Launching ablation grids: the grids there are, launching one, the launches, cancelling one.
 //!
-//! Launching and cancelling are operator actions (token, or a signed-in session with its CSRF
-//! token). A server started without launching answers every one of these with 404.
+//! Launching and cancelling are an admin's (the server's token, an admin's token, or a session
+//! signed in with one, with its CSRF token). A server started without launching answers every one of these with 404.
 
 use axum::Json;
 use axum::extract::State;
@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use keel_protocol::{GridInfo, LaunchRecord, LaunchRequest};
 
 use crate::AppState;
-use crate::auth::Operator;
+use crate::auth::Admin;
 use crate::error::{ApiJson, ApiPath, AppError, AppResult};
 use crate::launches::Launches;
 use crate::routes::table::Routes;
@@ -42,7 +42,7 @@ async fn grids(State(state): State<AppState>) -> AppResult<Json<Vec<GridInfo>>> 
 
 async fn launch(
     State(state): State<AppState>,
-    op: Operator,
+    op: Admin,
     ApiJson(req): ApiJson<LaunchRequest>,
 ) -> AppResult<(StatusCode, Json<LaunchRecord>)> {
     let record = launches(&state)?.launch(req, op.by).await?;
@@ -62,7 +62,7 @@ async fn one(
 
 async fn cancel(
     State(state): State<AppState>,
-    _op: Operator,
+    _op: Admin,
     ApiPath(id): ApiPath<i64>,
 ) -> AppResult<Json<LaunchRecord>> {
     Ok(Json(launches(&state)?.cancel(id)?))
@@ -70,7 +70,7 @@ async fn cancel(
 
 async fn cancel_variant(
     State(state): State<AppState>,
-    _op: Operator,
+    _op: Admin,
     ApiPath((id, variant)): ApiPath<(i64, String)>,
 ) -> AppResult<Json<LaunchRecord>> {
     Ok(Json(launches(&state)?.cancel_variant(id, &variant)?))

@@ -71,11 +71,23 @@ async fn sign_in(
     Form(f): Form<LoginForm>,
 ) -> Result<Response, PageError> {
     let next = local_path(f.next);
-    if !auth::is_token(&f.token, &state) {
-        let error = Some("Wrong token: that is not the token this server was started with.".into());
-        return login_page(StatusCode::UNAUTHORIZED, LoginPage { next, error });
-    }
-    let (id, _csrf) = state.sessions.open()?;
+    let caller = match auth::of_token(&f.token, &state).await {
+        Ok(Some(c)) if c.by == "token" => auth::Caller {
+            by: "browser".into(),
+            role: c.role,
+        },
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            let error = Some(
+                "Wrong token: that is neither this server's token nor a person's (keel users add)."
+                    .into(),
+            );
+            return login_page(StatusCode::UNAUTHORIZED, LoginPage { next, error });
+        }
+        Err(e) => return Err(PageError::from(e)),
+    };
+    tracing::info!(who = caller.by, role = %caller.role, "signed in");
+    let (id, _csrf) = state.sessions.open(caller)?;
     let max_age = state.sessions.ttl().as_secs();
     let secure = if state.config.secure_cookie {
         "; Secure"

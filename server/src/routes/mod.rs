@@ -67,9 +67,59 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             guard_body,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard_private,
+        ))
         .layer(CompressionLayer::new())
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// On a `--private` server, a request needs a token or a signed-in session before anything
+/// else (but for signing in, `/healthz` and the static files): an API call without one is 401,
+/// a page redirects to the sign-in form.
+async fn guard_private(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let path = req.uri().path();
+    let open = matches!(path, "/login" | "/logout" | "/healthz" | "/favicon.ico")
+        || path.starts_with("/static/");
+    if !state.config.private || open {
+        return next.run(req).await;
+    }
+    match crate::auth::reader(req.headers(), &state).await {
+        Ok(_) => next.run(req).await,
+        Err(e) if path.starts_with("/api/") => e.into_response(),
+        Err(_) => {
+            let back = req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned();
+            let to = format!("/login?next={}", percent(&back));
+            (
+                axum::http::StatusCode::SEE_OTHER,
+                [(axum::http::header::LOCATION, to)],
+            )
+                .into_response()
+        }
+    }
+}
+
+/// `s` with everything but unreserved characters and `/` percent-encoded, for a query value.
+fn percent(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Largest body of the sign-in and sign-out forms, the only writes judged by their bodies.

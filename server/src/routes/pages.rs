@@ -98,8 +98,17 @@ async fn runs_page(
     query: Result<axum::extract::Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> PageResult {
     let table = table(&state, runs_query(query)?).await?;
+    let session = crate::auth::signed_in(&headers, &state);
+    let csrf = session
+        .as_ref()
+        .and_then(|s| s.csrf_for(keel_protocol::Role::Admin));
+    let who = session
+        .as_ref()
+        .filter(|_| csrf.is_none())
+        .map(|s| s.caller.describe());
     let launch = state.launches.as_ref().map(|l| LaunchPanel {
-        csrf: crate::auth::signed_in(&headers, &state),
+        csrf,
+        who,
         max_trainers: l.config().max_trainers.max(1),
         slurm: match &l.config().engine {
             crate::launches::Engine::Local => None,
@@ -133,8 +142,8 @@ async fn run_page(
         .map_err(|_| AppError::NotFound(format!("run {id} not found")))?;
     let detail = state.store.run_detail(id).await?;
     // Only a signed-in page carries the CSRF token, and with it the controls.
-    let csrf = crate::auth::signed_in(&headers, &state);
-    html(&RunPage::new(&detail, now()).with_csrf(csrf))
+    let session = crate::auth::signed_in(&headers, &state);
+    html(&RunPage::new(&detail, now()).signed_in(session))
 }
 
 #[derive(serde::Deserialize)]

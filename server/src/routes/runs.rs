@@ -64,11 +64,11 @@ fn check_spec(spec: &RunSpec) -> AppResult<()> {
 
 async fn create(
     State(state): State<AppState>,
-    _op: Operator,
+    op: Operator,
     ApiJson(spec): ApiJson<RunSpec>,
 ) -> AppResult<(StatusCode, Json<CreatedRun>)> {
     check_spec(&spec)?;
-    let id = state.store.create_run(spec).await?;
+    let id = state.store.create_run(spec, op.by).await?;
     Ok((StatusCode::CREATED, Json(CreatedRun { id })))
 }
 

@@ -16,6 +16,15 @@ use crate::alerts::Thresholds;
 
 /// Reads.
 impl Store {
+    /// The person `token` belongs to, if it is a person's.
+    pub async fn user_by_token(&self, token: &str) -> StoreResult<Option<super::users::User>> {
+        super::users::by_token(&self.read, token).await
+    }
+
+    pub async fn users(&self) -> StoreResult<Vec<keel_protocol::UserRecord>> {
+        super::users::list(&self.read).await
+    }
+
     pub async fn run_row(&self, id: i64) -> StoreResult<RunRow> {
         runs::run_row(&self.read, id).await
     }
@@ -141,8 +150,9 @@ impl Store {
 
 /// Writes, each committed by the writer task before it answers.
 impl Store {
-    pub async fn create_run(&self, spec: RunSpec) -> StoreResult<i64> {
-        self.write(|r| WriteOp::CreateRun(spec, r)).await
+    /// A new run, created by `by` (who the audit log names).
+    pub async fn create_run(&self, spec: RunSpec, by: String) -> StoreResult<i64> {
+        self.write(|r| WriteOp::CreateRun(spec, by, r)).await
     }
 
     pub async fn ingest(&self, run_id: i64, batch: IngestBatch) -> StoreResult<IngestReply> {

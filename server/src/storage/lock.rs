@@ -58,6 +58,23 @@ pub fn acquire(db: &Path) -> anyhow::Result<DbLock> {
     }
 }
 
+/// Held while migrations run on `db`: a server starting and a `keel users` beside it would
+/// otherwise both apply the same migration. Waits for whoever holds it.
+pub fn migrating(db: &Path) -> anyhow::Result<File> {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".migrate-lock");
+    let path = PathBuf::from(name);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening the lock file {}", path.display()))?;
+    file.lock()
+        .with_context(|| format!("locking {}", path.display()))?;
+    Ok(file)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,6 +25,7 @@ pub mod lock;
 pub mod runs;
 pub mod series;
 pub mod summary;
+pub mod users;
 pub mod writer;
 
 use std::path::Path;
@@ -122,10 +123,12 @@ impl Store {
             .connect_with(options.clone())
             .await
             .with_context(|| format!("opening the database {}", path.display()))?;
+        let migrating = lock::migrating(path)?;
         sqlx::migrate!("../migrations")
             .run(&setup)
             .await
             .context("applying migrations")?;
+        drop(migrating);
         setup.close().await;
         let conn = options
             .connect()

@@ -24,6 +24,8 @@ pub struct RunPage {
     pub boot: String,
     /// The session's CSRF token; `None` for a visitor who is not signed in (no controls).
     pub csrf: Option<String>,
+    /// Who is signed in when they may not steer (`bob (viewer)`).
+    pub who: Option<String>,
     /// The run's data sources (from its `loss/<source>` scalars), to prefill the data mix.
     pub sources: Vec<String>,
 }
@@ -107,13 +109,20 @@ impl RunPage {
             config: serde_json::to_string_pretty(&run.config).unwrap_or_default(),
             boot: boot.to_string(),
             csrf: None,
+            who: None,
             sources: sources(&run.scalars),
         }
     }
 
-    /// The page as shown to a signed-in session (`Some`) or a visitor (`None`).
-    pub fn with_csrf(mut self, csrf: Option<String>) -> RunPage {
-        self.csrf = csrf;
+    /// The page as shown to a signed-in session (`Some`) or a visitor (`None`): an operator's
+    /// or an admin's carries the CSRF token and the controls, a viewer's says who they are.
+    pub fn signed_in(mut self, session: Option<crate::auth::SignedIn>) -> RunPage {
+        if let Some(s) = session {
+            self.csrf = s.csrf_for(keel_protocol::Role::Operator);
+            if self.csrf.is_none() {
+                self.who = Some(s.caller.describe());
+            }
+        }
         self
     }
 }

@@ -23,6 +23,8 @@ pub struct LaunchPanel {
     /// The session's CSRF token: a visitor who is not signed in gets a sign-in link instead of
     /// the form and the cancel buttons.
     pub csrf: Option<String>,
+    /// Who is signed in when they may not launch (`bob (operator)`).
+    pub who: Option<String>,
     pub max_trainers: usize,
     /// Under SLURM, the jobs' options in a few words (`partition gpu, gres gpu:1`, or
     /// `the cluster's defaults`); `None` when variants train on this server.

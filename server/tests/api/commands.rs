@@ -182,7 +182,7 @@ fn a_queued_command_survives_a_server_restart_and_reaches_a_reconnecting_trainer
 }
 
 /// Steps 0..n of a loss with 1 % noise and a doubling at each step of `spikes`.
-fn spiky_losses(range: std::ops::Range<u64>, spikes: &[u64]) -> serde_json::Value {
+pub fn spiky_losses(range: std::ops::Range<u64>, spikes: &[u64]) -> serde_json::Value {
     let steps: Vec<serde_json::Value> = range
         .map(|s| {
             // Deterministic noise: a hash of the step, about ±1 %.

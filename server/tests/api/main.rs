@@ -17,4 +17,5 @@ mod reads;
 mod refusals;
 mod sessions;
 mod summaries;
+mod users;
 mod webdriver;

@@ -16,11 +16,12 @@ impl Writer {
     ) -> StoreResult<()> {
         let run = runs::run_row(&mut *tx, run_id).await?;
         let sql = match setting {
-            "rules" => "UPDATE runs SET rules = ? WHERE id = ?",
-            _ => "UPDATE runs SET thresholds = ? WHERE id = ?",
+            "rules" => "UPDATE runs SET rules = ?, rules_by = ? WHERE id = ?",
+            _ => "UPDATE runs SET thresholds = ?, thresholds_by = ? WHERE id = ?",
         };
         sqlx::query(sql)
             .bind(&text)
+            .bind(by)
             .bind(run_id)
             .execute(&mut *tx)
             .await?;
@@ -92,6 +93,12 @@ impl Writer {
         changes: &mut Vec<Change>,
     ) -> StoreResult<()> {
         let rules = runs::rules(&mut *tx, alert.run_id).await?;
+        let by: Option<String> =
+            sqlx::query_scalar("SELECT COALESCE(rules_by, created_by) FROM runs WHERE id = ?")
+                .bind(alert.run_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        let set_by = by.map(|b| format!(", set by {b}")).unwrap_or_default();
         for (i, rule) in rules.iter().enumerate().filter(|(_, r)| r.on == alert.name) {
             let name = format!("rule:{i}");
             let (fired, last): (i64, Option<i64>) = sqlx::query_as(
@@ -123,14 +130,14 @@ impl Writer {
                 .await;
             let message = match issued {
                 Ok(c) => format!(
-                    "rule {i} (on {}) issued {} as command {}",
+                    "rule {i} (on {}{set_by}) issued {} as command {}",
                     rule.on,
                     rule.action.kind(),
                     c.id
                 ),
                 // A run that has ended takes no commands: the firing is still told.
                 Err(StoreError::Conflict(why)) => {
-                    format!("rule {i} (on {}) could not act: {why}", rule.on)
+                    format!("rule {i} (on {}{set_by}) could not act: {why}", rule.on)
                 }
                 Err(e) => return Err(e),
             };

@@ -55,7 +55,7 @@ pub struct NewEvent {
 type Reply<T> = oneshot::Sender<StoreResult<T>>;
 
 pub enum WriteOp {
-    CreateRun(RunSpec, Reply<i64>),
+    CreateRun(RunSpec, String, Reply<i64>),
     Ingest(i64, IngestBatch, Reply<IngestReply>),
     AddEvent(NewEvent, Reply<EventRecord>),
     /// A status change reported by the trainer or decided by the server (e.g. `lost`).
@@ -226,8 +226,8 @@ impl Writer {
     ) -> Result<Box<dyn Finish>, StoreError> {
         // Each arm refuses (Ok with an Err answer) before writing, or fails the transaction.
         Ok(match op {
-            WriteOp::CreateRun(spec, reply) => {
-                let result = steps::create_run(tx, &spec).await;
+            WriteOp::CreateRun(spec, by, reply) => {
+                let result = steps::create_run(tx, &spec, &by).await;
                 Box::new(Answer(reply, Ok(result?)))
             }
             WriteOp::Ingest(run_id, batch, reply) => {

@@ -229,11 +229,15 @@ impl Writer {
     }
 }
 
-pub(super) async fn create_run(tx: &mut SqliteConnection, spec: &RunSpec) -> StoreResult<i64> {
+pub(super) async fn create_run(
+    tx: &mut SqliteConnection,
+    spec: &RunSpec,
+    by: &str,
+) -> StoreResult<i64> {
     let t = now();
     let id = sqlx::query(
-        "INSERT INTO runs (name, grp, variant, tags, config, layers, ranks, status, created_at, updated_at, seen_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)",
+        "INSERT INTO runs (name, grp, variant, tags, config, layers, ranks, status, created_at, updated_at, seen_at, created_by)
+         VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
     )
     .bind(&spec.name)
     .bind(&spec.group)
@@ -245,6 +249,7 @@ pub(super) async fn create_run(tx: &mut SqliteConnection, spec: &RunSpec) -> Sto
     .bind(t)
     .bind(t)
     .bind(t)
+    .bind(by)
     .execute(&mut *tx)
     .await?
     .last_insert_rowid();
