@@ -107,7 +107,7 @@ pub async fn check(path: &Path, repair: bool) -> anyhow::Result<Report> {
         let mut walk = Walk::new(run, branch);
         {
             let mut rows = sqlx::query_as::<_, (i64, Vec<u8>)>(
-                "SELECT step, data FROM steps WHERE run_id = ? AND branch = ? ORDER BY step",
+                "SELECT step, data FROM steps WHERE run_id = $1 AND branch = $2 ORDER BY step",
             )
             .bind(run)
             .bind(branch)
@@ -213,7 +213,7 @@ impl Walk {
         let (series, level, bucket) = key;
         let row: Option<Vec<u8>> = sqlx::query_scalar(
             "SELECT data FROM summaries
-             WHERE run_id = ? AND branch = ? AND series_id = ? AND level = ? AND bucket = ?",
+             WHERE run_id = $1 AND branch = $2 AND series_id = $3 AND level = $4 AND bucket = $5",
         )
         .bind(self.run)
         .bind(self.branch)
@@ -244,8 +244,9 @@ impl Walk {
         });
         if let Some(conn) = repair {
             sqlx::query(
-                "INSERT OR REPLACE INTO summaries (run_id, branch, series_id, level, bucket, data)
-                 VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO summaries (run_id, branch, series_id, level, bucket, data)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (run_id, branch, series_id, level, bucket) DO UPDATE SET data = excluded.data",
             )
             .bind(self.run)
             .bind(self.branch)
@@ -267,7 +268,7 @@ impl Walk {
         report: &mut Report,
     ) -> anyhow::Result<()> {
         let keys: Vec<(u32, i64, i64)> = sqlx::query_as(
-            "SELECT series_id, level, bucket FROM summaries WHERE run_id = ? AND branch = ?",
+            "SELECT series_id, level, bucket FROM summaries WHERE run_id = $1 AND branch = $2",
         )
         .bind(self.run)
         .bind(self.branch)
@@ -288,8 +289,8 @@ impl Walk {
             });
             if let Some(conn) = repair.as_deref_mut() {
                 sqlx::query(
-                    "DELETE FROM summaries WHERE run_id = ? AND branch = ? AND series_id = ?
-                     AND level = ? AND bucket = ?",
+                    "DELETE FROM summaries WHERE run_id = $1 AND branch = $2 AND series_id = $3
+                     AND level = $4 AND bucket = $5",
                 )
                 .bind(self.run)
                 .bind(self.branch)

@@ -52,8 +52,8 @@ pub async fn note(
         "SELECT ",
         columns!(),
         ", peak_size FROM incidents
-         WHERE run_id = ? AND name = ? AND acked_at IS NULL
-           AND end_step + ? >= ? AND start_step <= ? + ?
+         WHERE run_id = $1 AND name = $2 AND acked_at IS NULL
+           AND end_step + $3 >= $4 AND start_step <= $5 + $6
          ORDER BY id DESC LIMIT 1"
     );
     let open = sqlx::query(sql)
@@ -73,13 +73,14 @@ pub async fn note(
             let worse = alert.severity > severity_from(row.get("severity"));
             sqlx::query(
                 "UPDATE incidents SET
-                   start_step = MIN(start_step, ?), end_step = MAX(end_step, ?),
-                   alerts = alerts + 1, updated_at = ?,
-                   severity = CASE WHEN ? THEN ? ELSE severity END,
-                   peak_step = CASE WHEN ? THEN ? ELSE peak_step END,
-                   peak_size = CASE WHEN ? THEN ? ELSE peak_size END,
-                   peak_message = CASE WHEN ? THEN ? ELSE peak_message END
-                 WHERE id = ?",
+                   start_step = CASE WHEN $1 < start_step THEN $1 ELSE start_step END,
+                   end_step = CASE WHEN $2 > end_step THEN $2 ELSE end_step END,
+                   alerts = alerts + 1, updated_at = $3,
+                   severity = CASE WHEN $4 THEN $5 ELSE severity END,
+                   peak_step = CASE WHEN $6 THEN $7 ELSE peak_step END,
+                   peak_size = CASE WHEN $8 THEN $9 ELSE peak_size END,
+                   peak_message = CASE WHEN $10 THEN $11 ELSE peak_message END
+                 WHERE id = $12",
             )
             .bind(step)
             .bind(step)
@@ -100,7 +101,7 @@ pub async fn note(
         None => sqlx::query(
             "INSERT INTO incidents (run_id, name, severity, start_step, peak_step, end_step,
                peak_size, peak_message, alerts, opened_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $10) RETURNING id",
         )
         .bind(alert.run_id)
         .bind(&alert.name)
@@ -112,11 +113,11 @@ pub async fn note(
         .bind(&alert.message)
         .bind(alert.time)
         .bind(alert.time)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?
-        .last_insert_rowid(),
+        .get::<i64, _>("id"),
     };
-    sqlx::query("UPDATE runs SET open_incidents = open_incidents + 1 WHERE id = ?")
+    sqlx::query("UPDATE runs SET open_incidents = open_incidents + 1 WHERE id = $1")
         .bind(alert.run_id)
         .execute(&mut *tx)
         .await?;
@@ -138,14 +139,17 @@ pub async fn acknowledge(
             "incident {id} was acknowledged already, by {who}"
         )));
     }
-    sqlx::query("UPDATE incidents SET acked_by = ?, acked_at = ?, updated_at = ? WHERE id = ?")
+    sqlx::query("UPDATE incidents SET acked_by = $1, acked_at = $2, updated_at = $3 WHERE id = $4")
         .bind(by)
         .bind(time)
         .bind(time)
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("UPDATE runs SET open_incidents = MAX(open_incidents - 1, 0) WHERE id = ?")
+    sqlx::query(
+        "UPDATE runs SET open_incidents = CASE WHEN open_incidents > 0 THEN open_incidents - 1 \
+         ELSE 0 END WHERE id = $1",
+    )
         .bind(run_id)
         .execute(&mut *tx)
         .await?;
@@ -157,7 +161,7 @@ pub async fn one(db: impl SqliteExecutor<'_>, run_id: i64, id: i64) -> StoreResu
     let sql = concat!(
         "SELECT ",
         columns!(),
-        " FROM incidents WHERE run_id = ? AND id = ?"
+        " FROM incidents WHERE run_id = $1 AND id = $2"
     );
     let row = sqlx::query(sql)
         .bind(run_id)
@@ -177,7 +181,7 @@ pub async fn list(
     let sql = concat!(
         "SELECT ",
         columns!(),
-        " FROM incidents WHERE run_id = ? AND (? = 0 OR acked_at IS NULL) ORDER BY id"
+        " FROM incidents WHERE run_id = $1 AND (NOT $2 OR acked_at IS NULL) ORDER BY id"
     );
     let rows = sqlx::query(sql)
         .bind(run_id)

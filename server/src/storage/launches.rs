@@ -34,7 +34,7 @@ pub(super) async fn save(tx: &mut SqliteConnection, launch: &StoredLaunch) -> St
     let r = &launch.record;
     let active = r.variants.iter().any(|v| !v.state.is_final());
     sqlx::query(
-        "INSERT INTO launches (id, record, pids, active, updated_at) VALUES (?, ?, ?, ?, ?)
+        "INSERT INTO launches (id, record, pids, active, updated_at) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (id) DO UPDATE SET record = excluded.record, pids = excluded.pids,
          active = excluded.active, updated_at = excluded.updated_at",
     )
@@ -50,7 +50,7 @@ pub(super) async fn save(tx: &mut SqliteConnection, launch: &StoredLaunch) -> St
 
 /// Forgets launches that ended before `before` (unix seconds); how many.
 pub(super) async fn prune(tx: &mut SqliteConnection, before: f64) -> StoreResult<u64> {
-    let done = sqlx::query("DELETE FROM launches WHERE active = 0 AND updated_at < ?")
+    let done = sqlx::query("DELETE FROM launches WHERE active = 0 AND updated_at < $1")
         .bind(before)
         .execute(&mut *tx)
         .await?;

@@ -112,7 +112,7 @@ fn run_from(row: &SqliteRow) -> RunRow {
 }
 
 pub async fn run_row(db: impl SqliteExecutor<'_>, id: i64) -> StoreResult<RunRow> {
-    let sql = concat!("SELECT ", run_columns!(), " FROM runs WHERE id = ?");
+    let sql = concat!("SELECT ", run_columns!(), " FROM runs WHERE id = $1");
     let row = sqlx::query(sql).bind(id).fetch_optional(db).await?;
     row.map(|r| run_from(&r))
         .ok_or_else(|| StoreError::NotFound(format!("run {id}")))
@@ -128,7 +128,7 @@ pub async fn list_runs(
     let sql = concat!(
         "SELECT ",
         list_columns!(),
-        " FROM runs WHERE id < ? ORDER BY id DESC LIMIT ?"
+        " FROM runs WHERE id < $1 ORDER BY id DESC LIMIT $2"
     );
     let rows = sqlx::query(sql)
         .bind(before.unwrap_or(i64::MAX))
@@ -148,7 +148,7 @@ pub async fn count_runs(db: impl SqliteExecutor<'_>) -> StoreResult<u64> {
 
 /// The ids of a group's runs, oldest first.
 pub async fn group_ids(db: impl SqliteExecutor<'_>, group: &str) -> StoreResult<Vec<i64>> {
-    let rows: Vec<(i64,)> = sqlx::query_as("SELECT id FROM runs WHERE grp = ? ORDER BY id")
+    let rows: Vec<(i64,)> = sqlx::query_as("SELECT id FROM runs WHERE grp = $1 ORDER BY id")
         .bind(group)
         .fetch_all(db)
         .await?;
@@ -176,7 +176,7 @@ pub async fn rules(
     run_id: i64,
 ) -> StoreResult<Vec<keel_protocol::Rule>> {
     let row: Option<(Option<String>, String)> =
-        sqlx::query_as("SELECT rules, config FROM runs WHERE id = ?")
+        sqlx::query_as("SELECT rules, config FROM runs WHERE id = $1")
             .bind(run_id)
             .fetch_optional(db)
             .await?;
@@ -205,7 +205,7 @@ pub async fn quiet_running_runs(
     before: f64,
 ) -> StoreResult<Vec<(i64, Option<u64>, f64)>> {
     let rows: Vec<(i64, Option<i64>, f64)> = sqlx::query_as(
-        "SELECT id, last_step, updated_at FROM runs WHERE status = 'running' AND updated_at < ?",
+        "SELECT id, last_step, updated_at FROM runs WHERE status = 'running' AND updated_at < $1",
     )
     .bind(before)
     .fetch_all(db)
@@ -219,7 +219,7 @@ pub async fn quiet_running_runs(
 /// Where a run's live stream stands: its last step arrival and its last event.
 pub async fn cursor(db: impl SqliteExecutor<'_>, run_id: i64) -> StoreResult<super::Cursor> {
     let (seq, event): (i64, i64) = sqlx::query_as(
-        "SELECT seq, (SELECT COALESCE(MAX(id), 0) FROM events WHERE run_id = ?) FROM runs WHERE id = ?",
+        "SELECT seq, (SELECT COALESCE(MAX(id), 0) FROM events WHERE run_id = $1) FROM runs WHERE id = $2",
     )
     .bind(run_id)
     .bind(run_id)
@@ -231,7 +231,7 @@ pub async fn cursor(db: impl SqliteExecutor<'_>, run_id: i64) -> StoreResult<sup
 /// Runs whose trainer has not been heard from since `before` while they should be stepping.
 pub async fn silent_runs(db: impl SqliteExecutor<'_>, before: f64) -> StoreResult<Vec<i64>> {
     let rows: Vec<(i64,)> =
-        sqlx::query_as("SELECT id FROM runs WHERE status IN ('running', 'paused') AND seen_at < ?")
+        sqlx::query_as("SELECT id FROM runs WHERE status IN ('running', 'paused') AND seen_at < $1")
             .bind(before)
             .fetch_all(db)
             .await?;
@@ -245,7 +245,7 @@ pub async fn run_of_variant(
     variant: &str,
 ) -> StoreResult<Option<i64>> {
     let row: Option<(i64,)> = sqlx::query_as(
-        "SELECT id FROM runs WHERE grp = ? AND variant = ? ORDER BY id DESC LIMIT 1",
+        "SELECT id FROM runs WHERE grp = $1 AND variant = $2 ORDER BY id DESC LIMIT 1",
     )
     .bind(group)
     .bind(variant)
@@ -264,7 +264,7 @@ pub struct SeriesRow {
 
 pub async fn series_of(db: impl SqliteExecutor<'_>, run_id: i64) -> StoreResult<Vec<SeriesRow>> {
     let rows: Vec<(i64, String, String, i64)> =
-        sqlx::query_as("SELECT id, kind, name, width FROM series WHERE run_id = ? ORDER BY id")
+        sqlx::query_as("SELECT id, kind, name, width FROM series WHERE run_id = $1 ORDER BY id")
             .bind(run_id)
             .fetch_all(db)
             .await?;
@@ -317,7 +317,7 @@ pub struct BranchRow {
 
 pub async fn branches(db: impl SqliteExecutor<'_>, run_id: i64) -> StoreResult<Vec<BranchRow>> {
     let rows: Vec<(i64, Option<i64>, Option<i64>)> = sqlx::query_as(
-        "SELECT branch, parent, fork_step FROM branches WHERE run_id = ? ORDER BY branch",
+        "SELECT branch, parent, fork_step FROM branches WHERE run_id = $1 ORDER BY branch",
     )
     .bind(run_id)
     .fetch_all(db)
@@ -357,7 +357,7 @@ pub async fn events(
 ) -> StoreResult<Vec<EventRecord>> {
     let rows = sqlx::query(
         "SELECT id, run_id, kind, name, severity, step, message, time FROM events
-         WHERE run_id = ? AND id > ? ORDER BY id LIMIT ?",
+         WHERE run_id = $1 AND id > $2 ORDER BY id LIMIT $3",
     )
     .bind(run_id)
     .bind(after)
@@ -408,7 +408,7 @@ pub async fn command(
     let sql = concat!(
         "SELECT ",
         command_columns!(),
-        " FROM commands WHERE run_id = ? AND id = ?"
+        " FROM commands WHERE run_id = $1 AND id = $2"
     );
     let row = sqlx::query(sql)
         .bind(run_id)
@@ -427,7 +427,7 @@ pub async fn commands(db: impl SqliteExecutor<'_>, run_id: i64) -> StoreResult<V
     let sql = concat!(
         "SELECT ",
         command_columns!(),
-        " FROM commands WHERE run_id = ? ORDER BY id"
+        " FROM commands WHERE run_id = $1 ORDER BY id"
     );
     let rows = sqlx::query(sql).bind(run_id).fetch_all(db).await?;
     rows.iter().map(command_from).collect()
@@ -441,7 +441,7 @@ pub async fn open_commands(
     let sql = concat!(
         "SELECT ",
         command_columns!(),
-        " FROM commands WHERE run_id = ? AND status IN ('queued', 'delivered') ORDER BY id"
+        " FROM commands WHERE run_id = $1 AND status IN ('queued', 'delivered') ORDER BY id"
     );
     let rows = sqlx::query(sql).bind(run_id).fetch_all(db).await?;
     rows.iter().map(command_from).collect()
@@ -457,7 +457,7 @@ pub async fn steps_since(
 ) -> StoreResult<Vec<(u32, i64, StepRecord)>> {
     let series = series_of(db, run_id).await?;
     let rows: Vec<(i64, i64, i64, Vec<u8>)> = sqlx::query_as(
-        "SELECT branch, step, seq, data FROM steps WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        "SELECT branch, step, seq, data FROM steps WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
     )
     .bind(run_id)
     .bind(seq)

@@ -273,8 +273,8 @@ impl Reader<'_> {
     async fn summaries(&mut self, branch: u32, li: usize, k0: u64, k1: u64) -> StoreResult<()> {
         let run_id = self.plan.run_id;
         let mut rows = sqlx::query_as::<_, (i64, Vec<u8>)>(
-            "SELECT bucket, data FROM summaries WHERE run_id = ? AND branch = ? AND series_id = ?
-             AND level = ? AND bucket BETWEEN ? AND ?",
+            "SELECT bucket, data FROM summaries WHERE run_id = $1 AND branch = $2 AND series_id = $3
+             AND level = $4 AND bucket BETWEEN $5 AND $6",
         )
         .bind(run_id)
         .bind(branch)
@@ -294,7 +294,7 @@ impl Reader<'_> {
     async fn raw(&mut self, branch: u32, lo: u64, hi: u64) -> StoreResult<()> {
         let series_id = self.plan.series_id;
         let mut rows = sqlx::query_as::<_, (i64, Vec<u8>)>(
-            "SELECT step, data FROM steps WHERE run_id = ? AND branch = ? AND step BETWEEN ? AND ?",
+            "SELECT step, data FROM steps WHERE run_id = $1 AND branch = $2 AND step BETWEEN $3 AND $4",
         )
         .bind(self.plan.run_id)
         .bind(branch)
@@ -345,8 +345,8 @@ async fn bounds(
         // MIN and MAX in one SELECT scan the whole range.
         let hi = hi.min(i64::MAX as u64) as i64;
         let (min, max): (Option<i64>, Option<i64>) = sqlx::query_as(
-            "SELECT (SELECT MIN(step) FROM steps WHERE run_id = ?1 AND branch = ?2 AND step BETWEEN ?3 AND ?4),
-                    (SELECT MAX(step) FROM steps WHERE run_id = ?1 AND branch = ?2 AND step BETWEEN ?3 AND ?4)",
+            "SELECT (SELECT MIN(step) FROM steps WHERE run_id = $1 AND branch = $2 AND step BETWEEN $3 AND $4),
+                    (SELECT MAX(step) FROM steps WHERE run_id = $1 AND branch = $2 AND step BETWEEN $3 AND $4)",
         )
         .bind(run_id)
         .bind(branch)

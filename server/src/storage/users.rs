@@ -39,7 +39,7 @@ pub(super) async fn by_token(
     token: &str,
 ) -> StoreResult<Option<User>> {
     let row: Option<(String, String)> =
-        sqlx::query_as("SELECT name, role FROM users WHERE token_hash = ?")
+        sqlx::query_as("SELECT name, role FROM users WHERE token_hash = $1")
             .bind(hash(token))
             .fetch_optional(db)
             .await?;
@@ -102,7 +102,7 @@ impl Directory {
         check_user_name(name).map_err(anyhow::Error::msg)?;
         let token = crate::auth::new_token()?;
         let added = sqlx::query(
-            "INSERT INTO users (name, role, token_hash, created_at) VALUES (?, ?, ?, ?)
+            "INSERT INTO users (name, role, token_hash, created_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(name)
@@ -120,7 +120,7 @@ impl Directory {
 
     /// Changes a person's role; false when there is nobody of that name.
     pub async fn set_role(&self, name: &str, role: Role) -> anyhow::Result<bool> {
-        let done = sqlx::query("UPDATE users SET role = ? WHERE name = ?")
+        let done = sqlx::query("UPDATE users SET role = $1 WHERE name = $2")
             .bind(role.as_str())
             .bind(name)
             .execute(&self.pool)
@@ -131,7 +131,7 @@ impl Directory {
     /// Removes a person (their token stops working at once); false when there was nobody of
     /// that name.
     pub async fn remove(&self, name: &str) -> anyhow::Result<bool> {
-        let done = sqlx::query("DELETE FROM users WHERE name = ?")
+        let done = sqlx::query("DELETE FROM users WHERE name = $1")
             .bind(name)
             .execute(&self.pool)
             .await?;

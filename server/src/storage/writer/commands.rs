@@ -22,16 +22,16 @@ impl Writer {
         let body = serde_json::to_string(&command).map_err(anyhow::Error::from)?;
         let id = sqlx::query(
             "INSERT INTO commands (run_id, body, status, issued_by, created_at, updated_at)
-             VALUES (?, ?, 'queued', ?, ?, ?)",
+             VALUES ($1, $2, 'queued', $3, $4, $5) RETURNING id",
         )
         .bind(run_id)
         .bind(body)
         .bind(&issued_by)
         .bind(t)
         .bind(t)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?
-        .last_insert_rowid();
+        .get::<i64, _>("id");
         let record = runs::command(&mut *tx, run_id, id).await?;
         self.audit(tx, &record, changes).await?;
         Ok(record)
@@ -45,7 +45,7 @@ impl Writer {
     ) -> StoreResult<Vec<CommandRecord>> {
         let run = runs::run_row(&mut *tx, run_id).await?;
         // A trainer asking for commands is alive.
-        sqlx::query("UPDATE runs SET seen_at = ? WHERE id = ?")
+        sqlx::query("UPDATE runs SET seen_at = $1 WHERE id = $2")
             .bind(now())
             .bind(run_id)
             .execute(&mut *tx)
@@ -61,7 +61,7 @@ impl Writer {
                 command.status = CommandStatus::Delivered;
                 command.updated_at = now();
                 sqlx::query(
-                    "UPDATE commands SET status = 'delivered', updated_at = ? WHERE id = ?",
+                    "UPDATE commands SET status = 'delivered', updated_at = $1 WHERE id = $2",
                 )
                 .bind(command.updated_at)
                 .bind(command.id)
@@ -97,8 +97,8 @@ impl Writer {
         command.message = outcome.message;
         command.updated_at = now();
         sqlx::query(
-            "UPDATE commands SET status = ?, applied_step = ?, message = ?, updated_at = ?
-             WHERE id = ?",
+            "UPDATE commands SET status = $1, applied_step = $2, message = $3, updated_at = $4
+             WHERE id = $5",
         )
         .bind(command.status.as_str())
         .bind(command.applied_step.map(|s| s as i64))

@@ -16,8 +16,8 @@ impl Writer {
     ) -> StoreResult<()> {
         let run = runs::run_row(&mut *tx, run_id).await?;
         let sql = match setting {
-            "rules" => "UPDATE runs SET rules = ?, rules_by = ? WHERE id = ?",
-            _ => "UPDATE runs SET thresholds = ?, thresholds_by = ? WHERE id = ?",
+            "rules" => "UPDATE runs SET rules = $1, rules_by = $2 WHERE id = $3",
+            _ => "UPDATE runs SET thresholds = $1, thresholds_by = $2 WHERE id = $3",
         };
         sqlx::query(sql)
             .bind(&text)
@@ -94,7 +94,7 @@ impl Writer {
     ) -> StoreResult<()> {
         let rules = runs::rules(&mut *tx, alert.run_id).await?;
         let by: Option<String> =
-            sqlx::query_scalar("SELECT COALESCE(rules_by, created_by) FROM runs WHERE id = ?")
+            sqlx::query_scalar("SELECT COALESCE(rules_by, created_by) FROM runs WHERE id = $1")
                 .bind(alert.run_id)
                 .fetch_one(&mut *tx)
                 .await?;
@@ -102,7 +102,7 @@ impl Writer {
         for (i, rule) in rules.iter().enumerate().filter(|(_, r)| r.on == alert.name) {
             let name = format!("rule:{i}");
             let (fired, last): (i64, Option<i64>) = sqlx::query_as(
-                "SELECT COUNT(*), MAX(step) FROM events WHERE run_id = ? AND kind = 'rule' AND name = ?",
+                "SELECT COUNT(*), MAX(step) FROM events WHERE run_id = $1 AND kind = 'rule' AND name = $2",
             )
             .bind(alert.run_id)
             .bind(&name)
@@ -165,7 +165,7 @@ impl Writer {
         let time = now();
         let id = sqlx::query(
             "INSERT INTO events (run_id, kind, name, severity, step, message, time)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
         )
         .bind(e.run_id)
         .bind(&e.kind)
@@ -174,11 +174,11 @@ impl Writer {
         .bind(e.step.map(|s| s as i64))
         .bind(&e.message)
         .bind(time)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?
-        .last_insert_rowid();
+        .get::<i64, _>("id");
         if e.kind == "alert" {
-            sqlx::query("UPDATE runs SET alerts = alerts + 1 WHERE id = ?")
+            sqlx::query("UPDATE runs SET alerts = alerts + 1 WHERE id = $1")
                 .bind(e.run_id)
                 .execute(&mut *tx)
                 .await?;
@@ -210,14 +210,14 @@ impl Writer {
         let t = now();
         if run.status == status {
             // Nothing changes, but a trainer that says so is alive.
-            sqlx::query("UPDATE runs SET seen_at = ? WHERE id = ?")
+            sqlx::query("UPDATE runs SET seen_at = $1 WHERE id = $2")
                 .bind(t)
                 .bind(run_id)
                 .execute(&mut *tx)
                 .await?;
             return Ok(());
         }
-        sqlx::query("UPDATE runs SET status = ?, updated_at = ?, seen_at = ? WHERE id = ?")
+        sqlx::query("UPDATE runs SET status = $1, updated_at = $2, seen_at = $3 WHERE id = $4")
             .bind(status.as_str())
             .bind(t)
             .bind(if status == RunStatus::Lost {

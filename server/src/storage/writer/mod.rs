@@ -27,7 +27,7 @@ use keel_protocol::{
     CommandOutcome, CommandRecord, CommandStatus, EventRecord, IngestBatch, IngestReply,
     LiveMessage, RunSpec, RunStatus, Severity, StepRecord,
 };
-use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
 use super::incidents;

@@ -177,7 +177,7 @@ impl Writer {
             return Ok(id);
         }
         let id = map.len() as u32;
-        sqlx::query("INSERT INTO series (run_id, id, kind, name, width) VALUES (?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO series (run_id, id, kind, name, width) VALUES ($1, $2, $3, $4, $5)")
             .bind(run_id)
             .bind(id)
             .bind(if layer { "layer" } else { "scalar" })
@@ -212,8 +212,8 @@ impl Writer {
         }
         let t = now();
         sqlx::query(
-            "UPDATE runs SET last_step = ?, last_loss = ?, tokens = ?, steps = steps + ?, seq = ?,
-             updated_at = ?, seen_at = ? WHERE id = ?",
+            "UPDATE runs SET last_step = $1, last_loss = $2, tokens = $3, steps = steps + $4, seq = $5,
+             updated_at = $6, seen_at = $7 WHERE id = $8",
         )
         .bind(last_step.map(|s| s as i64))
         .bind(last_loss.map(codec::f64_blob))
@@ -237,7 +237,7 @@ pub(super) async fn create_run(
     let t = now();
     let id = sqlx::query(
         "INSERT INTO runs (name, grp, variant, tags, config, layers, ranks, status, created_at, updated_at, seen_at, created_by)
-         VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'running', $8, $9, $10, $11) RETURNING id",
     )
     .bind(&spec.name)
     .bind(&spec.group)
@@ -250,10 +250,10 @@ pub(super) async fn create_run(
     .bind(t)
     .bind(t)
     .bind(by)
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?
-    .last_insert_rowid();
-    sqlx::query("INSERT INTO branches (run_id, branch, created_at) VALUES (?, 0, ?)")
+    .get::<i64, _>("id");
+    sqlx::query("INSERT INTO branches (run_id, branch, created_at) VALUES ($1, 0, $2)")
         .bind(id)
         .bind(t)
         .execute(&mut *tx)
@@ -282,7 +282,7 @@ async fn resolve_branch(
     }
     let first = batch.steps.iter().map(|s| s.step).min().unwrap_or(0);
     sqlx::query(
-        "INSERT INTO branches (run_id, branch, parent, fork_step, created_at) VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO branches (run_id, branch, parent, fork_step, created_at) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(run.id)
     .bind(branch)
@@ -291,7 +291,7 @@ async fn resolve_branch(
     .bind(now())
     .execute(&mut *tx)
     .await?;
-    sqlx::query("UPDATE runs SET branch = ? WHERE id = ?")
+    sqlx::query("UPDATE runs SET branch = $1 WHERE id = $2")
         .bind(branch)
         .bind(run.id)
         .execute(&mut *tx)
@@ -349,7 +349,7 @@ async fn existing_steps(
         return Ok(HashSet::new());
     };
     let rows: Vec<(i64,)> = sqlx::query_as(
-        "SELECT step FROM steps WHERE run_id = ? AND branch = ? AND step BETWEEN ? AND ?",
+        "SELECT step FROM steps WHERE run_id = $1 AND branch = $2 AND step BETWEEN $3 AND $4",
     )
     .bind(run_id)
     .bind(branch)

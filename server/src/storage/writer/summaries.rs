@@ -19,7 +19,7 @@ impl Writer {
         }
         let row: Option<(Vec<u8>,)> = sqlx::query_as(
             "SELECT data FROM summaries
-             WHERE run_id = ? AND branch = ? AND series_id = ? AND level = ? AND bucket = ?",
+             WHERE run_id = $1 AND branch = $2 AND series_id = $3 AND level = $4 AND bucket = $5",
         )
         .bind(run_id)
         .bind(branch)
@@ -47,16 +47,20 @@ impl Writer {
         // Many rows per statement: the per-statement cost dominates otherwise.
         for chunk in rows.chunks(150) {
             let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT OR REPLACE INTO summaries (run_id, branch, series_id, level, bucket, data) ",
+                "INSERT INTO summaries (run_id, branch, series_id, level, bucket, data) ",
             );
             q.push_values(chunk, |mut b, (series, level, bucket, data)| {
                 b.push_bind(run_id)
-                    .push_bind(branch)
-                    .push_bind(*series)
+                    .push_bind(i64::from(branch))
+                    .push_bind(i64::from(*series))
                     .push_bind(*level)
                     .push_bind(*bucket)
                     .push_bind(data.as_slice());
             });
+            q.push(
+                " ON CONFLICT (run_id, branch, series_id, level, bucket) \
+                 DO UPDATE SET data = excluded.data",
+            );
             q.build().execute(&mut *tx).await?;
         }
         Ok(())
