@@ -94,6 +94,10 @@ pub struct Change {
     pub message: LiveMessage,
 }
 
+/// The schema of a SQLite database, one migration per change (`migrations/sqlite/`), applied
+/// in order at start-up; each backend has a folder of its own.
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
 /// The store: a read pool and the queue of the writer task. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -124,7 +128,7 @@ impl Store {
             .await
             .with_context(|| format!("opening the database {}", path.display()))?;
         let migrating = lock::migrating(path)?;
-        sqlx::migrate!("../migrations")
+        SQLITE_MIGRATIONS
             .run(&setup)
             .await
             .context("applying migrations")?;

@@ -89,7 +89,7 @@ impl Directory {
             .await
             .with_context(|| format!("opening the database {}", path.display()))?;
         let migrating = super::lock::migrating(path)?;
-        sqlx::migrate!("../migrations")
+        super::SQLITE_MIGRATIONS
             .run(&pool)
             .await
             .context("applying migrations")?;
