@@ -3,6 +3,7 @@
 
 mod ablation;
 mod anywhere;
+mod backup;
 mod browser;
 mod closed_loop;
 mod database;

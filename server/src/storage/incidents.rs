@@ -150,9 +150,9 @@ pub async fn acknowledge(
         "UPDATE runs SET open_incidents = CASE WHEN open_incidents > 0 THEN open_incidents - 1 \
          ELSE 0 END WHERE id = $1",
     )
-        .bind(run_id)
-        .execute(&mut *tx)
-        .await?;
+    .bind(run_id)
+    .execute(&mut *tx)
+    .await?;
     one(&mut *tx, run_id, id).await
 }
 

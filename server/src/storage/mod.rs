@@ -16,6 +16,7 @@
 //! - [`lock`]: one server per database file. - [`launches`]: launched grids, kept.
 //! - `door`: the [`Store`]'s methods, the only way in for the rest of the server.
 
+pub mod backup;
 pub mod check;
 pub mod codec;
 mod door;

@@ -230,11 +230,12 @@ pub async fn cursor(db: impl SqliteExecutor<'_>, run_id: i64) -> StoreResult<sup
 
 /// Runs whose trainer has not been heard from since `before` while they should be stepping.
 pub async fn silent_runs(db: impl SqliteExecutor<'_>, before: f64) -> StoreResult<Vec<i64>> {
-    let rows: Vec<(i64,)> =
-        sqlx::query_as("SELECT id FROM runs WHERE status IN ('running', 'paused') AND seen_at < $1")
-            .bind(before)
-            .fetch_all(db)
-            .await?;
+    let rows: Vec<(i64,)> = sqlx::query_as(
+        "SELECT id FROM runs WHERE status IN ('running', 'paused') AND seen_at < $1",
+    )
+    .bind(before)
+    .fetch_all(db)
+    .await?;
     Ok(rows.into_iter().map(|(id,)| id).collect())
 }
 

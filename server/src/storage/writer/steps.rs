@@ -177,14 +177,16 @@ impl Writer {
             return Ok(id);
         }
         let id = map.len() as u32;
-        sqlx::query("INSERT INTO series (run_id, id, kind, name, width) VALUES ($1, $2, $3, $4, $5)")
-            .bind(run_id)
-            .bind(id)
-            .bind(if layer { "layer" } else { "scalar" })
-            .bind(name)
-            .bind(width as i64)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO series (run_id, id, kind, name, width) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(run_id)
+        .bind(id)
+        .bind(if layer { "layer" } else { "scalar" })
+        .bind(name)
+        .bind(width as i64)
+        .execute(&mut *tx)
+        .await?;
         map.insert((layer, name.to_owned()), (id, width));
         Ok(id)
     }
