@@ -246,6 +246,23 @@ impl Drop for Process {
     }
 }
 
+/// POSTs `body` (or nothing) to `url` + `path` with the token: (status, JSON answer).
+pub fn post_with_token(url: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let req = agent
+        .post(&format!("{url}{path}"))
+        .header("Authorization", &format!("Bearer {TOKEN}"));
+    let mut resp = match body {
+        Some(b) => req.send_json(b),
+        None => req.send_empty(),
+    }
+    .unwrap();
+    (resp.status().as_u16(), resp.body_mut().read_json().unwrap())
+}
+
 /// A loopback address with a port that was free a moment ago.
 pub fn free_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -59,19 +59,7 @@ impl Serve {
 
     /// POSTs `body` (or nothing) with the token: (status, JSON answer).
     fn post(&self, path: &str, body: Option<Value>) -> (u16, Value) {
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .new_agent();
-        let req = agent
-            .post(&format!("{}{path}", self.url))
-            .header("Authorization", &format!("Bearer {TOKEN}"));
-        let mut resp = match body {
-            Some(b) => req.send_json(b),
-            None => req.send_empty(),
-        }
-        .unwrap();
-        (resp.status().as_u16(), resp.body_mut().read_json().unwrap())
+        crate::harness::post_with_token(&self.url, path, body)
     }
 
     fn launch(&self, grid: &str, steps: u64) -> Value {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Process, Server, free_addr, wait_for};
+use crate::harness::{Process, Server, free_addr, post_with_token as post, wait_for};
 use crate::webdriver;
 
 const TOKEN: &str = crate::harness::TOKEN;
@@ -287,23 +287,6 @@ fn serve(cluster: &Cluster, dir: &Path, addr: SocketAddr, extra: &[&str]) -> Pro
 
 fn serve_log(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default()
-}
-
-/// POSTs `body` (or nothing) with the token: (status, JSON answer).
-fn post(url: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .new_agent();
-    let req = agent
-        .post(&format!("{url}{path}"))
-        .header("Authorization", &format!("Bearer {TOKEN}"));
-    let mut resp = match body {
-        Some(b) => req.send_json(b),
-        None => req.send_empty(),
-    }
-    .unwrap();
-    (resp.status().as_u16(), resp.body_mut().read_json().unwrap())
 }
 
 fn launch(serve: &Process, steps: u64) -> Value {

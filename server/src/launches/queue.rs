@@ -62,7 +62,7 @@ pub(super) struct Entry {
     stops: HashMap<usize, CancellationToken>,
     /// The process id of each running variant's trainer, by index.
     pids: BTreeMap<usize, u32>,
-    /// When each SLURM job of a cancelled launch was sent SIGTERM, by index.
+    /// When each SLURM job being cancelled was sent SIGTERM, by index.
     pub(super) terms: HashMap<usize, Instant>,
 }
 
