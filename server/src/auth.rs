@@ -95,7 +95,7 @@ fn at_least(caller: &Caller, role: Role, what: &str) -> Result<(), AppError> {
 async fn writer(headers: &HeaderMap, state: &AppState) -> Result<Caller, AppError> {
     match (headers.get(AUTHORIZATION), session_id(headers)) {
         (Some(header), _) => bearer(header, state).await,
-        (None, Some(id)) => browser(headers, &id, state),
+        (None, Some(id)) => browser(headers, &id, state).await,
         (None, None) => Err(AppError::Unauthorized(
             "this needs `Authorization: Bearer <token>` or a signed-in session".into(),
         )),
@@ -107,7 +107,7 @@ async fn writer(headers: &HeaderMap, state: &AppState) -> Result<Caller, AppErro
 pub async fn reader(headers: &HeaderMap, state: &AppState) -> Result<Caller, AppError> {
     match (headers.get(AUTHORIZATION), session_id(headers)) {
         (Some(header), _) => bearer(header, state).await,
-        (None, Some(id)) => match state.sessions.lookup(&id) {
+        (None, Some(id)) => match state.sessions.lookup(&id).await? {
             Lookup::Valid { caller, .. } => Ok(caller),
             Lookup::Expired | Lookup::Unknown => Err(AppError::Unauthorized(
                 "the session has expired or is unknown; sign in again".into(),
@@ -152,8 +152,8 @@ pub async fn of_token(given: &str, state: &AppState) -> Result<Option<Caller>, A
 
 /// A session cookie is only half the proof: the CSRF token shows the request comes from a
 /// page this server rendered for that session.
-fn browser(headers: &HeaderMap, id: &str, state: &AppState) -> Result<Caller, AppError> {
-    let (csrf, caller) = match state.sessions.lookup(id) {
+async fn browser(headers: &HeaderMap, id: &str, state: &AppState) -> Result<Caller, AppError> {
+    let (csrf, caller) = match state.sessions.lookup(id).await? {
         Lookup::Valid { csrf, caller } => (csrf, caller),
         Lookup::Expired => {
             return Err(AppError::Unauthorized(
@@ -162,7 +162,7 @@ fn browser(headers: &HeaderMap, id: &str, state: &AppState) -> Result<Caller, Ap
         }
         Lookup::Unknown => {
             return Err(AppError::Unauthorized(
-                "the session is unknown (signed out, or the server restarted); sign in again"
+                "the session is unknown (signed out, or its person was removed); sign in again"
                     .into(),
             ));
         }
@@ -190,11 +190,17 @@ pub fn session_id(headers: &HeaderMap) -> Option<String> {
 }
 
 /// The request's session when it is signed in: who, and the CSRF token for the page to carry.
-pub fn signed_in(headers: &HeaderMap, state: &AppState) -> Option<SignedIn> {
-    match state.sessions.lookup(&session_id(headers)?) {
+pub async fn signed_in(
+    headers: &HeaderMap,
+    state: &AppState,
+) -> Result<Option<SignedIn>, AppError> {
+    let Some(id) = session_id(headers) else {
+        return Ok(None);
+    };
+    Ok(match state.sessions.lookup(&id).await? {
         Lookup::Valid { csrf, caller } => Some(SignedIn { csrf, caller }),
         Lookup::Expired | Lookup::Unknown => None,
-    }
+    })
 }
 
 /// A signed-in session, as a page needs it.

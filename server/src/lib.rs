@@ -8,7 +8,7 @@
 //! - [`launches`]: ablation grids launched from the browser: the trainer queue and processes.
 //! - [`notices`]: what the operator must know that belongs to no run, for the runs page.
 //! - [`auth`]: who may write: the operator token, or a signed-in session with its CSRF token.
-//! - [`sessions`]: the signed-in browser sessions (in memory, with an expiry).
+//! - [`sessions`]: the signed-in browser sessions (in the database, with an expiry).
 //! - [`error`]: the error type and the extractors that answer in its shape.
 //! - [`views`]: the pages' template structs and the formatting of their values.
 //! - [`charts`]: heatmaps and line charts rendered as PNG or SVG (plotters).
@@ -155,9 +155,9 @@ pub async fn serve(
     };
     let bodies = tokio::sync::Semaphore::new(config.bodies_in_flight.min(u32::MAX as usize));
     let state = AppState {
+        sessions: Sessions::new(config.session_ttl, store.clone()),
         store,
         hub,
-        sessions: Sessions::new(config.session_ttl),
         bodies: Arc::new(bodies),
         config: Arc::new(config),
         launches: launches.clone(),

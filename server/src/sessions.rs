@@ -1,33 +1,30 @@
-//! Signed-in browser sessions: an in-memory map from a random session id to its CSRF token and
-//! expiry.
+//! Signed-in browser sessions: a random session id (the cookie) that stands for who signed
+//! in, with its CSRF token and expiry.
 //!
-//! A session is made by `POST /login` with the operator token and lives in memory only: a
-//! server restart signs every browser out, which is the safe direction. The map holds no
-//! operator token, only ids that are worthless once expired; expired entries are dropped
-//! whenever a session is opened, so the map cannot grow without bound. This module checks
-//! nothing about requests — `auth` does that.
+//! A session is made by `POST /login` with a token and kept in the database (by the hash of
+//! its id, see `storage::sessions`): every server on the database knows it, and it outlives a
+//! restart. A session of a person takes their current role, and ends when they are removed.
+//! Expired sessions are forgotten whenever a session is opened. This module checks nothing
+//! about requests — `auth` does that.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::auth::{Caller, new_token};
+use crate::error::AppError;
+use crate::storage::sessions::StoredSession;
+use crate::storage::{Store, now};
 
 /// The name of the session cookie.
 pub const COOKIE: &str = "keel_session";
 
-/// The live sessions, shared by every handler (cheap to clone).
+/// How the server's own token is named when a browser signs in with it.
+const BROWSER: &str = "browser";
+
+/// The sessions, shared by every handler (cheap to clone).
 #[derive(Clone)]
 pub struct Sessions {
     ttl: Duration,
-    map: Arc<Mutex<HashMap<String, Session>>>,
-}
-
-#[derive(Clone, Debug)]
-struct Session {
-    csrf: String,
-    caller: Caller,
-    expires: Instant,
+    store: Store,
 }
 
 /// What a session id turned out to be.
@@ -43,11 +40,8 @@ pub enum Lookup {
 }
 
 impl Sessions {
-    pub fn new(ttl: Duration) -> Sessions {
-        Sessions {
-            ttl,
-            map: Arc::default(),
-        }
+    pub fn new(ttl: Duration, store: Store) -> Sessions {
+        Sessions { ttl, store }
     }
 
     /// How long a session lasts from sign-in.
@@ -55,80 +49,39 @@ impl Sessions {
         self.ttl
     }
 
-    /// A new session of `caller`: its id and its CSRF token.
-    pub fn open(&self, caller: Caller) -> anyhow::Result<(String, String)> {
+    /// A new session of `caller` (`browser` for the server's own token): its id and its CSRF
+    /// token.
+    pub async fn open(&self, caller: Caller) -> Result<(String, String), AppError> {
         let (id, csrf) = (new_token()?, new_token()?);
-        let now = Instant::now();
-        let mut map = self.lock();
-        map.retain(|_, s| s.expires > now);
-        let expires = now + self.ttl;
-        let session = Session {
+        let session = StoredSession {
             csrf: csrf.clone(),
-            caller,
-            expires,
+            user: (caller.by != BROWSER).then_some(caller.by),
+            role: caller.role,
+            expires_at: now() + self.ttl.as_secs_f64(),
         };
-        map.insert(id.clone(), session);
+        self.store.open_session(id.clone(), session).await?;
         Ok((id, csrf))
     }
 
-    pub fn lookup(&self, id: &str) -> Lookup {
-        let mut map = self.lock();
-        match map.get(id) {
-            None => Lookup::Unknown,
-            Some(s) if s.expires <= Instant::now() => {
-                map.remove(id);
-                Lookup::Expired
-            }
-            Some(s) => Lookup::Valid {
-                csrf: s.csrf.clone(),
-                caller: s.caller.clone(),
-            },
+    pub async fn lookup(&self, id: &str) -> Result<Lookup, AppError> {
+        let Some(s) = self.store.session(id).await? else {
+            return Ok(Lookup::Unknown);
+        };
+        if s.expires_at <= now() {
+            return Ok(Lookup::Expired);
         }
+        let caller = Caller {
+            by: s.user.unwrap_or_else(|| BROWSER.into()),
+            role: s.role,
+        };
+        Ok(Lookup::Valid {
+            csrf: s.csrf,
+            caller,
+        })
     }
 
-    pub fn close(&self, id: &str) {
-        self.lock().remove(id);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
-        // A panic while holding the lock leaves a map that is still consistent (every
-        // operation is a single insert, remove or retain), so a poisoned lock is usable.
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn alice() -> Caller {
-        Caller {
-            by: "alice".into(),
-            role: keel_protocol::Role::Viewer,
-        }
-    }
-
-    #[test]
-    fn a_session_is_valid_until_it_expires_and_then_gone() {
-        let sessions = Sessions::new(Duration::from_millis(50));
-        let (id, csrf) = sessions.open(alice()).unwrap();
-        assert_eq!(
-            sessions.lookup(&id),
-            Lookup::Valid {
-                csrf,
-                caller: alice()
-            }
-        );
-        std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(sessions.lookup(&id), Lookup::Expired);
-        assert_eq!(sessions.lookup(&id), Lookup::Unknown);
-    }
-
-    #[test]
-    fn a_closed_session_is_unknown() {
-        let sessions = Sessions::new(Duration::from_secs(60));
-        let (id, _) = sessions.open(alice()).unwrap();
-        sessions.close(&id);
-        assert_eq!(sessions.lookup(&id), Lookup::Unknown);
+    pub async fn close(&self, id: &str) -> Result<(), AppError> {
+        self.store.close_session(id.to_owned()).await?;
+        Ok(())
     }
 }

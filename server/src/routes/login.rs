@@ -87,7 +87,7 @@ async fn sign_in(
         Err(e) => return Err(PageError::from(e)),
     };
     tracing::info!(who = caller.by, role = %caller.role, "signed in");
-    let (id, _csrf) = state.sessions.open(caller)?;
+    let (id, _csrf) = state.sessions.open(caller).await?;
     let max_age = state.sessions.ttl().as_secs();
     let secure = if state.config.secure_cookie {
         "; Secure"
@@ -107,7 +107,9 @@ async fn sign_out(
     body: Form<NextQuery>,
 ) -> Response {
     if let Some(id) = auth::session_id(&headers) {
-        state.sessions.close(&id);
+        if let Err(e) = state.sessions.close(&id).await {
+            tracing::warn!("ending a session: {e}");
+        }
     }
     let cookie = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
     redirect(&local_path(body.0.next), cookie)

@@ -98,7 +98,7 @@ async fn runs_page(
     query: Result<axum::extract::Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> PageResult {
     let table = table(&state, runs_query(query)?).await?;
-    let session = crate::auth::signed_in(&headers, &state);
+    let session = crate::auth::signed_in(&headers, &state).await?;
     let csrf = session
         .as_ref()
         .and_then(|s| s.csrf_for(keel_protocol::Role::Admin));
@@ -142,7 +142,7 @@ async fn run_page(
         .map_err(|_| AppError::NotFound(format!("run {id} not found")))?;
     let detail = state.store.run_detail(id).await?;
     // Only a signed-in page carries the CSRF token, and with it the controls.
-    let session = crate::auth::signed_in(&headers, &state);
+    let session = crate::auth::signed_in(&headers, &state).await?;
     html(&RunPage::new(&detail, now()).signed_in(session))
 }
 

@@ -25,6 +25,11 @@ impl Store {
         super::users::list(&self.read).await
     }
 
+    /// The browser session of id `id`, if there is one (expired or not).
+    pub async fn session(&self, id: &str) -> StoreResult<Option<super::sessions::StoredSession>> {
+        super::sessions::find(&self.read, id).await
+    }
+
     pub async fn run_row(&self, id: i64) -> StoreResult<RunRow> {
         runs::run_row(&self.read, id).await
     }
@@ -151,6 +156,18 @@ impl Store {
 /// Writes, each committed by the writer task before it answers.
 impl Store {
     /// A new run, created by `by` (who the audit log names).
+    pub async fn open_session(
+        &self,
+        id: String,
+        session: super::sessions::StoredSession,
+    ) -> StoreResult<()> {
+        self.write(|r| WriteOp::OpenSession(id, session, r)).await
+    }
+
+    pub async fn close_session(&self, id: String) -> StoreResult<()> {
+        self.write(|r| WriteOp::CloseSession(id, r)).await
+    }
+
     pub async fn create_run(&self, spec: RunSpec, by: String) -> StoreResult<i64> {
         self.write(|r| WriteOp::CreateRun(spec, by, r)).await
     }

@@ -25,6 +25,7 @@ pub mod launches;
 pub mod lock;
 pub mod runs;
 pub mod series;
+pub mod sessions;
 pub mod summary;
 pub mod users;
 pub mod writer;
@@ -113,6 +114,9 @@ impl Store {
     /// writer. Committed changes arrive on the returned receiver, in commit order.
     pub async fn open(path: &Path) -> anyhow::Result<(Store, mpsc::UnboundedReceiver<Change>)> {
         let lock = lock::acquire(path)?;
+        // Held until the schema is current: opening switches a new file to WAL, and the
+        // migrations run, neither at the same time as a `keel users` beside this server.
+        let migrating = lock::migrating(path)?;
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(path)
             .create_if_missing(true)
@@ -128,7 +132,6 @@ impl Store {
             .connect_with(options.clone())
             .await
             .with_context(|| format!("opening the database {}", path.display()))?;
-        let migrating = lock::migrating(path)?;
         SQLITE_MIGRATIONS
             .run(&setup)
             .await

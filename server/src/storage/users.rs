@@ -77,6 +77,8 @@ pub struct Directory {
 impl Directory {
     /// Opens (creating if missing) the database at `path` and applies its migrations.
     pub async fn open(path: &Path) -> anyhow::Result<Directory> {
+        // Connecting switches a new file to WAL, which a server starting on it would race.
+        let migrating = super::lock::migrating(path)?;
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(path)
             .create_if_missing(true)
@@ -88,7 +90,6 @@ impl Directory {
             .connect_with(options)
             .await
             .with_context(|| format!("opening the database {}", path.display()))?;
-        let migrating = super::lock::migrating(path)?;
         super::SQLITE_MIGRATIONS
             .run(&pool)
             .await

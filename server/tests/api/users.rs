@@ -265,3 +265,44 @@ fn a_private_server_needs_a_sign_in_to_read() {
         .unwrap();
     assert_eq!(wrong.status().as_u16(), 401);
 }
+
+#[test]
+fn a_session_outlives_a_restart_takes_its_persons_new_role_and_ends_with_them() {
+    let app = TestApp::spawn();
+    let [olga] = &add(&app, &[("olga", Role::Operator)])[..] else {
+        unreachable!()
+    };
+    let id = app.create_run("r", 1);
+    let page = format!("/runs/{id}");
+    let r = post_login(&app, olga, &page);
+    let (_, cookie) = session_cookie(&r);
+    let db = app.db.clone();
+    let dir = app.stop();
+
+    // The same database, a new server: still signed in, with the controls.
+    let app = TestApp::on(db, |_| {});
+    let shown = get_with_cookie(&app, &page, Some(&cookie));
+    assert!(csrf_of(&shown.body).is_some(), "signed out by the restart");
+
+    // A role changed applies to the session at its next request.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let people = Directory::open(&app.db).await.unwrap();
+        assert!(people.set_role("olga", Role::Viewer).await.unwrap());
+        people.close().await;
+    });
+    let shown = get_with_cookie(&app, &page, Some(&cookie));
+    assert!(csrf_of(&shown.body).is_none());
+    assert!(
+        shown.body.contains("Signed in as olga (viewer)"),
+        "{}",
+        shown.body
+    );
+
+    // Removed, they are signed out.
+    remove(&app, "olga");
+    let shown = get_with_cookie(&app, &page, Some(&cookie));
+    assert!(!shown.body.contains("Signed in as olga"));
+    assert!(shown.body.contains(&format!("/login?next=/runs/{id}")));
+    drop(dir);
+}

@@ -79,6 +79,10 @@ pub enum WriteOp {
     SaveLaunch(super::launches::StoredLaunch, Reply<()>),
     /// Forgets launches that ended before the time given; answers how many.
     PruneLaunches(f64, Reply<u64>),
+    /// Stores a new browser session (by its id, which is hashed) and forgets expired ones.
+    OpenSession(String, super::sessions::StoredSession, Reply<()>),
+    /// Ends a session.
+    CloseSession(String, Reply<()>),
 }
 
 /// An answer waiting for the commit.
@@ -294,6 +298,14 @@ impl Writer {
             WriteOp::PruneLaunches(before, reply) => {
                 let n = super::launches::prune(tx, before).await?;
                 Box::new(Answer(reply, Ok(n)))
+            }
+            WriteOp::OpenSession(id, session, reply) => {
+                super::sessions::open(tx, &id, &session, now()).await?;
+                Box::new(Answer(reply, Ok(())))
+            }
+            WriteOp::CloseSession(id, reply) => {
+                super::sessions::close(tx, &id).await?;
+                Box::new(Answer(reply, Ok(())))
             }
         })
     }
