@@ -106,10 +106,10 @@ async fn sign_out(
     headers: HeaderMap,
     body: Form<NextQuery>,
 ) -> Response {
-    if let Some(id) = auth::session_id(&headers) {
-        if let Err(e) = state.sessions.close(&id).await {
-            tracing::warn!("ending a session: {e}");
-        }
+    if let Some(id) = auth::session_id(&headers)
+        && let Err(e) = state.sessions.close(&id).await
+    {
+        tracing::warn!("ending a session: {e}");
     }
     let cookie = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
     redirect(&local_path(body.0.next), cookie)
