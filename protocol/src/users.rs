@@ -48,6 +48,29 @@ pub struct UserRecord {
     pub created_at: f64,
 }
 
+/// `POST /api/v1/users`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    pub name: String,
+    pub role: Role,
+}
+
+/// The answer to `POST /api/v1/users`: the person, and their token — shown this once.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CreatedUser {
+    #[serde(flatten)]
+    pub user: UserRecord,
+    pub token: String,
+}
+
+/// `PUT /api/v1/users/{name}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleChange {
+    pub role: Role,
+}
+
 /// The longest name a person may have.
 pub const MAX_USER_NAME: usize = 64;
 

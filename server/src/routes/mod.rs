@@ -15,9 +15,10 @@ mod overview;
 mod pages;
 mod runs;
 mod table;
+mod users;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use tower_http::compression::CompressionLayer;
 use tower_http::services::ServeDir;
@@ -39,6 +40,7 @@ fn routes() -> Routes {
         .merge(live::router())
         .merge(commands::router())
         .merge(launches::router())
+        .merge(users::router())
         .merge(overview::router())
         .merge(pages::router())
         .merge(login::router())
@@ -163,7 +165,7 @@ async fn guard_body(
             )));
         }
         if api {
-            crate::auth::Operator::from_request_parts(&mut parts, &state).await?;
+            crate::auth::writer(&parts.headers, &state).await?;
         }
         let want = length.unwrap_or(limit).min(u64::from(u32::MAX)) as u32;
         state

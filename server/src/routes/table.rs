@@ -5,7 +5,7 @@
 
 use axum::Router;
 use axum::handler::Handler;
-use axum::routing::{MethodRouter, get, post, put};
+use axum::routing::{MethodRouter, delete, get, post, put};
 
 use crate::AppState;
 
@@ -44,6 +44,14 @@ impl Routes {
         T: 'static,
     {
         self.add("PUT", path, put(handler))
+    }
+
+    pub fn delete<H, T>(self, path: &'static str, handler: H) -> Routes
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        self.add("DELETE", path, delete(handler))
     }
 
     /// Routes `method` of `path` and lists it: the one place both happen.

@@ -168,6 +168,27 @@ impl Store {
         self.write(|r| WriteOp::CloseSession(id, r)).await
     }
 
+    /// A new person: their record and their token (shown once, stored as its hash).
+    pub async fn add_user(
+        &self,
+        name: String,
+        role: keel_protocol::Role,
+    ) -> StoreResult<(keel_protocol::UserRecord, String)> {
+        self.write(|r| WriteOp::AddUser(name, role, r)).await
+    }
+
+    pub async fn set_role(
+        &self,
+        name: String,
+        role: keel_protocol::Role,
+    ) -> StoreResult<keel_protocol::UserRecord> {
+        self.write(|r| WriteOp::SetRole(name, role, r)).await
+    }
+
+    pub async fn remove_user(&self, name: String) -> StoreResult<()> {
+        self.write(|r| WriteOp::RemoveUser(name, r)).await
+    }
+
     pub async fn create_run(&self, spec: RunSpec, by: String) -> StoreResult<i64> {
         self.write(|r| WriteOp::CreateRun(spec, by, r)).await
     }

@@ -14,10 +14,10 @@ use anyhow::Context;
 use keel_protocol::users::check_user_name;
 use keel_protocol::{Role, UserRecord};
 use sha2::{Digest, Sha256};
-use sqlx::SqliteExecutor;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::{SqliteConnection, SqliteExecutor};
 
-use super::StoreResult;
+use super::{StoreError, StoreResult};
 
 /// Someone a token or a session belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,6 +68,79 @@ pub(super) async fn list(db: impl SqliteExecutor<'_>) -> StoreResult<Vec<UserRec
         .collect())
 }
 
+/// Adds a person: their record and their token (which is not kept).
+pub(super) async fn add(
+    db: impl SqliteExecutor<'_>,
+    name: &str,
+    role: Role,
+) -> StoreResult<(UserRecord, String)> {
+    check_user_name(name).map_err(StoreError::Invalid)?;
+    let token = crate::auth::new_token()?;
+    let created_at = super::now();
+    let added = sqlx::query(
+        "INSERT INTO users (name, role, token_hash, created_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(name)
+    .bind(role.as_str())
+    .bind(hash(&token))
+    .bind(created_at)
+    .execute(db)
+    .await?;
+    if added.rows_affected() == 0 {
+        return Err(StoreError::Conflict(format!(
+            "`{name}` is there already: remove them first to give them a new token"
+        )));
+    }
+    let user = UserRecord {
+        name: name.to_owned(),
+        role,
+        created_at,
+    };
+    Ok((user, token))
+}
+
+pub(super) async fn set_role(
+    db: impl SqliteExecutor<'_>,
+    name: &str,
+    role: Role,
+) -> StoreResult<UserRecord> {
+    let row: Option<f64> =
+        sqlx::query_scalar("UPDATE users SET role = $1 WHERE name = $2 RETURNING created_at")
+            .bind(role.as_str())
+            .bind(name)
+            .fetch_optional(db)
+            .await?;
+    match row {
+        Some(created_at) => Ok(UserRecord {
+            name: name.to_owned(),
+            role,
+            created_at,
+        }),
+        None => Err(nobody(name)),
+    }
+}
+
+/// Removes a person and their sessions.
+pub(super) async fn remove(db: &mut SqliteConnection, name: &str) -> StoreResult<()> {
+    let done = sqlx::query("DELETE FROM users WHERE name = $1")
+        .bind(name)
+        .execute(&mut *db)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(nobody(name));
+    }
+    sqlx::query("DELETE FROM sessions WHERE user = $1")
+        .bind(name)
+        .execute(&mut *db)
+        .await?;
+    Ok(())
+}
+
+fn nobody(name: &str) -> StoreError {
+    StoreError::NotFound(format!("person `{name}`"))
+}
+
 /// The people of a database, for `keel users`: opened beside a server that may be running on
 /// it (SQLite serialises the writes).
 pub struct Directory {
@@ -100,43 +173,27 @@ impl Directory {
 
     /// Adds a person; their token, which is not kept.
     pub async fn add(&self, name: &str, role: Role) -> anyhow::Result<String> {
-        check_user_name(name).map_err(anyhow::Error::msg)?;
-        let token = crate::auth::new_token()?;
-        let added = sqlx::query(
-            "INSERT INTO users (name, role, token_hash, created_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(name)
-        .bind(role.as_str())
-        .bind(hash(&token))
-        .bind(super::now())
-        .execute(&self.pool)
-        .await?;
-        anyhow::ensure!(
-            added.rows_affected() == 1,
-            "`{name}` is there already (keel users remove {name} first, to give them a new token)"
-        );
-        Ok(token)
+        Ok(add(&self.pool, name, role).await?.1)
     }
 
     /// Changes a person's role; false when there is nobody of that name.
     pub async fn set_role(&self, name: &str, role: Role) -> anyhow::Result<bool> {
-        let done = sqlx::query("UPDATE users SET role = $1 WHERE name = $2")
-            .bind(role.as_str())
-            .bind(name)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
+        match set_role(&self.pool, name, role).await {
+            Ok(_) => Ok(true),
+            Err(StoreError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
-    /// Removes a person (their token stops working at once); false when there was nobody of
-    /// that name.
+    /// Removes a person (their token and sessions stop working at once); false when there was
+    /// nobody of that name.
     pub async fn remove(&self, name: &str) -> anyhow::Result<bool> {
-        let done = sqlx::query("DELETE FROM users WHERE name = $1")
-            .bind(name)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
+        let mut conn = self.pool.acquire().await?;
+        match remove(&mut conn, name).await {
+            Ok(()) => Ok(true),
+            Err(StoreError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub async fn list(&self) -> anyhow::Result<Vec<UserRecord>> {

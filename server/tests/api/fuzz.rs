@@ -538,6 +538,7 @@ fn send(app: &TestApp, r: &Request) -> (u16, String) {
     let auth = format!("Bearer {TOKEN}");
     let resp = match (r.method.as_str(), &r.body) {
         ("GET", _) => app.agent.get(&url).header("Authorization", &auth).call(),
+        ("DELETE", _) => app.agent.delete(&url).header("Authorization", &auth).call(),
         ("PUT", b) => app
             .agent
             .put(&url)

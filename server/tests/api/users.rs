@@ -86,7 +86,7 @@ fn each_role_does_what_it_may_and_is_named_for_it() {
     refused(
         &r,
         403,
-        "`olga` is an operator: launching and cancelling grids needs an admin",
+        "`olga` is an operator: launching grids and managing people needs an admin",
     );
     let r = post(
         &app,
@@ -305,4 +305,145 @@ fn a_session_outlives_a_restart_takes_its_persons_new_role_and_ends_with_them() 
     assert!(!shown.body.contains("Signed in as olga"));
     assert!(shown.body.contains(&format!("/login?next=/runs/{id}")));
     drop(dir);
+}
+
+#[test]
+fn an_admin_manages_people_through_the_api_and_nobody_else_can() {
+    let app = TestApp::spawn();
+    let [olga] = &add(&app, &[("olga", Role::Operator)])[..] else {
+        unreachable!()
+    };
+    let put = |path: &str, body: &Value, token: &str| {
+        app.put_raw(path, body.to_string().as_bytes(), Some(token))
+    };
+    let r = post(
+        &app,
+        "/api/v1/users",
+        &json!({"name": "ada", "role": "admin"}),
+        TOKEN,
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["name"], "ada");
+    assert_eq!(r.body["role"], "admin");
+    let ada = r.body["token"].as_str().unwrap().to_owned();
+
+    // The new admin manages people in turn; their token is not listed.
+    let r = post(
+        &app,
+        "/api/v1/users",
+        &json!({"name": "vic", "role": "viewer"}),
+        &ada,
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let vic = r.body["token"].as_str().unwrap().to_owned();
+    let listed = app
+        .agent
+        .get(&app.url("/api/v1/users"))
+        .header("Authorization", &format!("Bearer {ada}"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json::<Value>()
+        .unwrap();
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["ada", "olga", "vic"]);
+    assert!(!listed.to_string().contains(&vic));
+
+    let r = put("/api/v1/users/vic", &json!({"role": "operator"}), &ada);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["role"], "operator");
+    let r = post(
+        &app,
+        "/api/v1/runs",
+        &json!({"name": "r", "layers": 1}),
+        &vic,
+    );
+    assert_eq!(r.status, 201, "the new role applies at once: {}", r.body);
+
+    // Refusals: a name taken or not allowed, an unknown field or role, nobody of that name,
+    // and anyone but an admin.
+    let r = post(
+        &app,
+        "/api/v1/users",
+        &json!({"name": "vic", "role": "viewer"}),
+        &ada,
+    );
+    refused(&r, 409, "`vic` is there already");
+    let r = post(
+        &app,
+        "/api/v1/users",
+        &json!({"name": "token", "role": "viewer"}),
+        &ada,
+    );
+    refused(&r, 422, "server's own token");
+    let r = post(
+        &app,
+        "/api/v1/users",
+        &json!({"name": "a b", "role": "viewer"}),
+        &ada,
+    );
+    refused(&r, 422, "cannot name a person");
+    let r = post(
+        &app,
+        "/api/v1/users",
+        &json!({"name": "x", "role": "boss"}),
+        &ada,
+    );
+    assert_eq!(r.status, 422, "{}", r.body);
+    let r = post(
+        &app,
+        "/api/v1/users",
+        &json!({"name": "x", "role": "viewer", "y": 1}),
+        &ada,
+    );
+    assert_eq!(r.status, 422, "{}", r.body);
+    let r = put("/api/v1/users/nobody", &json!({"role": "viewer"}), &ada);
+    refused(&r, 404, "person `nobody` not found");
+    let r = post(
+        &app,
+        "/api/v1/users",
+        &json!({"name": "x", "role": "viewer"}),
+        olga,
+    );
+    refused(
+        &r,
+        403,
+        "`olga` is an operator: launching grids and managing people needs an admin",
+    );
+    let r = app
+        .agent
+        .get(&app.url("/api/v1/users"))
+        .header("Authorization", &format!("Bearer {olga}"))
+        .call()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert_eq!(app.get("/api/v1/users").status, 401);
+
+    // Removed, a person's token stops working.
+    let gone = app
+        .agent
+        .delete(&app.url("/api/v1/users/vic"))
+        .header("Authorization", &format!("Bearer {ada}"))
+        .call()
+        .unwrap();
+    assert_eq!(gone.status().as_u16(), 204);
+    let r = post(
+        &app,
+        "/api/v1/runs",
+        &json!({"name": "r", "layers": 1}),
+        &vic,
+    );
+    refused(&r, 401, "the token is wrong");
+    let again = app
+        .agent
+        .delete(&app.url("/api/v1/users/vic"))
+        .header("Authorization", &format!("Bearer {ada}"))
+        .call()
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 404);
 }

@@ -83,6 +83,19 @@ pub enum WriteOp {
     OpenSession(String, super::sessions::StoredSession, Reply<()>),
     /// Ends a session.
     CloseSession(String, Reply<()>),
+    /// Adds a person: their record and token.
+    AddUser(
+        String,
+        keel_protocol::Role,
+        Reply<(keel_protocol::UserRecord, String)>,
+    ),
+    SetRole(
+        String,
+        keel_protocol::Role,
+        Reply<keel_protocol::UserRecord>,
+    ),
+    /// Removes a person and their sessions.
+    RemoveUser(String, Reply<()>),
 }
 
 /// An answer waiting for the commit.
@@ -306,6 +319,18 @@ impl Writer {
             WriteOp::CloseSession(id, reply) => {
                 super::sessions::close(tx, &id).await?;
                 Box::new(Answer(reply, Ok(())))
+            }
+            WriteOp::AddUser(name, role, reply) => {
+                let result = super::users::add(&mut *tx, &name, role).await;
+                Box::new(Answer(reply, refusal(result)?))
+            }
+            WriteOp::SetRole(name, role, reply) => {
+                let result = super::users::set_role(&mut *tx, &name, role).await;
+                Box::new(Answer(reply, refusal(result)?))
+            }
+            WriteOp::RemoveUser(name, reply) => {
+                let result = super::users::remove(tx, &name).await;
+                Box::new(Answer(reply, refusal(result)?))
             }
         })
     }
