@@ -54,7 +54,7 @@ impl FromRequestParts<AppState> for Operator {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        let caller = writer(&parts.headers, state).await?;
+        let caller = judged(parts, state).await?;
         at_least(&caller, Role::Operator, "steering runs")?;
         Ok(Operator { by: caller.by })
     }
@@ -64,9 +64,18 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        let caller = writer(&parts.headers, state).await?;
+        let caller = judged(parts, state).await?;
         at_least(&caller, Role::Admin, "launching grids and managing people")?;
         Ok(Admin { by: caller.by })
+    }
+}
+
+/// The writer of the request, as the body gate found it (it keeps the caller in the request's
+/// extensions), else looked up now.
+async fn judged(parts: &Parts, state: &AppState) -> Result<Caller, AppError> {
+    match parts.extensions.get::<Caller>() {
+        Some(caller) => Ok(caller.clone()),
+        None => writer(&parts.headers, state).await,
     }
 }
 

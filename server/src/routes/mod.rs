@@ -165,7 +165,9 @@ async fn guard_body(
             )));
         }
         if api {
-            crate::auth::writer(&parts.headers, &state).await?;
+            // Kept for the route, which then judges the caller's role without asking again.
+            let caller = crate::auth::writer(&parts.headers, &state).await?;
+            parts.extensions.insert(caller);
         }
         let want = length.unwrap_or(limit).min(u64::from(u32::MAX)) as u32;
         state
