@@ -55,7 +55,7 @@ impl Sessions {
         let (id, csrf) = (new_token()?, new_token()?);
         let session = StoredSession {
             csrf: csrf.clone(),
-            user: (caller.by != BROWSER).then_some(caller.by),
+            person: (caller.by != BROWSER).then_some(caller.by),
             role: caller.role,
             expires_at: now() + self.ttl.as_secs_f64(),
         };
@@ -71,7 +71,7 @@ impl Sessions {
             return Ok(Lookup::Expired);
         }
         let caller = Caller {
-            by: s.user.unwrap_or_else(|| BROWSER.into()),
+            by: s.person.unwrap_or_else(|| BROWSER.into()),
             role: s.role,
         };
         Ok(Lookup::Valid {

@@ -13,7 +13,7 @@ use super::users::hash;
 pub struct StoredSession {
     pub csrf: String,
     /// The person, or `None` for the server's token.
-    pub user: Option<String>,
+    pub person: Option<String>,
     pub role: Role,
     pub expires_at: f64,
 }
@@ -24,9 +24,9 @@ pub(super) async fn find(
     id: &str,
 ) -> StoreResult<Option<StoredSession>> {
     let row = sqlx::query(
-        "SELECT s.csrf, s.user, COALESCE(u.role, s.role) AS role, s.expires_at,
-                (s.user IS NULL OR u.name IS NOT NULL) AS present
-         FROM sessions s LEFT JOIN users u ON u.name = s.user
+        "SELECT s.csrf, s.person, COALESCE(u.role, s.role) AS role, s.expires_at,
+                (s.person IS NULL OR u.name IS NOT NULL) AS present
+         FROM sessions s LEFT JOIN users u ON u.name = s.person
          WHERE s.id_hash = $1",
     )
     .bind(hash(id))
@@ -36,7 +36,7 @@ pub(super) async fn find(
         let present: bool = r.get("present");
         present.then(|| StoredSession {
             csrf: r.get("csrf"),
-            user: r.get("user"),
+            person: r.get("person"),
             role: Role::parse(r.get("role")).unwrap_or(Role::Viewer),
             expires_at: r.get("expires_at"),
         })
@@ -55,11 +55,11 @@ pub(super) async fn open(
         .execute(&mut *tx)
         .await?;
     sqlx::query(
-        "INSERT INTO sessions (id_hash, csrf, user, role, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO sessions (id_hash, csrf, person, role, expires_at) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(hash(id))
     .bind(&session.csrf)
-    .bind(&session.user)
+    .bind(&session.person)
     .bind(session.role.as_str())
     .bind(session.expires_at)
     .execute(&mut *tx)

@@ -130,7 +130,7 @@ pub(super) async fn remove(db: &mut SqliteConnection, name: &str) -> StoreResult
     if done.rows_affected() == 0 {
         return Err(nobody(name));
     }
-    sqlx::query("DELETE FROM sessions WHERE user = $1")
+    sqlx::query("DELETE FROM sessions WHERE person = $1")
         .bind(name)
         .execute(&mut *db)
         .await?;
