@@ -12,6 +12,7 @@ mod ingest;
 mod launches;
 mod live;
 mod pages;
+mod postgres;
 mod queries;
 mod reads;
 mod refusals;
