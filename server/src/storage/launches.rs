@@ -50,7 +50,7 @@ pub(super) async fn save(tx: &mut SqliteConnection, launch: &StoredLaunch) -> St
 
 /// Forgets launches that ended before `before` (unix seconds); how many.
 pub(super) async fn prune(tx: &mut SqliteConnection, before: f64) -> StoreResult<u64> {
-    let done = sqlx::query("DELETE FROM launches WHERE active = 0 AND updated_at < $1")
+    let done = sqlx::query("DELETE FROM launches WHERE NOT active AND updated_at < $1")
         .bind(before)
         .execute(&mut *tx)
         .await?;
