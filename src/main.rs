@@ -78,9 +78,10 @@ struct ServeArgs {
     /// Address to listen on (loopback unless told otherwise).
     #[arg(long, env = "KEEL_ADDR", default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
-    /// SQLite database file, created if missing.
+    /// The database: a SQLite file (created if missing) or a PostgreSQL URL
+    /// (`postgres://user@host/db`), which several servers can share.
     #[arg(long, env = "KEEL_DB", default_value = "keel.db")]
-    db: PathBuf,
+    db: keel_server::storage::Location,
     /// Operator and ingest token; a random one is made and printed when unset.
     #[arg(long, env = "KEEL_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -162,11 +163,24 @@ fn webhook_url(s: &str) -> Result<String, String> {
     }
 }
 
+/// A `--db` that must be a SQLite file (`keel backup`).
+fn sqlite_file(s: &str) -> Result<PathBuf, String> {
+    match s.parse()? {
+        keel_server::storage::Location::Sqlite(path) => Ok(path),
+        keel_server::storage::Location::Postgres(_) => Err(
+            "keel backup copies a SQLite file; back PostgreSQL up with pg_dump (see \
+             docs/postgres.md)"
+                .into(),
+        ),
+    }
+}
+
 #[derive(clap::Args)]
 struct CheckArgs {
-    /// The SQLite database file to check; it is only read, unless --repair.
+    /// The database to check (a SQLite file or a PostgreSQL URL); it is only read, unless
+    /// --repair.
     #[arg(long)]
-    db: PathBuf,
+    db: keel_server::storage::Location,
     /// Rewrite every summary that disagrees with its steps (not while a server serves the
     /// file).
     #[arg(long)]
@@ -176,7 +190,7 @@ struct CheckArgs {
 #[derive(clap::Args)]
 struct BackupArgs {
     /// The SQLite database file to copy (a server may be running on it).
-    #[arg(long, env = "KEEL_DB", default_value = "keel.db")]
+    #[arg(long, env = "KEEL_DB", default_value = "keel.db", value_parser = sqlite_file)]
     db: PathBuf,
     /// Where the copy goes: a new file (an existing one is never overwritten).
     #[arg(long)]
@@ -333,13 +347,7 @@ async fn check(args: CheckArgs) -> anyhow::Result<()> {
     let r = keel_server::storage::check::check(&args.db, args.repair).await?;
     println!(
         "{}: {} branches, {} steps, {} buckets; {} wrong, {} missing, {} extra",
-        args.db.display(),
-        r.branches,
-        r.steps,
-        r.buckets,
-        r.wrong,
-        r.missing,
-        r.extra
+        args.db, r.branches, r.steps, r.buckets, r.wrong, r.missing, r.extra
     );
     for example in &r.examples {
         println!("  {example}");
@@ -419,7 +427,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     eprintln!(
         "keel is serving http://{} (database {})",
         listener.local_addr()?,
-        config.db.display()
+        config.db
     );
     keel_server::serve(config, listener, shutdown_on_signal()).await
 }

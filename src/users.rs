@@ -2,8 +2,6 @@
 //! when they are added, and stored only as its hash; it signs them in on every server of the
 //! database at once, and stops working as soon as they are removed.
 
-use std::path::PathBuf;
-
 use clap::{Args, Subcommand};
 use keel_protocol::Role;
 use keel_server::storage::users::Directory;
@@ -12,7 +10,7 @@ use keel_server::storage::users::Directory;
 pub struct UsersArgs {
     /// The database, as for `keel serve` (a server may be running on it).
     #[arg(long, env = "KEEL_DB", default_value = "keel.db", global = true)]
-    db: PathBuf,
+    db: keel_server::storage::Location,
     #[command(subcommand)]
     command: UsersCmd,
 }

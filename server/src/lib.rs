@@ -50,7 +50,8 @@ use crate::storage::Store;
 #[derive(Clone, Debug)]
 pub struct Config {
     pub addr: SocketAddr,
-    pub db: PathBuf,
+    /// The database: a SQLite file or a PostgreSQL URL.
+    pub db: storage::Location,
     /// The operator and ingest secret.
     pub token: String,
     /// Largest accepted request body, in bytes.
@@ -88,10 +89,10 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn new(db: PathBuf, token: String) -> Config {
+    pub fn new(db: impl Into<storage::Location>, token: String) -> Config {
         Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            db,
+            db: db.into(),
             token,
             body_limit: 32 * 1024 * 1024,
             bodies_in_flight: 64 * 1024 * 1024,

@@ -14,9 +14,9 @@ use std::time::Duration;
 use keel_protocol::{RunStatus, Severity};
 
 use crate::AppState;
+use crate::storage::NewEvent;
 use crate::storage::now;
 use crate::storage::series::Window;
-use crate::storage::writer::NewEvent;
 
 /// A run is stalled after this many usual step times without a step…
 pub const STALL_STEPS: f64 = 20.0;

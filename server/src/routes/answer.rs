@@ -10,8 +10,8 @@
 
 use std::time::Duration;
 
+use crate::storage::Snapshot;
 use crate::storage::Store;
-use crate::storage::series::Snapshot;
 use axum::body::{Body, Bytes};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};

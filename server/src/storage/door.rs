@@ -8,59 +8,60 @@ use keel_protocol::{
 };
 
 use super::launches::StoredLaunch;
-use super::runs::{self, RunRow, SeriesRow};
-use super::series::{self, Plan, Snapshot, Window};
-use super::writer::{NewEvent, WriteOp};
-use super::{Cursor, Store, StoreResult, incidents};
+use super::ops::{NewEvent, WriteOp};
+use super::runs::{RunRow, SeriesRow};
+use super::series::{Plan, Window};
+use super::summary::Summary;
+use super::{Cursor, Store, StoreResult, on_backend, postgres, sqlite};
 use crate::alerts::Thresholds;
 
 /// Reads.
 impl Store {
     /// The person `token` belongs to, if it is a person's.
     pub async fn user_by_token(&self, token: &str) -> StoreResult<Option<super::users::User>> {
-        super::users::by_token(&self.read, token).await
+        on_backend!(&self.read, db, sql => sql::users::by_token(db, token).await)
     }
 
     pub async fn users(&self) -> StoreResult<Vec<keel_protocol::UserRecord>> {
-        super::users::list(&self.read).await
+        on_backend!(&self.read, db, sql => sql::users::list(db).await)
     }
 
     /// The browser session of id `id`, if there is one (expired or not).
     pub async fn session(&self, id: &str) -> StoreResult<Option<super::sessions::StoredSession>> {
-        super::sessions::find(&self.read, id).await
+        on_backend!(&self.read, db, sql => sql::sessions::find(db, id).await)
     }
 
     pub async fn run_row(&self, id: i64) -> StoreResult<RunRow> {
-        runs::run_row(&self.read, id).await
+        on_backend!(&self.read, db, sql => sql::runs::run_row(db, id).await)
     }
 
     pub async fn run_detail(&self, id: i64) -> StoreResult<RunDetail> {
-        runs::run_detail(&self.read, id).await
+        on_backend!(&self.read, db, sql => sql::runs::run_detail(db, id).await)
     }
 
     /// Runs newest first, below `before`, at most `limit`.
     pub async fn list_runs(&self, before: Option<i64>, limit: u32) -> StoreResult<Vec<RunRow>> {
-        runs::list_runs(&self.read, before, limit).await
+        on_backend!(&self.read, db, sql => sql::runs::list_runs(db, before, limit).await)
     }
 
     pub async fn count_runs(&self) -> StoreResult<u64> {
-        runs::count_runs(&self.read).await
+        on_backend!(&self.read, db, sql => sql::runs::count_runs(db).await)
     }
 
     pub async fn group_ids(&self, group: &str) -> StoreResult<Vec<i64>> {
-        runs::group_ids(&self.read, group).await
+        on_backend!(&self.read, db, sql => sql::runs::group_ids(db, group).await)
     }
 
     pub async fn series_of(&self, run_id: i64) -> StoreResult<Vec<SeriesRow>> {
-        runs::series_of(&self.read, run_id).await
+        on_backend!(&self.read, db, sql => sql::runs::series_of(db, run_id).await)
     }
 
     pub async fn thresholds(&self, run_id: i64) -> StoreResult<Thresholds> {
-        runs::thresholds(&self.read, run_id).await
+        on_backend!(&self.read, db, sql => sql::runs::thresholds(db, run_id).await)
     }
 
     pub async fn rules(&self, run_id: i64) -> StoreResult<Vec<keel_protocol::Rule>> {
-        runs::rules(&self.read, run_id).await
+        on_backend!(&self.read, db, sql => sql::runs::rules(db, run_id).await)
     }
 
     /// Runs that are `running` but stored no step since `before`: (id, last step, last change).
@@ -68,17 +69,17 @@ impl Store {
         &self,
         before: f64,
     ) -> StoreResult<Vec<(i64, Option<u64>, f64)>> {
-        runs::quiet_running_runs(&self.read, before).await
+        on_backend!(&self.read, db, sql => sql::runs::quiet_running_runs(db, before).await)
     }
 
     /// Runs `running` or `paused` with no sign of life since `before`.
     pub async fn silent_runs(&self, before: f64) -> StoreResult<Vec<i64>> {
-        runs::silent_runs(&self.read, before).await
+        on_backend!(&self.read, db, sql => sql::runs::silent_runs(db, before).await)
     }
 
     /// The newest run of `variant` in `group`.
     pub async fn run_of_variant(&self, group: &str, variant: &str) -> StoreResult<Option<i64>> {
-        runs::run_of_variant(&self.read, group, variant).await
+        on_backend!(&self.read, db, sql => sql::runs::run_of_variant(db, group, variant).await)
     }
 
     /// The run's events after id `after`, oldest first, at most `limit`.
@@ -88,11 +89,11 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> StoreResult<Vec<EventRecord>> {
-        runs::events(&self.read, run_id, after, limit).await
+        on_backend!(&self.read, db, sql => sql::runs::events(db, run_id, after, limit).await)
     }
 
     pub async fn commands(&self, run_id: i64) -> StoreResult<Vec<CommandRecord>> {
-        runs::commands(&self.read, run_id).await
+        on_backend!(&self.read, db, sql => sql::runs::commands(db, run_id).await)
     }
 
     /// Steps that arrived after `seq`: (branch, seq, record), at most `limit`.
@@ -102,25 +103,30 @@ impl Store {
         seq: i64,
         limit: i64,
     ) -> StoreResult<Vec<(u32, i64, StepRecord)>> {
-        runs::steps_since(&self.read, run_id, seq, limit).await
+        on_backend!(&self.read, db, sql => sql::runs::steps_since(db, run_id, seq, limit).await)
     }
 
     /// Where the run's live stream stands now: its last step arrival and its last event.
     pub async fn cursor(&self, run_id: i64) -> StoreResult<Cursor> {
-        runs::cursor(&self.read, run_id).await
+        on_backend!(&self.read, db, sql => sql::runs::cursor(db, run_id).await)
     }
 
     pub async fn incidents(&self, run_id: i64, open: bool) -> StoreResult<Vec<Incident>> {
-        incidents::list(&self.read, run_id, open).await
+        on_backend!(&self.read, db, sql => sql::incidents::list(db, run_id, open).await)
     }
 
     pub async fn launches(&self) -> StoreResult<Vec<StoredLaunch>> {
-        super::launches::load(&self.read).await
+        on_backend!(&self.read, db, sql => sql::launches::load(db).await)
     }
 
     /// A consistent view for a read of several queries (a large series answer).
     pub async fn snapshot(&self) -> StoreResult<Snapshot> {
-        Snapshot::begin(&self.read).await
+        Ok(match &self.read {
+            super::Pool::Sqlite(db) => Snapshot::Sqlite(sqlite::series::Snapshot::begin(db).await?),
+            super::Pool::Postgres(db) => {
+                Snapshot::Postgres(postgres::series::Snapshot::begin(db).await?)
+            }
+        })
     }
 
     /// What a series read will cover (see [`Plan`]).
@@ -131,7 +137,7 @@ impl Store {
         name: &str,
         window: Window,
     ) -> StoreResult<Plan> {
-        Plan::new(&self.read, run, layer, name, window).await
+        on_backend!(&self.read, db, sql => sql::series::plan(db, run, layer, name, window).await)
     }
 
     pub async fn scalar_series(
@@ -140,7 +146,7 @@ impl Store {
         key: &str,
         window: Window,
     ) -> StoreResult<ScalarSeries> {
-        series::scalar_series(&self.read, run, key, window).await
+        on_backend!(&self.read, db, sql => sql::series::scalar_series(db, run, key, window).await)
     }
 
     pub async fn layer_matrix(
@@ -149,7 +155,7 @@ impl Store {
         stat: &str,
         window: Window,
     ) -> StoreResult<LayerMatrix> {
-        series::layer_matrix(&self.read, run, stat, window).await
+        on_backend!(&self.read, db, sql => sql::series::layer_matrix(db, run, stat, window).await)
     }
 }
 
@@ -268,5 +274,34 @@ impl Store {
     /// Forgets launches that ended before `before`; how many.
     pub async fn prune_launches(&self, before: f64) -> StoreResult<u64> {
         self.write(|r| WriteOp::PruneLaunches(before, r)).await
+    }
+}
+
+/// One consistent view of the database for reads that span several queries: the chunks of
+/// a large answer agree with each other while steps keep arriving.
+pub enum Snapshot {
+    Sqlite(sqlite::series::Snapshot),
+    Postgres(postgres::series::Snapshot),
+}
+
+impl Snapshot {
+    /// The buckets with data among `plan`'s grid columns `cols`, in step order.
+    pub async fn read(
+        &mut self,
+        plan: &Plan,
+        cols: std::ops::Range<u64>,
+    ) -> StoreResult<Vec<Summary>> {
+        match self {
+            Snapshot::Sqlite(s) => s.read(plan, cols).await,
+            Snapshot::Postgres(s) => s.read(plan, cols).await,
+        }
+    }
+
+    /// Every bucket of `plan`, chunk after chunk.
+    pub async fn read_every(&mut self, plan: &Plan) -> StoreResult<Vec<Summary>> {
+        match self {
+            Snapshot::Sqlite(s) => s.read_every(plan).await,
+            Snapshot::Postgres(s) => s.read_every(plan).await,
+        }
     }
 }

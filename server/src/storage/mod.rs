@@ -1,47 +1,53 @@
-//! All SQL lives here: the SQLite store, its single writer and its readers.
+//! All SQL lives here: the store on SQLite (the default) or on PostgreSQL, its writer and
+//! its readers.
 //!
-//! Writes go through one writer task ([`writer`]) that batches whatever is waiting into one
-//! transaction; reads use a pool of read connections in parallel (WAL). After each commit the
+//! Writes go through one writer task (`sql/writer`) that batches whatever is waiting into one
+//! transaction; reads use a pool of read connections in parallel. After each commit the
 //! writer sends a [`Change`] per committed write, in commit order, on a channel that the live
 //! hub drains — persist first, then publish, so a subscriber can always backfill from here.
-//! Nothing in this module knows about HTTP.
+//! On PostgreSQL several servers share one database: their writers take turns (a
+//! transaction-scoped advisory lock), and each hears the others' commits ([`postgres`]'s
+//! `LISTEN`). Nothing in this module knows about HTTP.
 //!
+//! The SQL under `sql/` is written once and compiled once per backend ([`sqlite`],
+//! [`postgres`]); everything that is not SQL — summaries, bucketing, alerts — is shared.
 //! Queries are runtime-checked `sqlx::query` calls (no compile-time database needed); every
-//! storage function is exercised by the tests.
+//! storage function is exercised by the tests, on both backends.
 //!
 //! - [`codec`]: byte layouts of BLOB columns. - [`summary`]: bucket summaries.
-//! - [`writer`]: the writer task. - [`runs`]: reading runs, events and commands.
+//! - [`ops`]: the writes the writer takes. - [`runs`]: runs, series, branches as read.
 //! - [`series`]: scalar series and layer matrices at a requested resolution.
-//! - [`check`]: summaries verified against their steps, offline (`keel check`).
-//! - [`lock`]: one server per database file. - [`launches`]: launched grids, kept.
+//! - [`check`]: summaries verified against their steps, offline (`keel check`, SQLite).
+//! - [`lock`]: one server per SQLite file. - [`launches`]: launched grids, kept.
 //! - `door`: the [`Store`]'s methods, the only way in for the rest of the server.
 
 pub mod backup;
 pub mod check;
 pub mod codec;
 mod door;
-pub mod incidents;
 pub mod launches;
 pub mod lock;
+pub mod ops;
+// The SQL of `sql/` is compiled once per backend, on purpose.
+#[allow(clippy::duplicate_mod)]
+pub mod postgres;
 pub mod runs;
 pub mod series;
 pub mod sessions;
+pub mod sqlite;
 pub mod summary;
 pub mod users;
-pub mod writer;
 
-use std::path::Path;
-use std::str::FromStr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
 use keel_protocol::{CommandRecord, EventRecord, LiveMessage, RunStatus};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{ConnectOptions, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
-use writer::WriteOp;
+pub use door::Snapshot;
+pub use ops::NewEvent;
+use ops::WriteOp;
 
 /// A failure that says what was wrong with a request; anything else is `Db`.
 #[derive(Debug, thiserror::Error)]
@@ -96,67 +102,173 @@ pub struct Change {
     pub message: LiveMessage,
 }
 
-/// The schema of a SQLite database, one migration per change (`migrations/sqlite/`), applied
-/// in order at start-up; each backend has a folder of its own.
-static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+/// Where the store lives: a SQLite file (the default) or a PostgreSQL database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    Sqlite(PathBuf),
+    /// A `postgres://` (or `postgresql://`) URL, as libpq takes it.
+    Postgres(String),
+}
+
+impl std::str::FromStr for Location {
+    type Err = String;
+
+    /// `postgres://…` or `postgresql://…` is PostgreSQL; `sqlite://PATH`, `sqlite:PATH` or a
+    /// plain path is a SQLite file.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err("the database is empty: give a file or a postgres:// URL".into());
+        }
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            return Ok(Location::Postgres(s.to_owned()));
+        }
+        if let Some((scheme, _)) = s.split_once("://")
+            && scheme != "sqlite"
+            && !scheme.contains(['/', '.'])
+        {
+            return Err(format!(
+                "`{scheme}://` is not a database keel runs on: give a SQLite file or a postgres:// URL"
+            ));
+        }
+        let path = s
+            .strip_prefix("sqlite://")
+            .or_else(|| s.strip_prefix("sqlite:"))
+            .unwrap_or(s);
+        if path.is_empty() {
+            return Err("`sqlite://` needs a file after it".into());
+        }
+        Ok(Location::Sqlite(PathBuf::from(path)))
+    }
+}
+
+impl std::fmt::Display for Location {
+    /// A URL's password is never shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Sqlite(path) => write!(f, "{}", path.display()),
+            Location::Postgres(url) => f.write_str(&redact(url)),
+        }
+    }
+}
+
+/// `url` with the password of its user part (`user:password@`) replaced by `***`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((user, host)) if user.contains(':') => {
+            let name = user.split_once(':').map_or(user, |(n, _)| n);
+            format!("{scheme}://{name}:***@{host}{tail}")
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl From<&Path> for Location {
+    fn from(path: &Path) -> Self {
+        Location::Sqlite(path.to_owned())
+    }
+}
+
+impl From<PathBuf> for Location {
+    fn from(path: PathBuf) -> Self {
+        Location::Sqlite(path)
+    }
+}
+
+impl From<&PathBuf> for Location {
+    fn from(path: &PathBuf) -> Self {
+        Location::Sqlite(path.clone())
+    }
+}
+
+impl From<&Location> for Location {
+    fn from(at: &Location) -> Self {
+        at.clone()
+    }
+}
+
+/// The read side of a store, on one backend or the other.
+#[derive(Clone)]
+pub(crate) enum Pool {
+    Sqlite(sqlite::Pool),
+    Postgres(postgres::Pool),
+}
+
+/// `$body` with `$db` bound to the backend's pool and `$sql` to its SQL modules
+/// ([`sqlite`] or [`postgres`]): the same code for both, compiled for each.
+macro_rules! on_backend {
+    ($pool:expr, $db:ident, $sql:ident => $body:expr) => {
+        match $pool {
+            $crate::storage::Pool::Sqlite($db) => {
+                #[allow(unused_imports)]
+                use $crate::storage::sqlite as $sql;
+                $body
+            }
+            $crate::storage::Pool::Postgres($db) => {
+                #[allow(unused_imports)]
+                use $crate::storage::postgres as $sql;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use on_backend;
 
 /// The store: a read pool and the queue of the writer task. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    read: SqlitePool,
+    read: Pool,
     writer: mpsc::Sender<WriteOp>,
     /// Where the writer sends its notices once they are committed (see [`Store::notify_to`]).
     notifier: Arc<OnceLock<crate::webhooks::Notifier>>,
 }
 
 impl Store {
-    /// Opens (creating if missing) the database at `path`, applies migrations and starts the
-    /// writer. Committed changes arrive on the returned receiver, in commit order.
-    pub async fn open(path: &Path) -> anyhow::Result<(Store, mpsc::UnboundedReceiver<Change>)> {
-        let lock = lock::acquire(path)?;
-        // Held until the schema is current: opening switches a new file to WAL, and the
-        // migrations run, neither at the same time as a `keel users` beside this server.
-        let migrating = lock::migrating(path)?;
-        let options = SqliteConnectOptions::from_str("sqlite://")?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true)
-            .pragma("cache_size", "-8192")
-            .log_statements(tracing::log::LevelFilter::Trace);
-        // Migrations run on a pool of one, closed before the writer takes its connection.
-        let setup = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone())
-            .await
-            .with_context(|| format!("opening the database {}", path.display()))?;
-        SQLITE_MIGRATIONS
-            .run(&setup)
-            .await
-            .context("applying migrations")?;
-        drop(migrating);
-        setup.close().await;
-        let conn = options
-            .connect()
-            .await
-            .context("opening the writer's connection")?;
-        let read = SqlitePoolOptions::new()
-            .max_connections(4)
-            .min_connections(1)
-            .connect_with(options.read_only(true).pragma("cache_size", "-4096"))
-            .await
-            .context("opening read connections")?;
+    /// Opens the database at `at` (a SQLite file is created if missing), applies migrations
+    /// and starts the writer. Committed changes arrive on the returned receiver, in commit
+    /// order: on PostgreSQL, those of every server on the database.
+    pub async fn open(
+        at: impl Into<Location>,
+    ) -> anyhow::Result<(Store, mpsc::UnboundedReceiver<Change>)> {
         let (changes_tx, changes_rx) = mpsc::unbounded_channel();
         let notifier = Arc::new(OnceLock::new());
-        let writer = writer::spawn(conn, changes_tx, notifier.clone(), lock).await?;
+        let (read, writer) = match at.into() {
+            Location::Sqlite(path) => {
+                let (read, write, lock) = sqlite::open(&path).await?;
+                let relay = Arc::new(sqlite::Relay);
+                let writer =
+                    sqlite::writer::spawn(write, changes_tx, notifier.clone(), Some(lock), relay)
+                        .await?;
+                (Pool::Sqlite(read), writer)
+            }
+            Location::Postgres(url) => {
+                let (read, write) = postgres::open(&url).await?;
+                let relay = Arc::new(postgres::Relay::new()?);
+                postgres::listen(&read, relay.clone(), changes_tx.clone()).await?;
+                let writer =
+                    postgres::writer::spawn(write, changes_tx, notifier.clone(), None, relay)
+                        .await?;
+                (Pool::Postgres(read), writer)
+            }
+        };
         let store = Store {
             read,
             writer,
             notifier,
         };
         Ok((store, changes_rx))
+    }
+
+    /// Which backend this store is on: `sqlite` or `postgres`.
+    pub fn backend(&self) -> &'static str {
+        match self.read {
+            Pool::Sqlite(_) => "sqlite",
+            Pool::Postgres(_) => "postgres",
+        }
     }
 
     /// Sends incidents and rule firings to `notifier` from now on (once: a second is ignored).
@@ -193,7 +305,7 @@ impl Store {
 
     /// Is the database answering?
     pub async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.read).await.is_ok()
+        on_backend!(&self.read, db, _sql => sqlx::query("SELECT 1").execute(db).await.is_ok())
     }
 }
 

@@ -3,10 +3,6 @@
 //! once) or the server's own token.
 
 use keel_protocol::Role;
-use sqlx::{Row, SqliteConnection, SqliteExecutor};
-
-use super::StoreResult;
-use super::users::hash;
 
 /// A session as stored.
 #[derive(Clone, Debug, PartialEq)]
@@ -16,61 +12,4 @@ pub struct StoredSession {
     pub person: Option<String>,
     pub role: Role,
     pub expires_at: f64,
-}
-
-/// The session of id `id`; `None` when there is none, or its person has been removed.
-pub(super) async fn find(
-    db: impl SqliteExecutor<'_>,
-    id: &str,
-) -> StoreResult<Option<StoredSession>> {
-    let row = sqlx::query(
-        "SELECT s.csrf, s.person, COALESCE(u.role, s.role) AS role, s.expires_at,
-                (s.person IS NULL OR u.name IS NOT NULL) AS present
-         FROM sessions s LEFT JOIN users u ON u.name = s.person
-         WHERE s.id_hash = $1",
-    )
-    .bind(hash(id))
-    .fetch_optional(db)
-    .await?;
-    Ok(row.and_then(|r| {
-        let present: bool = r.get("present");
-        present.then(|| StoredSession {
-            csrf: r.get("csrf"),
-            person: r.get("person"),
-            role: Role::parse(r.get("role")).unwrap_or(Role::Viewer),
-            expires_at: r.get("expires_at"),
-        })
-    }))
-}
-
-/// Stores a new session, forgetting the ones that have expired.
-pub(super) async fn open(
-    tx: &mut SqliteConnection,
-    id: &str,
-    session: &StoredSession,
-    now: f64,
-) -> StoreResult<()> {
-    sqlx::query("DELETE FROM sessions WHERE expires_at <= $1")
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(
-        "INSERT INTO sessions (id_hash, csrf, person, role, expires_at) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(hash(id))
-    .bind(&session.csrf)
-    .bind(&session.person)
-    .bind(session.role.as_str())
-    .bind(session.expires_at)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
-pub(super) async fn close(tx: &mut SqliteConnection, id: &str) -> StoreResult<()> {
-    sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
-        .bind(hash(id))
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
 }

@@ -6,18 +6,10 @@
 //! removed with `keel users remove` is refused at once); [`Directory`] is how `keel users`
 //! changes it, beside a running server.
 
-use std::path::Path;
-use std::str::FromStr;
-use std::time::Duration;
-
-use anyhow::Context;
-use keel_protocol::users::check_user_name;
 use keel_protocol::{Role, UserRecord};
 use sha2::{Digest, Sha256};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
-use sqlx::{SqliteConnection, SqliteExecutor};
 
-use super::{StoreError, StoreResult};
+use super::{Location, Pool, StoreError, on_backend, postgres, sqlite};
 
 /// Someone a token or a session belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,174 +26,67 @@ pub fn hash(token: &str) -> String {
         .collect()
 }
 
-pub(super) async fn by_token(
-    db: impl SqliteExecutor<'_>,
-    token: &str,
-) -> StoreResult<Option<User>> {
-    let row: Option<(String, String)> =
-        sqlx::query_as("SELECT name, role FROM users WHERE token_hash = $1")
-            .bind(hash(token))
-            .fetch_optional(db)
-            .await?;
-    Ok(row.and_then(|(name, role)| {
-        Some(User {
-            name,
-            role: Role::parse(&role)?,
-        })
-    }))
-}
-
-pub(super) async fn list(db: impl SqliteExecutor<'_>) -> StoreResult<Vec<UserRecord>> {
-    let rows: Vec<(String, String, f64)> =
-        sqlx::query_as("SELECT name, role, created_at FROM users ORDER BY name")
-            .fetch_all(db)
-            .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(name, role, created_at)| {
-            Some(UserRecord {
-                name,
-                role: Role::parse(&role)?,
-                created_at,
-            })
-        })
-        .collect())
-}
-
-/// Adds a person: their record and their token (which is not kept).
-pub(super) async fn add(
-    db: impl SqliteExecutor<'_>,
-    name: &str,
-    role: Role,
-) -> StoreResult<(UserRecord, String)> {
-    check_user_name(name).map_err(StoreError::Invalid)?;
-    let token = crate::auth::new_token()?;
-    let created_at = super::now();
-    let added = sqlx::query(
-        "INSERT INTO users (name, role, token_hash, created_at) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (name) DO NOTHING",
-    )
-    .bind(name)
-    .bind(role.as_str())
-    .bind(hash(&token))
-    .bind(created_at)
-    .execute(db)
-    .await?;
-    if added.rows_affected() == 0 {
-        return Err(StoreError::Conflict(format!(
-            "`{name}` is there already: remove them first to give them a new token"
-        )));
-    }
-    let user = UserRecord {
-        name: name.to_owned(),
-        role,
-        created_at,
-    };
-    Ok((user, token))
-}
-
-pub(super) async fn set_role(
-    db: impl SqliteExecutor<'_>,
-    name: &str,
-    role: Role,
-) -> StoreResult<UserRecord> {
-    let row: Option<f64> =
-        sqlx::query_scalar("UPDATE users SET role = $1 WHERE name = $2 RETURNING created_at")
-            .bind(role.as_str())
-            .bind(name)
-            .fetch_optional(db)
-            .await?;
-    match row {
-        Some(created_at) => Ok(UserRecord {
-            name: name.to_owned(),
-            role,
-            created_at,
-        }),
-        None => Err(nobody(name)),
-    }
-}
-
-/// Removes a person and their sessions.
-pub(super) async fn remove(db: &mut SqliteConnection, name: &str) -> StoreResult<()> {
-    let done = sqlx::query("DELETE FROM users WHERE name = $1")
-        .bind(name)
-        .execute(&mut *db)
-        .await?;
-    if done.rows_affected() == 0 {
-        return Err(nobody(name));
-    }
-    sqlx::query("DELETE FROM sessions WHERE person = $1")
-        .bind(name)
-        .execute(&mut *db)
-        .await?;
-    Ok(())
-}
-
-fn nobody(name: &str) -> StoreError {
-    StoreError::NotFound(format!("person `{name}`"))
-}
-
 /// The people of a database, for `keel users`: opened beside a server that may be running on
 /// it (SQLite serialises the writes).
 pub struct Directory {
-    pool: SqlitePool,
+    pool: Pool,
 }
 
 impl Directory {
-    /// Opens (creating if missing) the database at `path` and applies its migrations.
-    pub async fn open(path: &Path) -> anyhow::Result<Directory> {
-        // Connecting switches a new file to WAL, which a server starting on it would race.
-        let migrating = super::lock::migrating(path)?;
-        let options = SqliteConnectOptions::from_str("sqlite://")?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options)
-            .await
-            .with_context(|| format!("opening the database {}", path.display()))?;
-        super::SQLITE_MIGRATIONS
-            .run(&pool)
-            .await
-            .context("applying migrations")?;
-        drop(migrating);
+    /// Opens the database at `at` (a SQLite file is created if missing) and applies its
+    /// migrations.
+    pub async fn open(at: impl Into<Location>) -> anyhow::Result<Directory> {
+        let pool = match at.into() {
+            Location::Sqlite(path) => Pool::Sqlite(sqlite::setup(&path).await?),
+            Location::Postgres(url) => Pool::Postgres(postgres::setup(&url, 1).await?),
+        };
         Ok(Directory { pool })
     }
 
     /// Adds a person; their token, which is not kept.
     pub async fn add(&self, name: &str, role: Role) -> anyhow::Result<String> {
-        Ok(add(&self.pool, name, role).await?.1)
+        let added = on_backend!(&self.pool, db, sql => sql::users::add(db, name, role).await);
+        Ok(added?.1)
     }
 
     /// Changes a person's role; false when there is nobody of that name.
     pub async fn set_role(&self, name: &str, role: Role) -> anyhow::Result<bool> {
-        match set_role(&self.pool, name, role).await {
-            Ok(_) => Ok(true),
-            Err(StoreError::NotFound(_)) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        let set = on_backend!(&self.pool, db, sql => sql::users::set_role(db, name, role).await);
+        found(set.map(|_| ()))
     }
 
     /// Removes a person (their token and sessions stop working at once); false when there was
     /// nobody of that name.
     pub async fn remove(&self, name: &str) -> anyhow::Result<bool> {
-        let mut conn = self.pool.acquire().await?;
-        match remove(&mut conn, name).await {
-            Ok(()) => Ok(true),
-            Err(StoreError::NotFound(_)) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        let removed = on_backend!(&self.pool, db, sql => {
+            let mut tx = db.begin().await?;
+            let removed = sql::users::remove(&mut tx, name).await;
+            tx.commit().await?;
+            removed
+        });
+        found(removed)
     }
 
     pub async fn list(&self) -> anyhow::Result<Vec<UserRecord>> {
-        Ok(list(&self.pool).await?)
+        Ok(on_backend!(&self.pool, db, sql => sql::users::list(db).await)?)
+    }
+
+    /// The person `token` belongs to, if anyone.
+    pub async fn by_token(&self, token: &str) -> anyhow::Result<Option<User>> {
+        Ok(on_backend!(&self.pool, db, sql => sql::users::by_token(db, token).await)?)
     }
 
     pub async fn close(self) {
-        self.pool.close().await;
+        on_backend!(self.pool, db, _sql => db.close().await)
+    }
+}
+
+/// A change to someone: whether they were there.
+fn found(result: Result<(), StoreError>) -> anyhow::Result<bool> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(StoreError::NotFound(_)) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -220,7 +105,7 @@ mod tests {
         assert!(again.to_string().contains("there already"), "{again}");
         assert!(people.add("token", Role::Admin).await.is_err());
         assert!(people.add("a b", Role::Admin).await.is_err());
-        let found = by_token(&people.pool, &token).await.unwrap();
+        let found = people.by_token(&token).await.unwrap();
         assert_eq!(
             found,
             Some(User {
@@ -228,10 +113,13 @@ mod tests {
                 role: Role::Operator
             })
         );
-        assert_eq!(by_token(&people.pool, "nope").await.unwrap(), None);
+        assert_eq!(people.by_token("nope").await.unwrap(), None);
         // Only the hash is stored.
+        let Pool::Sqlite(db) = &people.pool else {
+            unreachable!("a file")
+        };
         let stored: String = sqlx::query_scalar("SELECT token_hash FROM users")
-            .fetch_one(&people.pool)
+            .fetch_one(db)
             .await
             .unwrap();
         assert_ne!(stored, token);
@@ -240,6 +128,6 @@ mod tests {
         assert_eq!(people.list().await.unwrap()[0].role, Role::Admin);
         assert!(people.remove("alice").await.unwrap());
         assert!(!people.remove("alice").await.unwrap());
-        assert_eq!(by_token(&people.pool, &token).await.unwrap(), None);
+        assert_eq!(people.by_token(&token).await.unwrap(), None);
     }
 }

@@ -144,10 +144,7 @@ fn an_anneal_past_the_runs_max_seq_len_is_refused_before_queueing() {
 
 #[test]
 fn a_silent_trainer_shows_as_lost_and_running_again_when_it_returns() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = TestApp::on(dir.path().join("k.db"), |c| {
-        c.lost_after = Duration::from_millis(300)
-    });
+    let app = TestApp::on_temp(|c| c.lost_after = Duration::from_millis(300));
     let id = app.create_run("r", 2);
     let status = || app.get(&format!("/api/v1/runs/{id}")).body["status"].clone();
     let deadline = Instant::now() + Duration::from_secs(20);

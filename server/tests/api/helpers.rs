@@ -1,12 +1,18 @@
-//! `TestApp`: a real keel server on a random port over a temporary SQLite file, driven over
-//! real HTTP. The server runs on its own thread and runtime, so tests are plain blocking code.
+//! `TestApp`: a real keel server on a random port over a fresh database, driven over real
+//! HTTP. The server runs on its own thread and runtime, so tests are plain blocking code.
+//!
+//! The database is a temporary SQLite file; with `KEEL_TEST_PG` set (a PostgreSQL URL, as
+//! `scripts/pg-test-cluster.sh run` sets it) it is a fresh database on that server instead,
+//! dropped after the test, so the same suite runs on both backends.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use keel_server::Config;
+use keel_server::storage::Location;
 use serde_json::{Value, json};
+use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
 
 pub const TOKEN: &str = "test-token-0123456789";
@@ -14,10 +20,91 @@ pub const TOKEN: &str = "test-token-0123456789";
 pub struct TestApp {
     pub addr: SocketAddr,
     pub agent: ureq::Agent,
-    pub db: PathBuf,
+    pub db: Location,
     shutdown: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
+    fresh: Option<TestDb>,
+}
+
+/// A database of its own for one test, gone when dropped.
+pub struct TestDb {
+    pub at: Location,
     _dir: Option<tempfile::TempDir>,
+    /// On PostgreSQL: the server's URL and the database made on it.
+    made: Option<(String, String)>,
+}
+
+impl TestDb {
+    pub fn fresh() -> TestDb {
+        match std::env::var("KEEL_TEST_PG") {
+            Ok(server) if !server.is_empty() => {
+                static MADE: AtomicU64 = AtomicU64::new(0);
+                let name = format!(
+                    "keel_test_{}_{}",
+                    std::process::id(),
+                    MADE.fetch_add(1, Ordering::Relaxed)
+                );
+                block_on(async {
+                    let mut conn = sqlx::PgConnection::connect(&server).await.unwrap();
+                    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                        .execute(&mut conn)
+                        .await
+                        .unwrap();
+                });
+                TestDb {
+                    at: Location::Postgres(with_database(&server, &name)),
+                    _dir: None,
+                    made: Some((server, name)),
+                }
+            }
+            _ => {
+                let dir = tempfile::tempdir().unwrap();
+                TestDb {
+                    at: Location::Sqlite(dir.path().join("keel.db")),
+                    _dir: Some(dir),
+                    made: None,
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some((server, name)) = self.made.take() {
+            block_on(async {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&server).await {
+                    let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        }
+    }
+}
+
+/// `url` naming database `name` instead of its own.
+fn with_database(url: &str, name: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (before_query, query) = rest
+        .split_once('?')
+        .map_or((rest, None), |(a, q)| (a, Some(q)));
+    let authority = before_query
+        .split_once('/')
+        .map_or(before_query, |(a, _)| a);
+    match query {
+        Some(q) => format!("{scheme}://{authority}/{name}?{q}"),
+        None => format!("{scheme}://{authority}/{name}"),
+    }
+}
+
+pub fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
 }
 
 pub struct Reply {
@@ -47,17 +134,17 @@ impl TestApp {
         TestApp::on_temp(|_| {})
     }
 
-    /// A server over a fresh temporary database, with config tweaks.
+    /// A server over a fresh database, with config tweaks.
     pub fn on_temp(tweak: impl FnOnce(&mut Config)) -> TestApp {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("keel.db");
-        let mut app = TestApp::on(db, tweak);
-        app._dir = Some(dir);
+        let fresh = TestDb::fresh();
+        let mut app = TestApp::on(&fresh.at, tweak);
+        app.fresh = Some(fresh);
         app
     }
 
-    /// A server over an existing database file (to test restarts), with config tweaks.
-    pub fn on(db: PathBuf, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    /// A server over an existing database (to test restarts), with config tweaks.
+    pub fn on(db: impl Into<Location>, tweak: impl FnOnce(&mut Config)) -> TestApp {
+        let db = db.into();
         let mut config = Config::new(db.clone(), TOKEN.into());
         tweak(&mut config);
         let shutdown = CancellationToken::new();
@@ -87,14 +174,14 @@ impl TestApp {
             db,
             shutdown,
             thread: Some(thread),
-            _dir: None,
+            fresh: None,
         }
     }
 
-    /// Stops the server and waits until it has let go of the database.
-    pub fn stop(mut self) -> Option<tempfile::TempDir> {
+    /// Stops the server and waits until it has let go of the database, which it hands over.
+    pub fn stop(mut self) -> Option<TestDb> {
         self.halt();
-        self._dir.take()
+        self.fresh.take()
     }
 
     fn halt(&mut self) {

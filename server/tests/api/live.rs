@@ -171,10 +171,7 @@ fn command_states_arrive_live_beside_their_audit_events() {
 
 #[test]
 fn a_lost_run_that_sends_steps_again_is_running_and_its_steps_arrive() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = TestApp::on(dir.path().join("k.db"), |c| {
-        c.lost_after = Duration::from_millis(200)
-    });
+    let app = TestApp::on_temp(|c| c.lost_after = Duration::from_millis(200));
     let id = app.create_run("r", 2);
     let rx = subscribe(&app, id, None);
     next(&rx, "hello");

@@ -5,10 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use keel_server::storage::check;
+use keel_server::storage::{Location, check};
 use serde_json::{Value, json};
 
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, TestDb};
 
 /// splitmix64: a small, seedable generator, so a failing seed can be replayed.
 struct Rng(u64);
@@ -66,20 +66,14 @@ type Step = (u64, f64, [f64; 3]);
 /// A server that can be restarted on its database.
 struct Restartable {
     app: Option<TestApp>,
-    db: std::path::PathBuf,
-    dir: tempfile::TempDir,
+    db: TestDb,
 }
 
 impl Restartable {
     fn new() -> Restartable {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("keel.db");
-        let app = TestApp::on(db.clone(), |_| {});
-        Restartable {
-            app: Some(app),
-            db,
-            dir,
-        }
+        let db = TestDb::fresh();
+        let app = TestApp::on(&db.at, |_| {});
+        Restartable { app: Some(app), db }
     }
 
     fn app(&self) -> &TestApp {
@@ -88,7 +82,7 @@ impl Restartable {
 
     fn restart(&mut self) {
         self.app.take().unwrap().stop();
-        self.app = Some(TestApp::on(self.db.clone(), |_| {}));
+        self.app = Some(TestApp::on(&self.db.at, |_| {}));
     }
 
     fn send(&self, run: i64, branch: u32, steps: &[Step]) {
@@ -113,13 +107,13 @@ impl Restartable {
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(check::check(&self.db, false)).unwrap()
+        rt.block_on(check::check(&self.db.at, false)).unwrap()
     }
 
-    /// Stops the server; the folder of its database stays until the returned guard goes.
-    fn stop_and_keep_files(mut self) -> tempfile::TempDir {
+    /// Stops the server; its database stays until the returned guard goes.
+    fn stop_and_keep_files(mut self) -> TestDb {
         self.app.take().unwrap().stop();
-        self.dir
+        self.db
     }
 }
 
@@ -286,30 +280,40 @@ fn check_finds_wrong_missing_and_extra_buckets_and_repair_rebuilds_them() {
         .map(|i| (i, i as f64, [1.0, 2.0, 3.0]))
         .collect();
     s.send(run, 0, &steps);
-    let db = s.db.clone();
-    let dir = s.stop_and_keep_files();
+    let db = s.db.at.clone();
+    let _kept = s.stop_and_keep_files();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
         // Damage it as an older version could have: one bucket wrong, one gone, one stray.
-        let url = format!("sqlite://{}", db.display());
-        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-        let other: Vec<u8> = sqlx::query_scalar(
-            "SELECT data FROM summaries WHERE series_id = 0 AND level = 16 AND bucket = 0",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        for sql in [
-            "UPDATE summaries SET data = ?1 WHERE series_id = 0 AND level = 16 AND bucket = 3",
-            "DELETE FROM summaries WHERE series_id = 0 AND level = 64 AND bucket = 1",
-            "INSERT INTO summaries VALUES (1, 0, 0, 16, 40, ?1)",
-        ] {
-            sqlx::query(sql).bind(&other).execute(&pool).await.unwrap();
+        macro_rules! damage {
+            ($pool:expr) => {{
+                let pool = $pool;
+                let other: Vec<u8> = sqlx::query_scalar(
+                    "SELECT data FROM summaries WHERE series_id = 0 AND level = 16 AND bucket = 0",
+                )
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+                for sql in [
+                    "UPDATE summaries SET data = $1 WHERE series_id = 0 AND level = 16 AND bucket = 3",
+                    "DELETE FROM summaries WHERE series_id = 0 AND level = 64 AND bucket = 1",
+                    "INSERT INTO summaries VALUES (1, 0, 0, 16, 40, $1)",
+                ] {
+                    sqlx::query(sql).bind(&other).execute(&pool).await.unwrap();
+                }
+                pool.close().await;
+            }};
         }
-        pool.close().await;
+        match &db {
+            Location::Sqlite(path) => {
+                let url = format!("sqlite://{}", path.display());
+                damage!(sqlx::SqlitePool::connect(&url).await.unwrap())
+            }
+            Location::Postgres(url) => damage!(sqlx::PgPool::connect(url).await.unwrap()),
+        }
 
         let found = check::check(&db, false).await.unwrap();
         assert_eq!(
@@ -329,7 +333,8 @@ fn check_finds_wrong_missing_and_extra_buckets_and_repair_rebuilds_them() {
         let after = check::check(&db, false).await.unwrap();
         assert!(after.is_clean(), "{after:?}");
         assert_eq!(after.buckets, found.buckets);
-        let missing = check::check(&dir.path().join("nothing.db"), false).await;
+        let nowhere = tempfile::tempdir().unwrap();
+        let missing = check::check(&nowhere.path().join("nothing.db"), false).await;
         assert!(format!("{:#}", missing.unwrap_err()).contains("no database at"));
     });
     let app = TestApp::on(db, |_| {});

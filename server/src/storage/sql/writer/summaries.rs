@@ -7,7 +7,7 @@ impl Writer {
     /// The stored summary of one bucket: from the tail cache, else from the table.
     pub(super) async fn bucket(
         &mut self,
-        tx: &mut SqliteConnection,
+        tx: &mut Conn,
         run_id: i64,
         branch: u32,
         (series, level, bucket): (u32, u64, u64),
@@ -22,8 +22,8 @@ impl Writer {
              WHERE run_id = $1 AND branch = $2 AND series_id = $3 AND level = $4 AND bucket = $5",
         )
         .bind(run_id)
-        .bind(branch)
-        .bind(series)
+        .bind(i64::from(branch))
+        .bind(i64::from(series))
         .bind(level as i64)
         .bind(bucket as i64)
         .fetch_optional(&mut *tx)
@@ -33,7 +33,7 @@ impl Writer {
 
     pub(super) async fn write_buckets(
         &mut self,
-        tx: &mut SqliteConnection,
+        tx: &mut Conn,
         run_id: i64,
         branch: u32,
         dirty: HashMap<(u32, u64, u64), Summary>,
@@ -46,7 +46,7 @@ impl Writer {
         }
         // Many rows per statement: the per-statement cost dominates otherwise.
         for chunk in rows.chunks(150) {
-            let mut q = QueryBuilder::<Sqlite>::new(
+            let mut q = QueryBuilder::<Db>::new(
                 "INSERT INTO summaries (run_id, branch, series_id, level, bucket, data) ",
             );
             q.push_values(chunk, |mut b, (series, level, bucket, data)| {

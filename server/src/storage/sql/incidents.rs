@@ -2,11 +2,10 @@
 //! kept open until an operator acknowledges it.
 
 use keel_protocol::{EventRecord, Incident};
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection, SqliteExecutor};
+use sqlx::{Executor, Row};
 
 use super::runs::{severity_from, severity_str};
-use super::{StoreError, StoreResult};
+use super::{Conn, Db, DbRow, StoreError, StoreResult};
 
 /// An alert within this many steps of an open incident of its kind joins it. Spike alerts
 /// stay quiet for a few hundred steps after firing, slow ones for a thousand: a run that
@@ -20,7 +19,7 @@ macro_rules! columns {
     };
 }
 
-fn from_row(r: &SqliteRow) -> Incident {
+fn from_row(r: &DbRow) -> Incident {
     let step = |name: &str| r.get::<i64, _>(name) as u64;
     Incident {
         id: r.get("id"),
@@ -41,11 +40,7 @@ fn from_row(r: &SqliteRow) -> Incident {
 
 /// Gathers a stored alert (of `size`, in its own units: larger is worse) into its kind's
 /// open incident, or opens one. Returns the incident and whether it is new.
-pub async fn note(
-    tx: &mut SqliteConnection,
-    alert: &EventRecord,
-    size: f64,
-) -> StoreResult<(Incident, bool)> {
+pub async fn note(tx: &mut Conn, alert: &EventRecord, size: f64) -> StoreResult<(Incident, bool)> {
     let step = alert.step.unwrap_or(0) as i64;
     let gap = GAP_STEPS as i64;
     let sql = concat!(
@@ -127,7 +122,7 @@ pub async fn note(
 /// Marks an incident acknowledged by `by` at `time`. Acknowledging one already acknowledged
 /// is a conflict (the first acknowledgement stands).
 pub async fn acknowledge(
-    tx: &mut SqliteConnection,
+    tx: &mut Conn,
     run_id: i64,
     id: i64,
     by: &str,
@@ -157,7 +152,11 @@ pub async fn acknowledge(
 }
 
 /// One incident of a run.
-pub async fn one(db: impl SqliteExecutor<'_>, run_id: i64, id: i64) -> StoreResult<Incident> {
+pub async fn one(
+    db: impl Executor<'_, Database = Db>,
+    run_id: i64,
+    id: i64,
+) -> StoreResult<Incident> {
     let sql = concat!(
         "SELECT ",
         columns!(),
@@ -174,7 +173,7 @@ pub async fn one(db: impl SqliteExecutor<'_>, run_id: i64, id: i64) -> StoreResu
 
 /// A run's incidents, oldest first; with `open`, only those not yet acknowledged.
 pub async fn list(
-    db: impl SqliteExecutor<'_>,
+    db: impl Executor<'_, Database = Db>,
     run_id: i64,
     open: bool,
 ) -> StoreResult<Vec<Incident>> {

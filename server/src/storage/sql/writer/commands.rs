@@ -5,7 +5,7 @@ use super::*;
 impl Writer {
     pub(super) async fn add_command(
         &mut self,
-        tx: &mut SqliteConnection,
+        tx: &mut Conn,
         run_id: i64,
         command: keel_protocol::Command,
         issued_by: String,
@@ -39,7 +39,7 @@ impl Writer {
 
     pub(super) async fn take_commands(
         &mut self,
-        tx: &mut SqliteConnection,
+        tx: &mut Conn,
         run_id: i64,
         changes: &mut Vec<Change>,
     ) -> StoreResult<Vec<CommandRecord>> {
@@ -76,7 +76,7 @@ impl Writer {
 
     pub(super) async fn outcome(
         &mut self,
-        tx: &mut SqliteConnection,
+        tx: &mut Conn,
         run_id: i64,
         id: i64,
         outcome: CommandOutcome,

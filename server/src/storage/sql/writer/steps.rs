@@ -6,7 +6,7 @@ use super::*;
 impl Writer {
     pub(super) async fn ingest(
         &mut self,
-        tx: &mut SqliteConnection,
+        tx: &mut Conn,
         run_id: i64,
         batch: IngestBatch,
         changes: &mut Vec<Change>,
@@ -35,7 +35,7 @@ impl Writer {
     /// fall in at every level, merged with what the bucket held.
     async fn store_steps(
         &mut self,
-        tx: &mut SqliteConnection,
+        tx: &mut Conn,
         run_id: i64,
         branch: u32,
         fresh: &[StepRecord],
@@ -73,7 +73,7 @@ impl Writer {
     /// The stored steps go out on the live channel, then the alerts they raised.
     async fn publish_steps(
         &mut self,
-        tx: &mut SqliteConnection,
+        tx: &mut Conn,
         run: &runs::RunRow,
         branch: u32,
         fresh: Vec<StepRecord>,
@@ -126,7 +126,7 @@ impl Writer {
     /// The series of one step as (series id, values), registering new series on first sight.
     async fn entries(
         &mut self,
-        tx: &mut SqliteConnection,
+        tx: &mut Conn,
         run_id: i64,
         record: &StepRecord,
     ) -> StoreResult<Vec<(u32, Vec<f64>)>> {
@@ -152,7 +152,7 @@ impl Writer {
 
     async fn series_id(
         &mut self,
-        tx: &mut SqliteConnection,
+        tx: &mut Conn,
         run_id: i64,
         layer: bool,
         name: &str,
@@ -181,7 +181,7 @@ impl Writer {
             "INSERT INTO series (run_id, id, kind, name, width) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(run_id)
-        .bind(id)
+        .bind(i64::from(id))
         .bind(if layer { "layer" } else { "scalar" })
         .bind(name)
         .bind(width as i64)
@@ -194,7 +194,7 @@ impl Writer {
     /// Updates the run's row after new steps: newest step, loss, tokens, life signs.
     async fn note_steps(
         &mut self,
-        tx: &mut SqliteConnection,
+        tx: &mut Conn,
         run: &runs::RunRow,
         branch: u32,
         fresh: &[StepRecord],
@@ -231,11 +231,7 @@ impl Writer {
     }
 }
 
-pub(super) async fn create_run(
-    tx: &mut SqliteConnection,
-    spec: &RunSpec,
-    by: &str,
-) -> StoreResult<i64> {
+pub(super) async fn create_run(tx: &mut Conn, spec: &RunSpec, by: &str) -> StoreResult<i64> {
     let t = now();
     let id = sqlx::query(
         "INSERT INTO runs (name, grp, variant, tags, config, layers, ranks, status, created_at, updated_at, seen_at, created_by)
@@ -246,8 +242,8 @@ pub(super) async fn create_run(
     .bind(&spec.variant)
     .bind(serde_json::to_string(&spec.tags).map_err(anyhow::Error::from)?)
     .bind(spec.config.to_string())
-    .bind(spec.layers)
-    .bind(spec.ranks)
+    .bind(i64::from(spec.layers))
+    .bind(spec.ranks.map(i64::from))
     .bind(t)
     .bind(t)
     .bind(t)
@@ -266,7 +262,7 @@ pub(super) async fn create_run(
 /// The branch a batch goes to. Naming the branch after the live one starts it (a rewind):
 /// it forks from its parent just before the batch's first step.
 async fn resolve_branch(
-    tx: &mut SqliteConnection,
+    tx: &mut Conn,
     run: &runs::RunRow,
     batch: &IngestBatch,
 ) -> StoreResult<u32> {
@@ -287,14 +283,14 @@ async fn resolve_branch(
         "INSERT INTO branches (run_id, branch, parent, fork_step, created_at) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(run.id)
-    .bind(branch)
-    .bind(run.branch)
+    .bind(i64::from(branch))
+    .bind(i64::from(run.branch))
     .bind(first.checked_sub(1).map(|s| s as i64))
     .bind(now())
     .execute(&mut *tx)
     .await?;
     sqlx::query("UPDATE runs SET branch = $1 WHERE id = $2")
-        .bind(branch)
+        .bind(i64::from(branch))
         .bind(run.id)
         .execute(&mut *tx)
         .await?;
@@ -303,17 +299,16 @@ async fn resolve_branch(
 
 /// Inserts raw step rows (step, seq, blob), many per statement.
 async fn insert_steps(
-    tx: &mut SqliteConnection,
+    tx: &mut Conn,
     run_id: i64,
     branch: u32,
     rows: Vec<(i64, i64, Vec<u8>)>,
 ) -> StoreResult<()> {
     for chunk in rows.chunks(150) {
-        let mut q =
-            QueryBuilder::<Sqlite>::new("INSERT INTO steps (run_id, branch, step, seq, data) ");
+        let mut q = QueryBuilder::<Db>::new("INSERT INTO steps (run_id, branch, step, seq, data) ");
         q.push_values(chunk, |mut b, (step, seq, data)| {
             b.push_bind(run_id)
-                .push_bind(branch)
+                .push_bind(i64::from(branch))
                 .push_bind(*step)
                 .push_bind(*seq)
                 .push_bind(data.as_slice());
@@ -325,7 +320,7 @@ async fn insert_steps(
 
 /// The steps of a batch not stored on the branch yet, each once (the first of the batch wins).
 async fn fresh_steps(
-    tx: &mut SqliteConnection,
+    tx: &mut Conn,
     run_id: i64,
     branch: u32,
     steps: Vec<StepRecord>,
@@ -339,7 +334,7 @@ async fn fresh_steps(
 }
 
 async fn existing_steps(
-    tx: &mut SqliteConnection,
+    tx: &mut Conn,
     run_id: i64,
     branch: u32,
     steps: &[StepRecord],
@@ -354,7 +349,7 @@ async fn existing_steps(
         "SELECT step FROM steps WHERE run_id = $1 AND branch = $2 AND step BETWEEN $3 AND $4",
     )
     .bind(run_id)
-    .bind(branch)
+    .bind(i64::from(branch))
     .bind(lo as i64)
     .bind(hi as i64)
     .fetch_all(&mut *tx)

@@ -27,12 +27,13 @@ use keel_protocol::{
     CommandOutcome, CommandRecord, CommandStatus, EventRecord, IngestBatch, IngestReply,
     LiveMessage, RunSpec, RunStatus, Severity, StepRecord,
 };
-use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection};
-use tokio::sync::{mpsc, oneshot};
+use sqlx::{QueryBuilder, Row};
+use tokio::sync::mpsc;
 
 use super::incidents;
+use super::ops::{NewEvent, Reply, WriteOp};
 use super::summary::{LEVELS, Summary};
-use super::{Change, Cursor, StoreError, StoreResult, codec, now, runs};
+use super::{Change, Conn, Cursor, Db, StoreError, StoreResult, codec, now, runs};
 use crate::alerts::{Alert, Detector, Thresholds};
 use crate::webhooks::{self, Notice, Notifier, RunRef};
 
@@ -40,63 +41,6 @@ use crate::webhooks::{self, Notice, Notifier, RunRef};
 const MAX_OPS: usize = 256;
 /// Runs whose alert state is kept in memory before it is emptied (it re-learns as steps come).
 const MAX_DETECTORS: usize = 10_000;
-
-/// A new alert or other event.
-#[derive(Clone, Debug)]
-pub struct NewEvent {
-    pub run_id: i64,
-    pub kind: String,
-    pub name: String,
-    pub severity: Severity,
-    pub step: Option<u64>,
-    pub message: String,
-}
-
-type Reply<T> = oneshot::Sender<StoreResult<T>>;
-
-pub enum WriteOp {
-    CreateRun(RunSpec, String, Reply<i64>),
-    Ingest(i64, IngestBatch, Reply<IngestReply>),
-    AddEvent(NewEvent, Reply<EventRecord>),
-    /// A status change reported by the trainer or decided by the server (e.g. `lost`).
-    SetStatus(i64, RunStatus, Option<String>, Reply<()>),
-    AddCommand {
-        run_id: i64,
-        command: keel_protocol::Command,
-        issued_by: String,
-        reply: Reply<CommandRecord>,
-    },
-    /// Marks queued commands delivered and returns every command not yet applied or rejected.
-    TakeCommands(i64, Reply<Vec<CommandRecord>>),
-    Outcome(i64, i64, CommandOutcome, Reply<CommandRecord>),
-    /// Replaces a run's rules; who did it goes in the audit log.
-    SetRules(i64, Vec<keel_protocol::Rule>, String, Reply<()>),
-    /// Replaces a run's alert thresholds (in force from its next step); audited.
-    SetThresholds(i64, Thresholds, String, Reply<()>),
-    /// Acknowledges an incident of a run, by whom; audited.
-    AckIncident(i64, i64, String, Reply<keel_protocol::Incident>),
-    /// Writes a launch's record as it now stands.
-    SaveLaunch(super::launches::StoredLaunch, Reply<()>),
-    /// Forgets launches that ended before the time given; answers how many.
-    PruneLaunches(f64, Reply<u64>),
-    /// Stores a new browser session (by its id, which is hashed) and forgets expired ones.
-    OpenSession(String, super::sessions::StoredSession, Reply<()>),
-    /// Ends a session.
-    CloseSession(String, Reply<()>),
-    /// Adds a person: their record and token.
-    AddUser(
-        String,
-        keel_protocol::Role,
-        Reply<(keel_protocol::UserRecord, String)>,
-    ),
-    SetRole(
-        String,
-        keel_protocol::Role,
-        Reply<keel_protocol::UserRecord>,
-    ),
-    /// Removes a person and their sessions.
-    RemoveUser(String, Reply<()>),
-}
 
 /// An answer waiting for the commit.
 trait Finish: Send {
@@ -130,19 +74,23 @@ struct Writer {
     notifier: Arc<OnceLock<Notifier>>,
     /// Notices of the transaction under way: sent once it commits.
     notices: Vec<Notice>,
+    relay: Arc<super::Relay>,
 }
 
-/// Starts the writer task on `conn`; it holds the database's `lock` until it stops.
+/// Starts the writer task on `db` (a pool of one connection); on SQLite it holds the file's
+/// `lock` until it stops. `relay` is how it takes turns with, and tells, other servers on the
+/// database (nobody, on SQLite).
 pub async fn spawn(
-    mut conn: SqliteConnection,
+    db: super::Pool,
     changes: mpsc::UnboundedSender<Change>,
     notifier: Arc<OnceLock<Notifier>>,
-    lock: super::lock::DbLock,
+    lock: Option<super::lock::DbLock>,
+    relay: Arc<super::Relay>,
 ) -> anyhow::Result<mpsc::Sender<WriteOp>> {
     let (seq, event): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT COALESCE(MAX(seq), 0) FROM runs), (SELECT COALESCE(MAX(id), 0) FROM events)",
     )
-    .fetch_one(&mut conn)
+    .fetch_one(&db)
     .await
     .context("reading the write cursors")?;
     let mut writer = Writer {
@@ -153,6 +101,7 @@ pub async fn spawn(
         detectors: HashMap::new(),
         notifier,
         notices: Vec::new(),
+        relay,
     };
     let (tx, mut rx) = mpsc::channel::<WriteOp>(1024);
     tokio::spawn(async move {
@@ -164,24 +113,35 @@ pub async fn spawn(
                     Err(_) => break,
                 }
             }
-            writer.apply(&mut conn, ops).await;
+            writer.apply(&db, ops).await;
         }
         tracing::debug!("writer stopped: every store handle is gone");
+        db.close().await;
         drop(lock);
     });
     Ok(tx)
 }
 
 impl Writer {
-    async fn apply(&mut self, conn: &mut SqliteConnection, ops: Vec<WriteOp>) {
+    async fn apply(&mut self, db: &super::Pool, ops: Vec<WriteOp>) {
         let before = self.cursor;
         let mut answers: Vec<Box<dyn Finish>> = Vec::with_capacity(ops.len());
         let mut changes = Vec::new();
+        let mut announced = None;
         let result = async {
-            let mut tx = conn.begin().await?;
+            let mut tx = db.begin().await?;
+            if let Some(now) = self.relay.take_turn(&mut tx).await?
+                && now != self.cursor
+            {
+                // Another server wrote since this one's last commit: what is cached may be
+                // stale (a bucket's tail, a run's series).
+                self.forget();
+                self.cursor = now;
+            }
             for op in ops {
                 answers.push(self.one(&mut tx, op, &mut changes).await?);
             }
+            announced = self.relay.announce(&mut tx, &mut changes).await?;
             tx.commit().await?;
             Ok::<_, StoreError>(())
         }
@@ -190,9 +150,9 @@ impl Writer {
             Ok(()) => None,
             Err(e) => {
                 tracing::error!(error = ?e, "a write transaction failed and was rolled back");
+                self.relay.withdraw(announced);
                 // The caches may hold what was rolled back: start them afresh.
-                self.tails.clear();
-                self.series.clear();
+                self.forget();
                 self.cursor = before;
                 changes.clear();
                 self.notices.clear();
@@ -204,6 +164,7 @@ impl Writer {
         for answer in answers {
             answer.finish(failure);
         }
+        // Left here unless the relay publishes them (PostgreSQL: once its listener hears).
         for change in changes {
             let _ = self.changes.send(change);
         }
@@ -213,10 +174,16 @@ impl Writer {
         }
     }
 
+    /// Forgets what is cached from the tables.
+    fn forget(&mut self) {
+        self.tails.clear();
+        self.series.clear();
+    }
+
     /// A notice about run `run_id`, sent if the transaction commits.
     async fn notify(
         &mut self,
-        tx: &mut SqliteConnection,
+        tx: &mut Conn,
         run_id: i64,
         make: impl FnOnce(RunRef) -> Notice,
     ) -> StoreResult<()> {
@@ -237,7 +204,7 @@ impl Writer {
 
     async fn one(
         &mut self,
-        tx: &mut SqliteConnection,
+        tx: &mut Conn,
         op: WriteOp,
         changes: &mut Vec<Change>,
     ) -> Result<Box<dyn Finish>, StoreError> {

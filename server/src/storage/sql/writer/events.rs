@@ -7,7 +7,7 @@ impl Writer {
     /// so in its events: who, and what it is now.
     pub(super) async fn set_setting(
         &mut self,
-        tx: &mut SqliteConnection,
+        tx: &mut Conn,
         run_id: i64,
         setting: &'static str,
         text: String,
@@ -39,7 +39,7 @@ impl Writer {
 
     pub(super) async fn ack_incident(
         &mut self,
-        tx: &mut SqliteConnection,
+        tx: &mut Conn,
         run_id: i64,
         id: i64,
         by: &str,
@@ -65,7 +65,7 @@ impl Writer {
     /// its incident and fires the run's rules that are on it.
     pub(super) async fn add_event(
         &mut self,
-        tx: &mut SqliteConnection,
+        tx: &mut Conn,
         e: NewEvent,
         size: f64,
         changes: &mut Vec<Change>,
@@ -88,7 +88,7 @@ impl Writer {
     /// the alert's, which is how cooldowns and counts survive a restart).
     async fn fire_rules(
         &mut self,
-        tx: &mut SqliteConnection,
+        tx: &mut Conn,
         alert: &EventRecord,
         changes: &mut Vec<Change>,
     ) -> StoreResult<()> {
@@ -158,7 +158,7 @@ impl Writer {
 
     async fn insert_event(
         &mut self,
-        tx: &mut SqliteConnection,
+        tx: &mut Conn,
         e: NewEvent,
         changes: &mut Vec<Change>,
     ) -> StoreResult<EventRecord> {
@@ -200,7 +200,7 @@ impl Writer {
 
     pub(super) async fn set_status(
         &mut self,
-        tx: &mut SqliteConnection,
+        tx: &mut Conn,
         run_id: i64,
         status: RunStatus,
         message: Option<String>,
@@ -252,7 +252,7 @@ impl Writer {
     /// Every state of every command is an event: that is the audit log.
     pub(super) async fn audit(
         &mut self,
-        tx: &mut SqliteConnection,
+        tx: &mut Conn,
         command: &CommandRecord,
         changes: &mut Vec<Change>,
     ) -> StoreResult<()> {

@@ -1,0 +1,434 @@
+//! PostgreSQL: the store shared by several servers on one database.
+//!
+//! The SQL under `sql/` is compiled here a second time, with [`Db`] naming PostgreSQL.
+//! What only PostgreSQL needs is the [`Relay`] between the servers on one database:
+//!
+//! - **Taking turns.** Each server's writer batches its writes into transactions as on SQLite;
+//!   every transaction first takes one transaction-scoped advisory lock, so writes from all
+//!   servers are applied one transaction at a time, in one order. A writer that finds the
+//!   database moved on since its own last commit (another server wrote) forgets its caches
+//!   and takes up the database's arrival numbers, so summaries stay exact and `seq` and event
+//!   ids grow in commit order across servers.
+//! - **Hearing each other.** A transaction's changes are announced with `NOTIFY` (delivered at
+//!   commit, in commit order). Every server, the writing one included, publishes changes to its
+//!   live streams only as they come back through its `LISTEN`, so all servers publish in the
+//!   same order. A server publishes its own changes from memory; another's it rebuilds: small
+//!   ones travel in the notification, steps (and anything large) are read back by reference.
+//!   Notifications missed while the listening connection was down are made up for with a
+//!   `resync` to every run that changed meanwhile.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use keel_protocol::LiveMessage;
+use serde::{Deserialize, Serialize};
+use sqlx::ConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use tokio::sync::mpsc;
+
+pub use super::{Change, Cursor, StoreError, StoreResult, codec, lock, now, ops, summary};
+
+pub type Db = sqlx::Postgres;
+pub type Conn = sqlx::PgConnection;
+pub type Pool = sqlx::PgPool;
+pub type DbRow = sqlx::postgres::PgRow;
+pub const POSTGRES: bool = true;
+
+#[path = "sql/check.rs"]
+pub mod check;
+#[path = "sql/incidents.rs"]
+pub mod incidents;
+#[path = "sql/launches.rs"]
+pub mod launches;
+#[path = "sql/runs.rs"]
+pub mod runs;
+#[path = "sql/series.rs"]
+pub mod series;
+#[path = "sql/sessions.rs"]
+pub mod sessions;
+#[path = "sql/users.rs"]
+pub mod users;
+#[path = "sql/writer/mod.rs"]
+pub mod writer;
+
+/// The schema (`migrations/postgres/`), applied at start-up; sqlx holds an advisory lock
+/// while it migrates, so servers starting together apply it once.
+pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// The channel the servers on one database announce their commits on.
+const CHANNEL: &str = "keel_changes";
+/// The advisory lock every write transaction takes (any fixed number; "keel" in ASCII).
+const WRITE_LOCK: i64 = 0x6b65_656c;
+/// A notification's payload must stay under PostgreSQL's 8000 bytes.
+const MAX_PAYLOAD: usize = 7_000;
+/// Inline changes larger than this travel by reference.
+const MAX_INLINE: usize = 2_000;
+
+fn options(url: &str) -> anyhow::Result<PgConnectOptions> {
+    Ok(PgConnectOptions::from_str(url)
+        .with_context(|| format!("reading the database URL {}", super::redact(url)))?
+        .application_name("keel")
+        .log_statements(tracing::log::LevelFilter::Trace))
+}
+
+/// A pool on the database at `url`, its schema made current.
+pub async fn setup(url: &str, connections: u32) -> anyhow::Result<Pool> {
+    let pool = PgPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options(url)?)
+        .await
+        .with_context(|| format!("connecting to {}", super::redact(url)))?;
+    MIGRATIONS.run(&pool).await.context("applying migrations")?;
+    Ok(pool)
+}
+
+/// The store's connections: a read pool and the writer's pool of one (which reconnects if
+/// the database restarts).
+pub async fn open(url: &str) -> anyhow::Result<(Pool, Pool)> {
+    let read = setup(url, 8).await?;
+    let write = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(options(url)?)
+        .await
+        .with_context(|| format!("connecting to {}", super::redact(url)))?;
+    Ok((read, write))
+}
+
+/// What one server's writer shares with the others on the database, and with its own
+/// listener.
+pub struct Relay {
+    /// This server among those on the database, for the notifications it sends.
+    origin: u64,
+    /// Transactions announced, numbered.
+    next: AtomicU64,
+    /// This server's own announced changes by transaction, until its listener hears of them.
+    pending: Mutex<HashMap<u64, Vec<Change>>>,
+}
+
+impl Relay {
+    pub fn new() -> anyhow::Result<Relay> {
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        Ok(Relay {
+            // Positive, so that it survives a trip through JSON readers that use doubles.
+            origin: u64::from_le_bytes(bytes) >> 12,
+            next: AtomicU64::new(0),
+            pending: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Waits for this transaction's turn among every server's writers; answers where the
+    /// database stands, for the writer to see whether someone else wrote since.
+    pub async fn take_turn(&self, tx: &mut Conn) -> StoreResult<Option<Cursor>> {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(WRITE_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let (seq, event): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COALESCE(MAX(seq), 0) FROM runs), (SELECT COALESCE(MAX(id), 0) FROM events)",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        Ok(Some(Cursor { seq, event }))
+    }
+
+    /// Announces the transaction's changes (sent if it commits) and keeps them for this
+    /// server's listener to publish: `changes` is left empty. Answers the transaction's number.
+    pub async fn announce(
+        &self,
+        tx: &mut Conn,
+        changes: &mut Vec<Change>,
+    ) -> StoreResult<Option<u64>> {
+        if changes.is_empty() {
+            return Ok(None);
+        }
+        let t = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut payloads = Vec::new();
+        let mut items: Vec<String> = Vec::new();
+        let mut size = 0;
+        for change in changes.iter() {
+            let item = serde_json::to_string(&Item::of(change)).map_err(anyhow::Error::from)?;
+            if size + item.len() > MAX_PAYLOAD && !items.is_empty() {
+                payloads.push(self.payload(t, &items));
+                (items, size) = (Vec::new(), 0);
+            }
+            size += item.len() + 1;
+            items.push(item);
+        }
+        payloads.push(self.payload(t, &items));
+        sqlx::query(
+            "SELECT pg_notify($1, p) FROM UNNEST($2::text[]) WITH ORDINALITY AS n(p, i) ORDER BY i",
+        )
+        .bind(CHANNEL)
+        .bind(payloads)
+        .execute(&mut *tx)
+        .await?;
+        self.pending
+            .lock()
+            .expect("relay lock")
+            .insert(t, std::mem::take(changes));
+        Ok(Some(t))
+    }
+
+    fn payload(&self, t: u64, items: &[String]) -> String {
+        format!(
+            "{{\"o\":{},\"t\":{t},\"c\":[{}]}}",
+            self.origin,
+            items.join(",")
+        )
+    }
+
+    /// The transaction announced as `t` did not commit: its changes never happened.
+    pub fn withdraw(&self, t: Option<u64>) {
+        if let Some(t) = t {
+            self.pending.lock().expect("relay lock").remove(&t);
+        }
+    }
+
+    /// Everything of this server's still waiting, oldest first (the listener lost its
+    /// connection, and with it the notifications that would have released them).
+    fn drain(&self) -> Vec<Change> {
+        let mut pending = self.pending.lock().expect("relay lock");
+        let mut all: Vec<_> = pending.drain().collect();
+        all.sort_by_key(|(t, _)| *t);
+        all.into_iter().flat_map(|(_, c)| c).collect()
+    }
+}
+
+/// A change as a notification carries it.
+#[derive(Serialize, Deserialize)]
+struct Item {
+    /// Run, step arrival and event id of the change's cursor.
+    r: i64,
+    s: i64,
+    e: i64,
+    #[serde(flatten)]
+    what: What,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum What {
+    /// The message itself.
+    Inline(LiveMessage),
+    /// `n` steps of a branch, the last of which arrived at the cursor's `seq`.
+    Steps { branch: u32, n: i64 },
+    /// An event of the run, by id.
+    Event(i64),
+    /// A command of the run, by id.
+    Command(i64),
+}
+
+impl Item {
+    fn of(change: &Change) -> Item {
+        let what = match &change.message {
+            LiveMessage::Steps { branch, steps } => What::Steps {
+                branch: *branch,
+                n: steps.len() as i64,
+            },
+            message => {
+                let size = serde_json::to_string(message).map_or(usize::MAX, |s| s.len());
+                match message {
+                    _ if size <= MAX_INLINE => What::Inline(message.clone()),
+                    LiveMessage::Event { event } => What::Event(event.id),
+                    LiveMessage::Command { command } => What::Command(command.id),
+                    _ => What::Inline(LiveMessage::Resync),
+                }
+            }
+        };
+        Item {
+            r: change.run_id,
+            s: change.cursor.seq,
+            e: change.cursor.event,
+            what,
+        }
+    }
+
+    /// The change, read back from the database where it travelled by reference.
+    async fn change(self, db: &Pool) -> StoreResult<Option<Change>> {
+        let cursor = Cursor {
+            seq: self.s,
+            event: self.e,
+        };
+        let message = match self.what {
+            What::Inline(message) => message,
+            What::Steps { branch, n } => {
+                let steps = runs::steps_since(db, self.r, self.s - n, n).await?;
+                LiveMessage::Steps {
+                    branch,
+                    steps: steps.into_iter().map(|(_, _, s)| s).collect(),
+                }
+            }
+            What::Event(id) => match runs::events(db, self.r, id - 1, 1).await?.pop() {
+                Some(event) => LiveMessage::Event { event },
+                None => return Ok(None),
+            },
+            What::Command(id) => LiveMessage::Command {
+                command: runs::command(db, self.r, id).await?,
+            },
+        };
+        Ok(Some(Change {
+            run_id: self.r,
+            cursor,
+            message,
+        }))
+    }
+}
+
+#[derive(Deserialize)]
+struct Note {
+    o: u64,
+    t: u64,
+    c: Vec<Item>,
+}
+
+/// Starts the listener: every server's committed changes, this one's included, go on
+/// `changes` in commit order. It stops when `changes` is closed or the pool is.
+pub async fn listen(
+    db: &Pool,
+    relay: std::sync::Arc<Relay>,
+    changes: mpsc::UnboundedSender<Change>,
+) -> anyhow::Result<()> {
+    let mut listener = PgListener::connect_with(db)
+        .await
+        .context("opening the listening connection")?;
+    listener
+        .listen(CHANNEL)
+        .await
+        .context("listening for other servers")?;
+    let db = db.clone();
+    tokio::spawn(async move {
+        let mut heard = now();
+        loop {
+            let next = tokio::select! {
+                next = listener.try_recv() => next,
+                () = changes.closed() => break,
+            };
+            match next {
+                Ok(Some(n)) => {
+                    heard = now();
+                    let published = match serde_json::from_str::<Note>(n.payload()) {
+                        Ok(note) => publish(&db, &relay, note, &changes).await,
+                        Err(e) => Err(StoreError::Db(anyhow::anyhow!("{e}"))),
+                    };
+                    if let Err(e) = published {
+                        tracing::warn!("a change announced by a server did not read back: {e}");
+                    }
+                }
+                Ok(None) => {
+                    tracing::warn!("the listening connection was lost; reconnecting");
+                    for change in relay.drain() {
+                        let _ = changes.send(change);
+                    }
+                    if let Err(e) = resync_since(&db, heard - 1.0, &changes).await {
+                        tracing::warn!("could not tell live pages to refetch: {e}");
+                    }
+                }
+                Err(sqlx::Error::PoolClosed) => break,
+                Err(e) => {
+                    tracing::warn!("listening for other servers: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        tracing::debug!("listener stopped");
+    });
+    Ok(())
+}
+
+async fn publish(
+    db: &Pool,
+    relay: &Relay,
+    note: Note,
+    changes: &mpsc::UnboundedSender<Change>,
+) -> StoreResult<()> {
+    if note.o == relay.origin {
+        // The first part of one of ours releases all of it; later parts find nothing.
+        let mine = relay.pending.lock().expect("relay lock").remove(&note.t);
+        for change in mine.into_iter().flatten() {
+            let _ = changes.send(change);
+        }
+        return Ok(());
+    }
+    for item in note.c {
+        if let Some(change) = item.change(db).await? {
+            let _ = changes.send(change);
+        }
+    }
+    Ok(())
+}
+
+/// Tells the live streams of every run changed since `since` to refetch.
+async fn resync_since(
+    db: &Pool,
+    since: f64,
+    changes: &mpsc::UnboundedSender<Change>,
+) -> StoreResult<()> {
+    let runs: Vec<(i64,)> = sqlx::query_as(
+        "SELECT id FROM runs WHERE updated_at >= $1 OR seen_at >= $1
+         UNION SELECT run_id FROM commands WHERE updated_at >= $1",
+    )
+    .bind(since)
+    .fetch_all(db)
+    .await?;
+    for (run_id,) in runs {
+        let cursor = runs::cursor(db, run_id).await?;
+        let _ = changes.send(Change {
+            run_id,
+            cursor,
+            message: LiveMessage::Resync,
+        });
+    }
+    Ok(())
+}
+
+/// `keel check` on the database at `url`. A repair takes the writers' turn for its whole
+/// transaction, so servers on the database wait for it rather than write beside it.
+pub async fn check(url: &str, repair: bool) -> anyhow::Result<super::check::Report> {
+    let options = options(url)?;
+    let open = || async {
+        options
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {}", super::redact(url)))
+    };
+    let (mut steps, mut stored) = (open().await?, open().await?);
+    let has_tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables
+         WHERE table_schema = current_schema() AND table_name IN ('steps', 'summaries')",
+    )
+    .fetch_one(&mut stored)
+    .await?;
+    anyhow::ensure!(
+        has_tables == 2,
+        "{} is not a keel database",
+        super::redact(url)
+    );
+    let mut repairs = match repair {
+        true => Some(open().await?),
+        false => None,
+    };
+    let mut tx = match repairs.as_mut() {
+        Some(c) => {
+            let mut tx = sqlx::Connection::begin(c).await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(WRITE_LOCK)
+                .execute(&mut *tx)
+                .await?;
+            Some(tx)
+        }
+        None => None,
+    };
+    let mut report = check::walk_all(&mut steps, &mut stored, tx.as_deref_mut()).await?;
+    if let Some(tx) = tx {
+        tx.commit().await.context("committing the repairs")?;
+        report.repaired = true;
+    }
+    Ok(report)
+}
