@@ -35,28 +35,10 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// On the PostgreSQL server of `KEEL_TEST_PG` when it is set, else a SQLite file.
     pub fn fresh() -> TestDb {
         match std::env::var("KEEL_TEST_PG") {
-            Ok(server) if !server.is_empty() => {
-                static MADE: AtomicU64 = AtomicU64::new(0);
-                let name = format!(
-                    "keel_test_{}_{}",
-                    std::process::id(),
-                    MADE.fetch_add(1, Ordering::Relaxed)
-                );
-                block_on(async {
-                    let mut conn = sqlx::PgConnection::connect(&server).await.unwrap();
-                    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                        .execute(&mut conn)
-                        .await
-                        .unwrap();
-                });
-                TestDb {
-                    at: Location::Postgres(with_database(&server, &name)),
-                    _dir: None,
-                    made: Some((server, name)),
-                }
-            }
+            Ok(server) if !server.is_empty() => TestDb::on_postgres(&server),
             _ => {
                 let dir = tempfile::tempdir().unwrap();
                 TestDb {
@@ -67,6 +49,107 @@ impl TestDb {
             }
         }
     }
+
+    /// A new database on the PostgreSQL server at `server`.
+    pub fn on_postgres(server: &str) -> TestDb {
+        static MADE: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            "keel_test_{}_{}",
+            std::process::id(),
+            MADE.fetch_add(1, Ordering::Relaxed)
+        );
+        block_on(async {
+            let mut conn = sqlx::PgConnection::connect(server).await.unwrap();
+            let create = format!("CREATE DATABASE {name}");
+            sqlx::query(sqlx::AssertSqlSafe(create))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        });
+        TestDb {
+            at: Location::Postgres(with_database(server, &name)),
+            _dir: None,
+            made: Some((server.to_owned(), name)),
+        }
+    }
+
+    /// The URL of a PostgreSQL database.
+    pub fn url(&self) -> &str {
+        match &self.at {
+            Location::Postgres(url) => url,
+            Location::Sqlite(_) => panic!("a SQLite database"),
+        }
+    }
+}
+
+/// A PostgreSQL server for tests that need one whatever the suite runs on: that of
+/// `KEEL_TEST_PG`, else one of its own (`scripts/pg-test-cluster.sh`, torn down when dropped).
+/// `None`, with a note, when `KEEL_SKIP_POSTGRES=1`.
+pub struct PgServer {
+    pub url: String,
+    own: Option<std::path::PathBuf>,
+}
+
+impl PgServer {
+    pub fn up() -> Option<PgServer> {
+        if std::env::var("KEEL_SKIP_POSTGRES").is_ok_and(|v| v == "1") {
+            eprintln!("KEEL_SKIP_POSTGRES=1: PostgreSQL test skipped");
+            crate::webdriver::note_skipped();
+            return None;
+        }
+        if let Ok(url) = std::env::var("KEEL_TEST_PG")
+            && !url.is_empty()
+        {
+            return Some(PgServer { url, own: None });
+        }
+        static STARTED: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "keel-pg-{}-{}",
+            std::process::id(),
+            STARTED.fetch_add(1, Ordering::Relaxed)
+        ));
+        let out = std::process::Command::new(pg_script())
+            .arg("up")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "the PostgreSQL test server did not come up (KEEL_SKIP_POSTGRES=1 skips this):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let said = String::from_utf8_lossy(&out.stdout);
+        let url = said
+            .trim()
+            .strip_prefix("export KEEL_TEST_PG='")
+            .and_then(|u| u.strip_suffix('\''))
+            .unwrap_or_else(|| panic!("no URL in {said:?}"))
+            .to_owned();
+        Some(PgServer {
+            url,
+            own: Some(dir),
+        })
+    }
+
+    /// A new database on it.
+    pub fn fresh(&self) -> TestDb {
+        TestDb::on_postgres(&self.url)
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        if let Some(dir) = self.own.take() {
+            let _ = std::process::Command::new(pg_script())
+                .arg("down")
+                .arg(&dir)
+                .status();
+        }
+    }
+}
+
+fn pg_script() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/pg-test-cluster.sh")
 }
 
 impl Drop for TestDb {

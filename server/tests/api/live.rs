@@ -10,14 +10,14 @@ use crate::helpers::{TestApp, step};
 
 /// One Server-Sent Event.
 #[derive(Debug, Clone)]
-struct Sse {
+pub struct Sse {
     event: String,
     id: String,
-    data: Value,
+    pub data: Value,
 }
 
 /// Opens the live stream of `run` and hands each event to the returned channel.
-fn subscribe(app: &TestApp, run: i64, last_id: Option<&str>) -> mpsc::Receiver<Sse> {
+pub fn subscribe(app: &TestApp, run: i64, last_id: Option<&str>) -> mpsc::Receiver<Sse> {
     let mut req = app.agent.get(&app.url(&format!("/api/v1/runs/{run}/live")));
     if let Some(id) = last_id {
         req = req.header("Last-Event-ID", id);
@@ -56,7 +56,7 @@ fn events_of(resp: ureq::http::Response<ureq::Body>) -> mpsc::Receiver<Sse> {
     rx
 }
 
-fn next(rx: &mpsc::Receiver<Sse>, event: &str) -> Sse {
+pub fn next(rx: &mpsc::Receiver<Sse>, event: &str) -> Sse {
     loop {
         let e = rx
             .recv_timeout(Duration::from_secs(20))
@@ -67,7 +67,7 @@ fn next(rx: &mpsc::Receiver<Sse>, event: &str) -> Sse {
     }
 }
 
-fn steps_of(e: &Sse) -> Vec<u64> {
+pub fn steps_of(e: &Sse) -> Vec<u64> {
     e.data["steps"]
         .as_array()
         .unwrap()

@@ -16,6 +16,7 @@ mod postgres;
 mod queries;
 mod reads;
 mod refusals;
+mod replicas;
 mod sessions;
 mod summaries;
 mod users;

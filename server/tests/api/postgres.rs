@@ -5,69 +5,20 @@
 //! `KEEL_SKIP_POSTGRES=1` skips these.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::process::Command;
 
 use keel_server::storage::codec;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, PgPool, Row};
 
-/// A test server, torn down when dropped.
-struct Pg {
-    dir: PathBuf,
-    url: String,
-}
+use crate::helpers::{PgServer, TestDb};
 
-impl Pg {
-    fn up() -> Option<Pg> {
-        if std::env::var("KEEL_SKIP_POSTGRES").is_ok_and(|v| v == "1") {
-            eprintln!("KEEL_SKIP_POSTGRES=1: PostgreSQL test skipped");
-            crate::webdriver::note_skipped();
-            return None;
-        }
-        let dir = std::env::temp_dir().join(format!("keel-pg-{}-{}", std::process::id(), rand()));
-        let out = Command::new(script()).arg("up").arg(&dir).output().unwrap();
-        assert!(
-            out.status.success(),
-            "the PostgreSQL test server did not come up (KEEL_SKIP_POSTGRES=1 skips this):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let said = String::from_utf8_lossy(&out.stdout);
-        let url = said
-            .trim()
-            .strip_prefix("export KEEL_TEST_PG='")
-            .and_then(|u| u.strip_suffix('\''))
-            .unwrap_or_else(|| panic!("no URL in {said:?}"))
-            .to_owned();
-        Some(Pg { dir, url })
-    }
-
-    async fn pool(&self) -> PgPool {
-        PgPoolOptions::new()
-            .max_connections(2)
-            .connect(&self.url)
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for Pg {
-    fn drop(&mut self) {
-        let _ = Command::new(script()).arg("down").arg(&self.dir).status();
-    }
-}
-
-fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/pg-test-cluster.sh")
-}
-
-fn rand() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+async fn pool(db: &TestDb) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(2)
+        .connect(db.url())
+        .await
         .unwrap()
-        .subsec_nanos()
-        .into()
 }
 
 static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -99,12 +50,13 @@ async fn sqlite_columns() -> BTreeSet<(String, String)> {
 
 #[test]
 fn the_postgres_schema_has_every_table_and_column_of_sqlites() {
-    let Some(pg) = Pg::up() else {
+    let Some(pg) = PgServer::up() else {
         return;
     };
+    let db = pg.fresh();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let pool = pg.pool().await;
+        let pool = pool(&db).await;
         POSTGRES.run(&pool).await.unwrap();
         // A second start finds nothing to do.
         POSTGRES.run(&pool).await.unwrap();
@@ -130,9 +82,10 @@ fn the_postgres_schema_has_every_table_and_column_of_sqlites() {
 
 #[test]
 fn nan_and_infinities_round_trip_bit_exact_on_postgres() {
-    let Some(pg) = Pg::up() else {
+    let Some(pg) = PgServer::up() else {
         return;
     };
+    let db = pg.fresh();
     let values = [
         f64::NAN,
         f64::from_bits(0x7ff8_0000_0000_0001), // a NaN with a payload
@@ -146,7 +99,7 @@ fn nan_and_infinities_round_trip_bit_exact_on_postgres() {
     ];
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let pool = pg.pool().await;
+        let pool = pool(&db).await;
         POSTGRES.run(&pool).await.unwrap();
         let run: i64 = sqlx::query_scalar(
             "INSERT INTO runs (name, layers, status, created_at, updated_at, seen_at, last_loss)

@@ -14,7 +14,7 @@ pub struct Raw {
     pub body: String,
 }
 
-fn agent() -> ureq::Agent {
+pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(0)
@@ -23,7 +23,7 @@ fn agent() -> ureq::Agent {
         .new_agent()
 }
 
-fn raw(mut resp: ureq::http::Response<ureq::Body>) -> Raw {
+pub fn raw(mut resp: ureq::http::Response<ureq::Body>) -> Raw {
     Raw {
         status: resp.status().as_u16(),
         headers: resp.headers().clone(),
@@ -48,7 +48,7 @@ pub fn get_with_cookie(app: &TestApp, path: &str, cookie: Option<&str>) -> Raw {
 }
 
 /// POST a command as a browser would: the session cookie, and the CSRF header if given.
-fn post_command(app: &TestApp, run: i64, cookie: &str, csrf: Option<&str>) -> (u16, Value) {
+pub fn post_command(app: &TestApp, run: i64, cookie: &str, csrf: Option<&str>) -> (u16, Value) {
     let mut req = agent()
         .post(&app.url(&format!("/api/v1/runs/{run}/commands")))
         .content_type("application/json")
@@ -78,7 +78,7 @@ pub fn csrf_of(page: &str) -> Option<String> {
 }
 
 /// Signs in and reads the CSRF token from the run page: (cookie pair, csrf token).
-fn signed_in(app: &TestApp, run: i64) -> (String, String) {
+pub fn signed_in(app: &TestApp, run: i64) -> (String, String) {
     let r = post_login(app, TOKEN, &format!("/runs/{run}"));
     assert_eq!(r.status, 303, "{}", r.body);
     let (_, cookie) = session_cookie(&r);
