@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
+use keel_server::storage::Location;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -22,7 +23,7 @@ pub struct Server {
 impl Server {
     /// Serves `db` on `addr` (port 0 for any free port).
     pub fn start(db: &Path, addr: SocketAddr) -> Server {
-        let config = keel_server::Config::new(db.to_owned(), TOKEN.into());
+        let config = keel_server::Config::new(database(db), TOKEN.into());
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -170,14 +171,66 @@ pub fn assert_no_steps_while_paused(server: &Server, run: i64) {
     );
 }
 
+/// The database a test's `db` file stands for: that file, or with `KEEL_TEST_PG` set (a
+/// PostgreSQL URL, as `scripts/pg-test-cluster.sh run` sets it) a database of its own on that
+/// server, made on first use, so that the same tests run on both backends.
+pub fn database(db: &Path) -> Location {
+    let Ok(server) = std::env::var("KEEL_TEST_PG") else {
+        return Location::Sqlite(db.to_owned());
+    };
+    if server.is_empty() {
+        return Location::Sqlite(db.to_owned());
+    }
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    db.hash(&mut h);
+    let name = format!("keel_e2e_{:016x}", h.finish());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&server).await.unwrap();
+        let there: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+            .bind(&name)
+            .fetch_optional(&mut conn)
+            .await
+            .unwrap();
+        if there.is_none() {
+            let create = format!("CREATE DATABASE {name}");
+            sqlx::query(sqlx::AssertSqlSafe(create))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+    });
+    let (scheme, rest) = server.split_once("://").unwrap();
+    let (before, query) = rest.split_once('?').map_or((rest, None), |(a, q)| (a, Some(q)));
+    let authority = before.split_once('/').map_or(before, |(a, _)| a);
+    Location::Postgres(match query {
+        Some(q) => format!("{scheme}://{authority}/{name}?{q}"),
+        None => format!("{scheme}://{authority}/{name}"),
+    })
+}
+
+/// `--db` for a `keel` command on the database `db` stands for.
+pub fn db_arg(db: &Path) -> std::ffi::OsString {
+    match database(db) {
+        Location::Sqlite(path) => path.into_os_string(),
+        Location::Postgres(url) => url.into(),
+    }
+}
+
 /// Checks every summary of the database at `db` against its steps, offline (`keel check`),
 /// and that it holds `steps` steps.
 pub fn assert_summaries_exact(db: &Path, steps: u64) {
     let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .unwrap();
     let report = rt
-        .block_on(keel_server::storage::check::check(db, false))
+        .block_on(keel_server::storage::check::check(database(db), false))
         .unwrap();
     assert!(report.is_clean(), "{:?}", report.examples);
     assert_eq!(report.steps, steps);
@@ -202,7 +255,7 @@ impl Process {
         loop {
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
             cmd.args(["serve", "--addr", &addr.to_string(), "--db"])
-                .arg(db)
+                .arg(db_arg(db))
                 .env("KEEL_TOKEN", TOKEN)
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())

@@ -5,14 +5,14 @@ use std::process::{Command, Output};
 
 use serde_json::json;
 
-use crate::harness::{Process, free_addr};
+use crate::harness::{Process, db_arg, free_addr};
 
 fn users(db: &std::path::Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_keel"))
         .arg("users")
         .args(args)
         .arg("--db")
-        .arg(db)
+        .arg(db_arg(db))
         .env("RUST_BACKTRACE", "0")
         .output()
         .unwrap()
