@@ -129,6 +129,10 @@ struct ServeArgs {
     /// http://head-node:8080); the listening address when unset.
     #[arg(long, env = "KEEL_PUBLIC_URL", value_parser = public_url)]
     public_url: Option<String>,
+    /// This server's name among several on one PostgreSQL database: it resumes the launches
+    /// it started and shows the others' (default: `<host name>:<port>`).
+    #[arg(long, env = "KEEL_REPLICA", value_parser = replica_name)]
+    replica: Option<String>,
     /// A webhook that gets incidents as they open and rule firings, as JSON that
     /// Slack-compatible receivers take (`{"text": …}`); repeat for more. Runs add their own
     /// in their config's `alerts.webhooks`.
@@ -160,6 +164,14 @@ fn webhook_url(s: &str) -> Result<String, String> {
     match s.starts_with("http://") || s.starts_with("https://") {
         true => Ok(s.to_owned()),
         false => Err(format!("`{s}` is not an http:// or https:// URL")),
+    }
+}
+
+fn replica_name(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    match s.len() {
+        1..=100 if s.chars().all(|c| c.is_ascii_graphic()) => Ok(s.to_owned()),
+        _ => Err("a replica's name is 1 to 100 visible ASCII characters".into()),
     }
 }
 
@@ -391,6 +403,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.static_dir = args.static_dir;
     config.public_url = args.public_url;
     config.private = args.private;
+    config.replica = args.replica;
     let engine = match args.launcher {
         LauncherKind::Local => {
             args.sbatch.unused("--launcher slurm")?;

@@ -86,6 +86,9 @@ pub struct Config {
     /// Reads need a sign-in too (a token or a session): pages, the API and the live streams;
     /// only `/login`, `/healthz` and the static files stay open.
     pub private: bool,
+    /// This server's name among those sharing its database, which owns the launches it
+    /// starts; `None`: `<host name>:<port>`.
+    pub replica: Option<String>,
 }
 
 impl Config {
@@ -108,6 +111,7 @@ impl Config {
             webhook_backoff: Duration::from_secs(1),
             public_url: None,
             private: false,
+            replica: None,
         }
     }
 }
@@ -150,7 +154,11 @@ pub async fn serve(
     let launches = match &config.launch {
         Some(launch) => {
             let token = config.token.clone();
-            Some(Launches::open(launch.clone(), own, token, store.clone()).await?)
+            let replica = config
+                .replica
+                .clone()
+                .unwrap_or_else(|| default_replica(listener.local_addr().ok()));
+            Some(Launches::open(launch.clone(), own, token, store.clone(), replica).await?)
         }
         None => None,
     };
@@ -193,6 +201,21 @@ pub async fn serve(
 
 /// The URL this server's own trainers reach it at: a listener on every interface is reached
 /// over loopback.
+/// `<host name>:<port>`: a name a server keeps across restarts in one place (a container
+/// keeps its host name), unlike a process id.
+fn default_replica(addr: Option<SocketAddr>) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "keel".into());
+    match addr {
+        Some(a) => format!("{host}:{}", a.port()),
+        None => host,
+    }
+}
+
 fn own_url(addr: SocketAddr) -> String {
     let ip = match addr.ip() {
         std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),

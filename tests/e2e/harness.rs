@@ -23,7 +23,12 @@ pub struct Server {
 impl Server {
     /// Serves `db` on `addr` (port 0 for any free port).
     pub fn start(db: &Path, addr: SocketAddr) -> Server {
-        let config = keel_server::Config::new(database(db), TOKEN.into());
+        Server::on(database(db), addr)
+    }
+
+    /// Serves the database at `at` on `addr`.
+    pub fn on(at: Location, addr: SocketAddr) -> Server {
+        let config = keel_server::Config::new(at, TOKEN.into());
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -181,6 +186,11 @@ pub fn database(db: &Path) -> Location {
     if server.is_empty() {
         return Location::Sqlite(db.to_owned());
     }
+    on_server(&server, db)
+}
+
+/// The database `db` stands for on the PostgreSQL server at `server`, made on first use.
+fn on_server(server: &str, db: &Path) -> Location {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     db.hash(&mut h);
@@ -191,7 +201,7 @@ pub fn database(db: &Path) -> Location {
         .unwrap();
     rt.block_on(async {
         use sqlx::Connection;
-        let mut conn = sqlx::PgConnection::connect(&server).await.unwrap();
+        let mut conn = sqlx::PgConnection::connect(server).await.unwrap();
         let there: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
             .bind(&name)
             .fetch_optional(&mut conn)
@@ -206,12 +216,69 @@ pub fn database(db: &Path) -> Location {
         }
     });
     let (scheme, rest) = server.split_once("://").unwrap();
-    let (before, query) = rest.split_once('?').map_or((rest, None), |(a, q)| (a, Some(q)));
+    let (before, query) = rest
+        .split_once('?')
+        .map_or((rest, None), |(a, q)| (a, Some(q)));
     let authority = before.split_once('/').map_or(before, |(a, _)| a);
     Location::Postgres(match query {
         Some(q) => format!("{scheme}://{authority}/{name}?{q}"),
         None => format!("{scheme}://{authority}/{name}"),
     })
+}
+
+/// A PostgreSQL database for a test that needs one whatever the suite runs on: on the server
+/// of `KEEL_TEST_PG`, else on one of its own (`scripts/pg-test-cluster.sh`), torn down when
+/// dropped. `None`, with a note, when `KEEL_SKIP_POSTGRES=1`.
+pub struct Postgres {
+    pub at: Location,
+    own: Option<PathBuf>,
+}
+
+impl Postgres {
+    pub fn up(name: &str) -> Option<Postgres> {
+        if std::env::var("KEEL_SKIP_POSTGRES").is_ok_and(|v| v == "1") {
+            eprintln!("KEEL_SKIP_POSTGRES=1: PostgreSQL test skipped");
+            crate::webdriver::note_skipped();
+            return None;
+        }
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/pg-test-cluster.sh");
+        let mut own = None;
+        if std::env::var("KEEL_TEST_PG").map_or(true, |u| u.is_empty()) {
+            let dir = std::env::temp_dir().join(format!("keel-pg-e2e-{}", std::process::id()));
+            let out = Command::new(&script).arg("up").arg(&dir).output().unwrap();
+            assert!(
+                out.status.success(),
+                "the PostgreSQL test server did not come up (KEEL_SKIP_POSTGRES=1 skips this):\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let said = String::from_utf8_lossy(&out.stdout);
+            let url = said
+                .trim()
+                .strip_prefix("export KEEL_TEST_PG='")
+                .and_then(|u| u.strip_suffix('\''))
+                .unwrap_or_else(|| panic!("no URL in {said:?}"))
+                .to_owned();
+            own = Some((dir, url));
+        }
+        let at = match &own {
+            Some((_, url)) => on_server(url, Path::new(name)),
+            None => database(Path::new(name)),
+        };
+        Some(Postgres {
+            at,
+            own: own.map(|(dir, _)| dir),
+        })
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Some(dir) = self.own.take() {
+            let script =
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/pg-test-cluster.sh");
+            let _ = Command::new(script).arg("down").arg(&dir).status();
+        }
+    }
 }
 
 /// `--db` for a `keel` command on the database `db` stands for.

@@ -12,6 +12,7 @@ mod harness;
 mod launch;
 mod outbox;
 mod python;
+mod replicas;
 mod slurm;
 mod tensorboard;
 mod training;

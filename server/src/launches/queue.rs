@@ -35,6 +35,8 @@ pub(super) struct Inner {
     server: String,
     pub(super) token: String,
     pub(super) store: Store,
+    /// This server among those on its database (`--replica`): the owner of its launches.
+    owner: String,
     table: Mutex<Table>,
     changes: broadcast::Sender<Arc<LaunchRecord>>,
     /// Records to write, in the order they changed.
@@ -90,12 +92,15 @@ const FIND_RUN_EVERY: Duration = Duration::from_millis(200);
 impl Launches {
     /// `server` is the server's own URL and `token` its operator token, both for the trainers.
     /// The launches stored by an earlier server on this database come back (see the module
-    /// notes): their waiting variants are queued again and their live trainers adopted.
+    /// notes): their waiting variants are queued again and their live trainers adopted. On a
+    /// database several servers share, only those of `owner` (this server's name) do; the
+    /// others' are shown but stay theirs.
     pub async fn open(
         config: LaunchConfig,
         server: String,
         token: String,
         store: Store,
+        owner: String,
     ) -> anyhow::Result<Launches> {
         let forget_before = now() - config.retention.as_secs_f64();
         let pruned = store.prune_launches(forget_before).await?;
@@ -105,7 +110,13 @@ impl Launches {
                 config.retention
             );
         }
-        let kept = store.launches().await?;
+        let shared = store.is_shared();
+        let kept: Vec<_> = store
+            .launches()
+            .await?
+            .into_iter()
+            .filter(|l| !shared || l.owner == owner)
+            .collect();
         let (saves, mut to_save) = mpsc::unbounded_channel::<StoredLaunch>();
         let writer = store.clone();
         tokio::spawn(async move {
@@ -121,6 +132,7 @@ impl Launches {
             server,
             token,
             store,
+            owner,
             table: Mutex::default(),
             changes: broadcast::channel(256).0,
             saves,
@@ -152,7 +164,9 @@ impl Launches {
     /// SLURM job stay as they are, for the poller to follow. Returns the launch's variants
     /// that are to be submitted to SLURM, when it has any.
     async fn restore(&self, launch: StoredLaunch) -> Option<(i64, Vec<usize>)> {
-        let StoredLaunch { mut record, pids } = launch;
+        let StoredLaunch {
+            mut record, pids, ..
+        } = launch;
         let id = record.id;
         let slurm = matches!(self.0.config.engine, Engine::Slurm(_));
         let mut adopt = Vec::new();
@@ -247,6 +261,7 @@ impl Launches {
         let _ = self.0.saves.send(StoredLaunch {
             record: record.clone(),
             pids: entry.pids.clone(),
+            owner: self.0.owner.clone(),
         });
         record
     }
@@ -294,14 +309,15 @@ impl Launches {
     ) -> Result<LaunchRecord, AppError> {
         req.validate().map_err(AppError::Invalid)?;
         let (variants, options) = self.variants(&req.grid).await?;
+        if self.table().closing {
+            return Err(AppError::Conflict("the server is shutting down".into()));
+        }
+        // The database hands out ids: other servers on it launch too.
+        let id = self.0.store.reserve_launch(self.0.owner.clone()).await?;
         let id = {
             let mut t = self.table();
-            if t.closing {
-                return Err(AppError::Conflict("the server is shutting down".into()));
-            }
-            t.next_id += 1;
-            let id = t.next_id;
-            let group = unique_group(&t, &req.grid, id);
+            t.next_id = t.next_id.max(id);
+            let group = unique_group(&t, &req.grid, id, self.0.store.is_shared());
             let entry = Entry::new(LaunchRecord {
                 id,
                 grid: req.grid,
@@ -367,6 +383,60 @@ impl Launches {
     pub fn list(&self) -> Vec<LaunchRecord> {
         let t = self.table();
         t.launches.values().rev().map(Entry::snapshot).collect()
+    }
+
+    /// Every launch on the database, newest first: this server's as it runs them, and on a
+    /// shared database the other servers' as they last wrote them.
+    pub async fn list_all(&self) -> Result<Vec<LaunchRecord>, AppError> {
+        let mut all = self.list();
+        all.extend(self.others().await?.into_iter().map(|(r, _)| r));
+        all.sort_by_key(|r| std::cmp::Reverse(r.id));
+        Ok(all)
+    }
+
+    /// Launch `id`, whichever server on the database runs it.
+    pub async fn find(&self, id: i64) -> Result<LaunchRecord, AppError> {
+        match self.get(id) {
+            Err(AppError::NotFound(_)) => self
+                .others()
+                .await?
+                .into_iter()
+                .find(|(r, _)| r.id == id)
+                .map(|(r, _)| r)
+                .ok_or_else(|| not_found(id)),
+            found => found,
+        }
+    }
+
+    /// The launches of the other servers on a shared database, with their owners.
+    async fn others(&self) -> Result<Vec<(LaunchRecord, String)>, AppError> {
+        if !self.0.store.is_shared() {
+            return Ok(Vec::new());
+        }
+        let stored = self.0.store.launches().await?;
+        Ok(stored
+            .into_iter()
+            .filter(|l| l.owner != self.0.owner)
+            .map(|l| {
+                let mut r = l.record;
+                r.active = r.variants.iter().any(|v| !v.state.is_final());
+                (r, l.owner)
+            })
+            .collect())
+    }
+
+    /// 409 when launch `id` is another server's: only the server running its trainers can
+    /// stop them.
+    pub async fn own(&self, id: i64) -> Result<(), AppError> {
+        if self.get(id).is_ok() {
+            return Ok(());
+        }
+        match self.others().await?.into_iter().find(|(r, _)| r.id == id) {
+            Some((_, owner)) => Err(AppError::Conflict(format!(
+                "launch {id} is run by the server `{owner}`: cancel it there"
+            ))),
+            None => Err(not_found(id)),
+        }
     }
 
     pub fn get(&self, id: i64) -> Result<LaunchRecord, AppError> {
@@ -745,10 +815,11 @@ fn cancel_queued(entry: &mut Entry) -> bool {
 }
 
 /// `<grid>-<unix seconds>`, as `keel ablate` names its groups; the launch id is added when a
-/// launch of the same grid in the same second has the name already.
-fn unique_group(t: &Table, grid: &str, id: i64) -> String {
+/// launch of the same grid in the same second has the name already, and always on a database
+/// other servers launch on too (their launches are not in this table).
+fn unique_group(t: &Table, grid: &str, id: i64, shared: bool) -> String {
     let group = format!("{grid}-{}", now() as u64);
-    if t.launches.values().any(|e| e.record.group == group) {
+    if shared || t.launches.values().any(|e| e.record.group == group) {
         format!("{group}-{id}")
     } else {
         group

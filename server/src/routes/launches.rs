@@ -50,14 +50,14 @@ async fn launch(
 }
 
 async fn list(State(state): State<AppState>) -> AppResult<Json<Vec<LaunchRecord>>> {
-    Ok(Json(launches(&state)?.list()))
+    Ok(Json(launches(&state)?.list_all().await?))
 }
 
 async fn one(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
 ) -> AppResult<Json<LaunchRecord>> {
-    Ok(Json(launches(&state)?.get(id)?))
+    Ok(Json(launches(&state)?.find(id).await?))
 }
 
 async fn cancel(
@@ -65,7 +65,9 @@ async fn cancel(
     _op: Admin,
     ApiPath(id): ApiPath<i64>,
 ) -> AppResult<Json<LaunchRecord>> {
-    Ok(Json(launches(&state)?.cancel(id)?))
+    let launches = launches(&state)?;
+    launches.own(id).await?;
+    Ok(Json(launches.cancel(id)?))
 }
 
 async fn cancel_variant(
@@ -73,5 +75,7 @@ async fn cancel_variant(
     _op: Admin,
     ApiPath((id, variant)): ApiPath<(i64, String)>,
 ) -> AppResult<Json<LaunchRecord>> {
-    Ok(Json(launches(&state)?.cancel_variant(id, &variant)?))
+    let launches = launches(&state)?;
+    launches.own(id).await?;
+    Ok(Json(launches.cancel_variant(id, &variant)?))
 }

@@ -267,6 +267,11 @@ impl Store {
             .await
     }
 
+    /// The next launch id, taken for server `owner`.
+    pub async fn reserve_launch(&self, owner: String) -> StoreResult<i64> {
+        self.write(|r| WriteOp::ReserveLaunch(owner, r)).await
+    }
+
     pub async fn save_launch(&self, launch: StoredLaunch) -> StoreResult<()> {
         self.write(|r| WriteOp::SaveLaunch(launch, r)).await
     }

@@ -9,6 +9,9 @@ use keel_protocol::LaunchRecord;
 pub struct StoredLaunch {
     pub record: LaunchRecord,
     pub pids: BTreeMap<usize, u32>,
+    /// The server running it (`--replica`): on a database several servers share, each
+    /// resumes its own launches only and shows the others'.
+    pub owner: String,
 }
 
 #[cfg(test)]
@@ -44,6 +47,7 @@ mod tests {
                 }],
             },
             pids: BTreeMap::from([(0, 4242)]),
+            owner: "keel-1:8080".into(),
         }
     }
 

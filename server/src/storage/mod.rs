@@ -263,6 +263,11 @@ impl Store {
         Ok((store, changes_rx))
     }
 
+    /// Whether other servers may share the database (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.read, Pool::Postgres(_))
+    }
+
     /// Which backend this store is on: `sqlite` or `postgres`.
     pub fn backend(&self) -> &'static str {
         match self.read {

@@ -46,6 +46,8 @@ pub enum WriteOp {
     SetThresholds(i64, Thresholds, String, Reply<()>),
     /// Acknowledges an incident of a run, by whom; audited.
     AckIncident(i64, i64, String, Reply<keel_protocol::Incident>),
+    /// Takes the database's next launch id for a server.
+    ReserveLaunch(String, Reply<i64>),
     /// Writes a launch's record as it now stands.
     SaveLaunch(super::launches::StoredLaunch, Reply<()>),
     /// Forgets launches that ended before the time given; answers how many.

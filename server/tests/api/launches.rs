@@ -11,7 +11,7 @@ use anyhow::Context;
 use keel_server::launches::{Job, LaunchConfig, Launcher, grids};
 use serde_json::{Value, json};
 
-use crate::helpers::{Reply, TOKEN, TestApp};
+use crate::helpers::{PgServer, Reply, TOKEN, TestApp};
 use crate::sessions::{csrf_of, get_with_cookie, post_login, session_cookie};
 
 /// Grids for the tests: each line of `<name>.toml` is `variant: shell script`, run by `sh -c`
@@ -558,4 +558,82 @@ fn the_live_stream_announces_every_change_of_a_launch() {
         seen.push(state.to_owned());
     }
     assert_eq!(seen, ["queued", "running", "finished"]);
+}
+
+#[test]
+fn on_a_shared_database_a_launch_belongs_to_the_server_that_started_it_and_shows_on_all() {
+    let Some(pg) = PgServer::up() else { return };
+    let db = pg.fresh();
+    let dir = tempfile::tempdir().unwrap();
+    let wait = WAIT_FOR_GO.replace("$D", &dir.path().display().to_string());
+    std::fs::write(
+        dir.path().join("wait.toml"),
+        format!("x: {wait}\ny: {wait}\n"),
+    )
+    .unwrap();
+    let server = |name: &str| {
+        let grids = dir.path().to_owned();
+        TestApp::on(&db.at, |c| {
+            let mut launch = LaunchConfig::new(Arc::new(ShellLauncher { dir: grids }));
+            launch.max_trainers = 2;
+            launch.stop_grace = Duration::from_secs(1);
+            c.launch = Some(launch);
+            c.replica = Some(name.into());
+        })
+    };
+    let (a, b) = (server("a"), server("b"));
+    let on_a = a.post("/api/v1/launches", &json!({"grid": "wait"}));
+    assert_eq!(on_a.status, 201, "{}", on_a.body);
+    let on_b = b.post("/api/v1/launches", &json!({"grid": "wait"}));
+    assert_eq!(on_b.status, 201, "{}", on_b.body);
+    let (ia, ib) = (on_a.body["id"].clone(), on_b.body["id"].clone());
+    assert_ne!(ia, ib, "the database hands out launch ids");
+    assert_ne!(on_a.body["group"], on_b.body["group"]);
+    // Each server lists both, newest first, and shows the other's.
+    for app in [&a, &b] {
+        let listed = app.get("/api/v1/launches");
+        let ids: Vec<_> = listed
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["id"].clone())
+            .collect();
+        assert_eq!(ids, vec![ib.clone(), ia.clone()], "{}", listed.body);
+    }
+    assert_eq!(
+        b.get(&format!("/api/v1/launches/{ia}")).body["grid"],
+        "wait"
+    );
+    // Only the server running its trainers can stop them.
+    let r = b.post_raw(&format!("/api/v1/launches/{ia}/cancel"), b"", Some(TOKEN));
+    assert_refused(&r, 409, "`a`");
+    let r = b.post_raw(
+        &format!("/api/v1/launches/{ia}/variants/x/cancel"),
+        b"",
+        Some(TOKEN),
+    );
+    assert_refused(&r, 409, "`a`");
+    let r = a.post_raw(&format!("/api/v1/launches/{ia}/cancel"), b"", Some(TOKEN));
+    assert_eq!(r.status, 200, "{}", r.body);
+    // B sees it end as A writes it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let l = b.get(&format!("/api/v1/launches/{ia}")).body;
+        if !l["active"].as_bool().unwrap() {
+            assert_eq!(states(&l), vec!["cancelled", "cancelled"], "{l}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "B never saw A's launch end: {l}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A restarted takes back its own launches only: B's stays B's, running.
+    drop(a);
+    let a = server("a");
+    let l = a.get(&format!("/api/v1/launches/{ib}")).body;
+    assert_eq!(l["active"], true, "{l}");
+    let r = a.post_raw(&format!("/api/v1/launches/{ib}/cancel"), b"", Some(TOKEN));
+    assert_refused(&r, 409, "`b`");
+    let r = b.post_raw(&format!("/api/v1/launches/{ib}/cancel"), b"", Some(TOKEN));
+    assert_eq!(r.status, 200, "{}", r.body);
 }

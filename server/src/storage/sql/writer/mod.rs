@@ -271,6 +271,10 @@ impl Writer {
                 let result = self.ack_incident(tx, run_id, id, &by, changes).await;
                 Box::new(Answer(reply, refusal(result)?))
             }
+            WriteOp::ReserveLaunch(owner, reply) => {
+                let id = super::launches::reserve(tx, &owner).await?;
+                Box::new(Answer(reply, Ok(id)))
+            }
             WriteOp::SaveLaunch(launch, reply) => {
                 super::launches::save(tx, &launch).await?;
                 Box::new(Answer(reply, Ok(())))
