@@ -10,6 +10,7 @@ mod database;
 mod faults;
 mod harness;
 mod launch;
+mod migrate;
 mod outbox;
 mod python;
 mod replicas;

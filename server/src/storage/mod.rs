@@ -27,6 +27,7 @@ pub mod codec;
 mod door;
 pub mod launches;
 pub mod lock;
+pub mod migrate;
 pub mod ops;
 // The SQL of `sql/` is compiled once per backend, on purpose.
 #[allow(clippy::duplicate_mod)]

@@ -40,6 +40,8 @@ pub const POSTGRES: bool = true;
 
 #[path = "sql/check.rs"]
 pub mod check;
+#[path = "sql/copy.rs"]
+pub mod copy;
 #[path = "sql/incidents.rs"]
 pub mod incidents;
 #[path = "sql/launches.rs"]

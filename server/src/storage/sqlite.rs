@@ -22,6 +22,8 @@ pub const POSTGRES: bool = false;
 
 #[path = "sql/check.rs"]
 pub mod check;
+#[path = "sql/copy.rs"]
+pub mod copy;
 #[path = "sql/incidents.rs"]
 pub mod incidents;
 #[path = "sql/launches.rs"]
