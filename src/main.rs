@@ -514,6 +514,7 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     use clap::{ArgMatches, CommandFactory, Parser};
+    use keel_server::storage::Location;
     use yaml_rust2::{Yaml, YamlLoader};
 
     use super::Cli;
@@ -746,7 +747,10 @@ mod tests {
         let compose = compose();
         let server = service(&compose, "server");
         let (_, m) = parse(&command(server, "server"));
-        let db = m.get_one::<PathBuf>("db").expect("a database path");
+        let db = match m.get_one::<Location>("db").expect("a database") {
+            Location::Sqlite(path) => path,
+            other => panic!("the default server is on a SQLite file, not {other}"),
+        };
         assert!(db.is_absolute(), "{db:?}");
         assert!(
             on_named_volume(&compose, server, db).is_some(),
@@ -761,6 +765,59 @@ mod tests {
         let volume = on_named_volume(&compose, trainer, dir)
             .unwrap_or_else(|| panic!("the checkpoints {dir:?} lie on a named volume"));
         assert_ne!(on_named_volume(&compose, server, db), Some(volume));
+    }
+
+    #[test]
+    fn the_postgres_profile_runs_scalable_servers_on_a_healthy_postgres_with_its_data_on_a_volume()
+    {
+        let compose = compose();
+        let profile = |s: &Yaml| s["profiles"].as_vec().cloned().unwrap_or_default();
+        let postgres = service(&compose, "postgres");
+        let replica = service(&compose, "server-pg");
+        for s in [postgres, replica] {
+            assert_eq!(profile(s), vec![Yaml::String("postgres".into())]);
+        }
+        // The default setup stays SQLite: nothing else is in a profile.
+        assert!(profile(service(&compose, "server")).is_empty());
+        let check = postgres["healthcheck"]["test"]
+            .as_vec()
+            .expect("a health check");
+        assert!(check.iter().any(|w| w.as_str() == Some("pg_isready")));
+        let data = Path::new("/var/lib/postgresql/data");
+        assert!(on_named_volume(&compose, postgres, data).is_some());
+        assert_eq!(
+            replica["depends_on"]["postgres"]["condition"].as_str(),
+            Some("service_healthy")
+        );
+        let (sub, m) = parse(&command(replica, "server-pg"));
+        assert_eq!(sub, "serve");
+        match m.get_one::<Location>("db").expect("a database") {
+            Location::Postgres(url) => {
+                assert!(
+                    url.contains("@postgres"),
+                    "reaches the service by name: {url}"
+                );
+                // A user and no password: that comes from PGPASSWORD.
+                assert!(url.starts_with("postgres://keel@"), "{url}");
+            }
+            other => panic!("server-pg runs on PostgreSQL, not {other}"),
+        }
+        let env = environment(replica);
+        let password = env
+            .iter()
+            .find(|(k, _)| k == "PGPASSWORD")
+            .expect("PGPASSWORD");
+        assert!(
+            password.1.starts_with("${KEEL_PG_PASSWORD"),
+            "{}",
+            password.1
+        );
+        // Scalable: no fixed name, and a range of host ports for the replicas.
+        assert!(replica["container_name"].is_badvalue());
+        let ports = replica["ports"].as_vec().expect("ports");
+        let published = text(&ports[0], "a port");
+        let host = published.rsplit_once(':').expect("HOST:CONTAINER").0;
+        assert!(host.contains('-'), "a range of host ports: {published}");
     }
 
     #[test]

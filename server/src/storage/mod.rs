@@ -153,19 +153,33 @@ impl std::fmt::Display for Location {
     }
 }
 
-/// `url` with the password of its user part (`user:password@`) replaced by `***`.
+/// `url` with its password (`user:password@`, or a `password=` parameter) replaced by `***`.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
     let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
+    let authority = match authority.rsplit_once('@') {
         Some((user, host)) if user.contains(':') => {
             let name = user.split_once(':').map_or(user, |(n, _)| n);
-            format!("{scheme}://{name}:***@{host}{tail}")
+            format!("{name}:***@{host}")
         }
-        _ => url.to_owned(),
-    }
+        _ => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => p.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 impl From<&Path> for Location {
@@ -340,5 +354,48 @@ pub fn event_change(cursor: Cursor, event: EventRecord) -> Change {
         run_id: event.run_id,
         cursor,
         message: LiveMessage::Event { event },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_is_a_file_or_a_postgres_url_and_anything_else_is_refused() {
+        let file = |s: &str| Location::Sqlite(PathBuf::from(s));
+        assert_eq!("keel.db".parse(), Ok(file("keel.db")));
+        assert_eq!("/data/keel.db".parse(), Ok(file("/data/keel.db")));
+        assert_eq!("sqlite:///data/keel.db".parse(), Ok(file("/data/keel.db")));
+        assert_eq!("sqlite:keel.db".parse(), Ok(file("keel.db")));
+        for url in [
+            "postgres://keel@db/keel",
+            "postgresql://u:p@h:5432/k?sslmode=require",
+        ] {
+            assert_eq!(url.parse(), Ok(Location::Postgres(url.into())));
+        }
+        for bad in ["", "  ", "mysql://root@db/keel", "sqlite://"] {
+            assert!(bad.parse::<Location>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_url_is_shown_without_its_password() {
+        let at: Location = "postgres://keel:s3cret@db:5432/keel?sslmode=require"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            at.to_string(),
+            "postgres://keel:***@db:5432/keel?sslmode=require"
+        );
+        assert_eq!(redact("postgres://keel@db/keel"), "postgres://keel@db/keel");
+        assert_eq!(
+            redact("postgres:///keel?host=/tmp"),
+            "postgres:///keel?host=/tmp"
+        );
+        assert_eq!(
+            redact("postgres:///keel?user=k&password=s3cret"),
+            "postgres:///keel?user=k&password=***"
+        );
     }
 }
