@@ -14,6 +14,10 @@
 //!   1,000,000-step run first (minutes; `--dir` keeps it for the next time).
 //! - `load`: 16 writers, 50 live and 50 stalled readers for 60 s: errors, ingest latency,
 //!   step → SSE lag and peak memory, each against its budget (see [`load`]). Not in `all`.
+//! - `backends`: ingest, query, memory and load on SQLite and on the PostgreSQL server of
+//!   `--postgres`, side by side with the budgets (see [`backends`]). Not in `all`.
+//! - `replicas`: `load` across two servers on one PostgreSQL database (`--postgres`): writers
+//!   on one, readers on the other. Not in `all`.
 //!
 //! - `alerts`: the loss-spike detector on the labelled corpus of `keel_server::alerts::corpus`:
 //!   spikes found and missed, false alerts per 10,000 steps, against the budgets.
@@ -24,6 +28,7 @@
 //!
 //! `--quick` shrinks every size tenfold for a smoke run. Sizes print with the results.
 
+mod backends;
 mod compare;
 mod limits;
 mod load;
@@ -35,13 +40,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use keel_protocol::{IngestBatch, Metric, RunSpec, StepRecord};
-use keel_server::storage::Store;
 use keel_server::storage::series::Window;
+use keel_server::storage::{Location, Store};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// Which benchmark: ingest, query, memory, commands, compare, alerts, all (those six),
-    /// reads, bodies, load or trainer.
+    /// reads, bodies, load, backends or replicas (with --postgres) or trainer.
     #[arg(default_value = "all")]
     which: String,
     /// Ten times smaller sizes, for a quick check.
@@ -50,13 +55,17 @@ pub struct BenchArgs {
     /// Keep the databases here instead of a temporary directory.
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// For `backends`: a PostgreSQL server (a URL whose user may create databases) to run
+    /// beside SQLite; databases are made on it for the run and dropped at the end.
+    #[arg(long, env = "KEEL_BENCH_POSTGRES")]
+    postgres: Option<String>,
     #[command(flatten)]
     trainer: trainer::TrainerBenchArgs,
 }
 
-const BENCHES: [&str; 11] = [
+const BENCHES: [&str; 13] = [
     "all", "ingest", "query", "memory", "commands", "compare", "reads", "bodies", "load", "alerts",
-    "trainer",
+    "trainer", "backends", "replicas",
 ];
 
 impl BenchArgs {
@@ -115,6 +124,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if all || args.which == "alerts" {
         alerts()?;
     }
+    if args.which == "backends" || args.which == "replicas" {
+        let server = args.postgres.as_deref().with_context(|| {
+            format!(
+                "keel bench {} needs --postgres URL (or KEEL_BENCH_POSTGRES): a PostgreSQL \
+                 server whose user may create databases",
+                args.which
+            )
+        })?;
+        match args.which.as_str() {
+            "backends" => rt.block_on(backends::backends(&dir, scale, server))?,
+            _ => rt.block_on(backends::replicas(scale, server))?,
+        }
+    }
     println!("| load average after | {} |", load_average());
     Ok(())
 }
@@ -159,8 +181,8 @@ fn values_in(r: &StepRecord) -> u64 {
     (r.scalars.len() + r.layers.values().map(Vec::len).sum::<usize>()) as u64
 }
 
-async fn open(path: &Path) -> anyhow::Result<Store> {
-    let (store, mut changes) = Store::open(path).await?;
+async fn open(at: impl Into<Location>) -> anyhow::Result<Store> {
+    let (store, mut changes) = Store::open(at).await?;
     // Nobody listens live in a benchmark: drain the change feed.
     tokio::spawn(async move { while changes.recv().await.is_some() {} });
     Ok(store)
@@ -286,45 +308,18 @@ async fn query(dir: &Path, scale: u64) -> anyhow::Result<()> {
     let path = dir.join("query.db");
     let store = open(&path).await?;
     let run = create(&store, "query", 64).await?;
-    let make = |s: u64| {
-        let mut r = StepRecord {
-            step: s,
-            time: None,
-            tokens: None,
-            scalars: BTreeMap::new(),
-            layers: BTreeMap::new(),
-        };
-        let v = |i: u64| Metric(((s * 7 + i * 13) % 997) as f64 / 10.0);
-        r.scalars.insert("loss".into(), v(0));
-        r.layers
-            .insert("hidden_var".into(), (0..64).map(v).collect());
-        r
-    };
-    let (values, secs) = fill(&store, run, steps, 2000, make).await?;
+    let (values, secs) = fill(&store, run, steps, 2000, query_step).await?;
     println!(
         "| fill: {steps} steps × (64 layers + 1 scalar) | {:.0} values/s, {secs:.0} s |",
         values as f64 / secs
     );
     let row = store.run_row(run).await?;
-    let window = |buckets| Window {
-        from: None,
-        to: None,
-        buckets,
-        branch: None,
-    };
     let mut heat = Vec::new();
     let mut line = Vec::new();
     for _ in 0..15 {
-        let t = Instant::now();
-        let m = store.layer_matrix(&row, "hidden_var", window(1000)).await?;
-        let json = serde_json::to_vec(&m)?;
-        heat.push(t.elapsed().as_secs_f64() * 1e3);
-        anyhow::ensure!(m.step.len() <= 1000 && !json.is_empty());
-        let t = Instant::now();
-        let s = store.scalar_series(&row, "loss", window(2000)).await?;
-        let json = serde_json::to_vec(&s)?;
-        line.push(t.elapsed().as_secs_f64() * 1e3);
-        anyhow::ensure!(s.step.len() <= 2000 && !json.is_empty());
+        let (h, l) = read_query_run(&store, &row).await?;
+        heat.push(h);
+        line.push(l);
     }
     println!(
         "| heatmap {steps} steps × 64 layers → 1,000 columns (query + JSON), median of 15 | {:.1} ms |",
@@ -350,6 +345,47 @@ async fn query(dir: &Path, scale: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A step of the query run: a loss and a 64-layer `hidden_var`.
+fn query_step(s: u64) -> StepRecord {
+    let mut r = StepRecord {
+        step: s,
+        time: None,
+        tokens: None,
+        scalars: BTreeMap::new(),
+        layers: BTreeMap::new(),
+    };
+    let v = |i: u64| Metric(((s * 7 + i * 13) % 997) as f64 / 10.0);
+    r.scalars.insert("loss".into(), v(0));
+    r.layers
+        .insert("hidden_var".into(), (0..64).map(v).collect());
+    r
+}
+
+/// The query run's heatmap in 1,000 columns and loss in 2,000 points, each with its JSON:
+/// milliseconds of each.
+async fn read_query_run(
+    store: &Store,
+    row: &keel_server::storage::runs::RunRow,
+) -> anyhow::Result<(f64, f64)> {
+    let window = |buckets| Window {
+        from: None,
+        to: None,
+        buckets,
+        branch: None,
+    };
+    let t = Instant::now();
+    let m = store.layer_matrix(row, "hidden_var", window(1000)).await?;
+    let json = serde_json::to_vec(&m)?;
+    let heat = t.elapsed().as_secs_f64() * 1e3;
+    anyhow::ensure!(m.step.len() <= 1000 && !json.is_empty());
+    let t = Instant::now();
+    let s = store.scalar_series(row, "loss", window(2000)).await?;
+    let json = serde_json::to_vec(&s)?;
+    let line = t.elapsed().as_secs_f64() * 1e3;
+    anyhow::ensure!(s.step.len() <= 2000 && !json.is_empty());
+    Ok((heat, line))
+}
+
 async fn memory(dir: &Path, scale: u64) -> anyhow::Result<()> {
     let (runs_n, steps) = (100 / scale, 100_000 / scale);
     let path = dir.join("memory.db");
@@ -358,12 +394,14 @@ async fn memory(dir: &Path, scale: u64) -> anyhow::Result<()> {
     let result = memory_of(child.id(), url, runs_n, steps).await;
     let _ = child.kill();
     let _ = child.wait();
-    result
+    let (rss, hwm) = result?;
+    println!("| server memory after reading every run: resident {rss:.1} MB, peak {hwm:.1} MB |");
+    Ok(())
 }
 
 /// Fills `runs_n` runs of `steps` steps each: loss, LR, tokens and an 8-layer `hidden_var`.
-async fn fill_runs(path: &Path, runs_n: u64, steps: u64) -> anyhow::Result<()> {
-    let store = open(path).await?;
+async fn fill_runs(at: impl Into<Location>, runs_n: u64, steps: u64) -> anyhow::Result<()> {
+    let store = open(at).await?;
     let t = Instant::now();
     for i in 0..runs_n {
         let run = create(&store, &format!("run-{i}"), 8).await?;
@@ -398,12 +436,12 @@ async fn fill_runs(path: &Path, runs_n: u64, steps: u64) -> anyhow::Result<()> {
 
 /// Starts `keel serve` over `path` on a free port and returns it with the URL it serves,
 /// read from its log (which a thread then keeps draining).
-fn serve(path: &Path) -> anyhow::Result<(std::process::Child, String)> {
+fn serve(db: impl AsRef<std::ffi::OsStr>) -> anyhow::Result<(std::process::Child, String)> {
     use std::io::BufRead;
     let exe = std::env::current_exe()?;
     let mut child = std::process::Command::new(exe)
         .args(["serve", "--addr", "127.0.0.1:0", "--db"])
-        .arg(path)
+        .arg(db)
         .env("KEEL_TOKEN", "bench")
         .env("RUST_LOG", "warn")
         .stderr(std::process::Stdio::piped())
@@ -427,9 +465,10 @@ fn serve(path: &Path) -> anyhow::Result<(std::process::Child, String)> {
     Ok((child, url))
 }
 
-/// Queries every run of the server at `url` (process `pid`), then reads its memory.
-async fn memory_of(pid: u32, url: String, runs_n: u64, steps: u64) -> anyhow::Result<()> {
-    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+/// Queries every run of the server at `url` (process `pid`), then reads its memory:
+/// resident and peak, in MB.
+async fn memory_of(pid: u32, url: String, runs_n: u64, steps: u64) -> anyhow::Result<(f64, f64)> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, f64)> {
         let agent = ureq::Agent::new_with_defaults();
         agent.get(&format!("{url}/api/v1/runs")).call()?;
         for id in 1..=runs_n {
@@ -452,12 +491,7 @@ async fn memory_of(pid: u32, url: String, runs_n: u64, steps: u64) -> anyhow::Re
         };
         let rss: f64 = field("VmRSS:").unwrap_or_default().parse().unwrap_or(0.0);
         let hwm: f64 = field("VmHWM:").unwrap_or_default().parse().unwrap_or(0.0);
-        println!(
-            "| server memory after reading every run: resident {:.1} MB, peak {:.1} MB |",
-            rss / 1024.0,
-            hwm / 1024.0
-        );
-        Ok(())
+        Ok((rss / 1024.0, hwm / 1024.0))
     })
     .await?
 }

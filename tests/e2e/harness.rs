@@ -215,15 +215,7 @@ fn on_server(server: &str, db: &Path) -> Location {
                 .unwrap();
         }
     });
-    let (scheme, rest) = server.split_once("://").unwrap();
-    let (before, query) = rest
-        .split_once('?')
-        .map_or((rest, None), |(a, q)| (a, Some(q)));
-    let authority = before.split_once('/').map_or(before, |(a, _)| a);
-    Location::Postgres(match query {
-        Some(q) => format!("{scheme}://{authority}/{name}?{q}"),
-        None => format!("{scheme}://{authority}/{name}"),
-    })
+    Location::Postgres(keel_server::storage::postgres::database_url(server, &name))
 }
 
 /// A PostgreSQL database for a test that needs one whatever the suite runs on: on the server

@@ -154,6 +154,28 @@ impl Table {
         })
     }
 
+    /// Where each column of `other` is among this table's (the sides have the same columns,
+    /// which [`plan`] made sure of).
+    pub fn order_of(&self, other: &Table) -> Vec<usize> {
+        self.positions(other.columns.iter().map(|(n, _)| n))
+    }
+
+    /// Where the key's columns are.
+    fn key_positions(&self) -> Vec<usize> {
+        self.positions(self.key.iter())
+    }
+
+    fn positions<'a>(&self, names: impl Iterator<Item = &'a String>) -> Vec<usize> {
+        names
+            .map(|n| {
+                self.columns
+                    .iter()
+                    .position(|(m, _)| m == n)
+                    .expect("a column of both sides")
+            })
+            .collect()
+    }
+
     /// Rows per chunk: bounded in values bound and in rows.
     fn chunk(&self) -> usize {
         (CHUNK_VALUES / self.columns.len().max(1)).clamp(1, CHUNK_ROWS)
@@ -320,16 +342,7 @@ async fn same_runs(
         return Ok(());
     }
     let ours = read(source, src).await?;
-    let order: Vec<usize> = src
-        .columns
-        .iter()
-        .map(|(n, _)| {
-            dst.columns
-                .iter()
-                .position(|(m, _)| m == n)
-                .expect("same columns")
-        })
-        .collect();
+    let order = dst.order_of(src);
     for row in &theirs {
         let as_source: Vec<Cell> = order
             .iter()
@@ -362,16 +375,7 @@ async fn copy_table(
     };
     let started = done;
     let chunk = src.chunk();
-    let key_at: Vec<usize> = src
-        .key
-        .iter()
-        .map(|k| {
-            src.columns
-                .iter()
-                .position(|(n, _)| n == k)
-                .expect("a key column")
-        })
-        .collect();
+    let key_at = src.key_positions();
     progress.table(&src.name, done, total);
     loop {
         let rows = on_backend!(source, db, sql => {
@@ -409,26 +413,8 @@ async fn sums(pool: &Pool, tables: &[(Table, Table)], source: bool) -> anyhow::R
     for (src, dst) in tables {
         let t = if source { src } else { dst };
         // Both sides hashed in the source's column order.
-        let order: Vec<usize> = src
-            .columns
-            .iter()
-            .map(|(n, _)| {
-                t.columns
-                    .iter()
-                    .position(|(m, _)| m == n)
-                    .expect("same columns")
-            })
-            .collect();
-        let key_at: Vec<usize> = t
-            .key
-            .iter()
-            .map(|k| {
-                t.columns
-                    .iter()
-                    .position(|(n, _)| n == k)
-                    .expect("a key column")
-            })
-            .collect();
+        let order = t.order_of(src);
+        let key_at = t.key_positions();
         let mut after: Option<Vec<Cell>> = None;
         let mut n = 0u64;
         loop {

@@ -24,6 +24,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
 use keel_protocol::LiveMessage;
 use serde::{Deserialize, Serialize};
 use sqlx::ConnectOptions;
@@ -70,6 +72,21 @@ const MAX_PAYLOAD: usize = 7_000;
 /// Inline changes larger than this travel by reference.
 const MAX_INLINE: usize = 2_000;
 
+/// `url` naming the database `name` on the same server instead of its own.
+pub fn database_url(url: &str, name: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (before, query) = rest
+        .split_once('?')
+        .map_or((rest, None), |(a, q)| (a, Some(q)));
+    let authority = before.split_once('/').map_or(before, |(a, _)| a);
+    match query {
+        Some(q) => format!("{scheme}://{authority}/{name}?{q}"),
+        None => format!("{scheme}://{authority}/{name}"),
+    }
+}
+
 fn options(url: &str) -> anyhow::Result<PgConnectOptions> {
     Ok(PgConnectOptions::from_str(url)
         .with_context(|| format!("reading the database URL {}", super::redact(url)))?
@@ -111,6 +128,8 @@ pub struct Relay {
     next: AtomicU64,
     /// This server's own announced changes by transaction, until its listener hears of them.
     pending: Mutex<HashMap<u64, Vec<Change>>>,
+    /// Cancelled when the writer stops (the store is gone): the listener stops too.
+    closed: tokio_util::sync::CancellationToken,
 }
 
 impl Relay {
@@ -122,6 +141,7 @@ impl Relay {
             origin: u64::from_le_bytes(bytes) >> 12,
             next: AtomicU64::new(0),
             pending: Mutex::new(HashMap::new()),
+            closed: tokio_util::sync::CancellationToken::new(),
         })
     }
 
@@ -133,7 +153,8 @@ impl Relay {
             .execute(&mut *tx)
             .await?;
         let (seq, event): (i64, i64) = sqlx::query_as(
-            "SELECT (SELECT COALESCE(MAX(seq), 0) FROM runs), (SELECT COALESCE(MAX(id), 0) FROM events)",
+            "SELECT (SELECT COALESCE(MAX(seq), 0) FROM runs),
+                    COALESCE((SELECT id FROM events ORDER BY id DESC LIMIT 1), 0)",
         )
         .fetch_one(&mut *tx)
         .await?;
@@ -184,6 +205,11 @@ impl Relay {
             self.origin,
             items.join(",")
         )
+    }
+
+    /// The store is gone: nothing more to hear.
+    pub fn close(&self) {
+        self.closed.cancel();
     }
 
     /// The transaction announced as `t` did not commit: its changes never happened.
@@ -291,7 +317,8 @@ struct Note {
 }
 
 /// Starts the listener: every server's committed changes, this one's included, go on
-/// `changes` in commit order. It stops when `changes` is closed or the pool is.
+/// `changes` in commit order. It stops with the writer (see [`Relay::close`]), or when
+/// `changes` or the pool is closed.
 pub async fn listen(
     db: &Pool,
     relay: std::sync::Arc<Relay>,
@@ -304,66 +331,105 @@ pub async fn listen(
         .listen(CHANNEL)
         .await
         .context("listening for other servers")?;
-    let db = db.clone();
+    // One task only receives (a receive is never cut short, which would lose what it was
+    // reading); the other reads back what travelled by reference, several notifications at
+    // once, and publishes them in the order they came.
+    let (heard_tx, mut heard) = mpsc::unbounded_channel::<Heard>();
+    let stop = relay.closed.clone();
     tokio::spawn(async move {
-        let mut heard = now();
         loop {
             let next = tokio::select! {
                 next = listener.try_recv() => next,
-                () = changes.closed() => break,
+                () = stop.cancelled() => break,
             };
-            match next {
-                Ok(Some(n)) => {
-                    heard = now();
-                    let published = match serde_json::from_str::<Note>(n.payload()) {
-                        Ok(note) => publish(&db, &relay, note, &changes).await,
-                        Err(e) => Err(StoreError::Db(anyhow::anyhow!("{e}"))),
-                    };
-                    if let Err(e) = published {
-                        tracing::warn!("a change announced by a server did not read back: {e}");
-                    }
-                }
-                Ok(None) => {
-                    tracing::warn!("the listening connection was lost; reconnecting");
-                    for change in relay.drain() {
-                        let _ = changes.send(change);
-                    }
-                    if let Err(e) = resync_since(&db, heard - 1.0, &changes).await {
-                        tracing::warn!("could not tell live pages to refetch: {e}");
-                    }
-                }
+            let event = match next {
+                Ok(Some(n)) => Heard::Note(n.payload().to_owned()),
+                Ok(None) => Heard::Lost,
                 Err(sqlx::Error::PoolClosed) => break,
                 Err(e) => {
                     tracing::warn!("listening for other servers: {e}");
                     tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
                 }
+            };
+            if heard_tx.send(event).is_err() {
+                break;
             }
         }
         tracing::debug!("listener stopped");
     });
+    let db = db.clone();
+    tokio::spawn(async move {
+        let mut last_heard = now();
+        let mut reading = FuturesOrdered::new();
+        loop {
+            tokio::select! {
+                biased;
+                Some(done) = reading.next(), if !reading.is_empty() => publish_all(done, &changes),
+                event = heard.recv(), if reading.len() < READ_AHEAD => match event {
+                    Some(Heard::Note(payload)) => {
+                        last_heard = now();
+                        reading.push_back(read_back(db.clone(), relay.clone(), payload));
+                    }
+                    Some(Heard::Lost) => {
+                        tracing::warn!("the listening connection was lost; reconnecting");
+                        while let Some(done) = reading.next().await {
+                            publish_all(done, &changes);
+                        }
+                        for change in relay.drain() {
+                            let _ = changes.send(change);
+                        }
+                        if let Err(e) = resync_since(&db, last_heard - 1.0, &changes).await {
+                            tracing::warn!("could not tell live pages to refetch: {e}");
+                        }
+                    }
+                    None => break,
+                },
+                () = changes.closed() => break,
+            }
+        }
+        relay.close();
+    });
     Ok(())
 }
 
-async fn publish(
-    db: &Pool,
-    relay: &Relay,
-    note: Note,
-    changes: &mpsc::UnboundedSender<Change>,
-) -> StoreResult<()> {
+/// What the listening connection heard.
+enum Heard {
+    Note(String),
+    /// The connection was lost (and is being made again): notifications may be missing.
+    Lost,
+}
+
+/// Notifications read back at once, at most.
+const READ_AHEAD: usize = 16;
+
+fn publish_all(done: StoreResult<Vec<Change>>, changes: &mpsc::UnboundedSender<Change>) {
+    match done {
+        Ok(all) => all.into_iter().for_each(|c| {
+            let _ = changes.send(c);
+        }),
+        Err(e) => tracing::warn!("a change announced by a server did not read back: {e}"),
+    }
+}
+
+/// The changes of one notification: this server's own from memory, another's rebuilt.
+async fn read_back(
+    db: Pool,
+    relay: std::sync::Arc<Relay>,
+    payload: String,
+) -> StoreResult<Vec<Change>> {
+    let note: Note =
+        serde_json::from_str(&payload).map_err(|e| StoreError::Db(anyhow::anyhow!("{e}")))?;
     if note.o == relay.origin {
         // The first part of one of ours releases all of it; later parts find nothing.
         let mine = relay.pending.lock().expect("relay lock").remove(&note.t);
-        for change in mine.into_iter().flatten() {
-            let _ = changes.send(change);
-        }
-        return Ok(());
+        return Ok(mine.unwrap_or_default());
     }
+    let mut out = Vec::with_capacity(note.c.len());
     for item in note.c {
-        if let Some(change) = item.change(db).await? {
-            let _ = changes.send(change);
-        }
+        out.extend(item.change(&db).await?);
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Tells the live streams of every run changed since `since` to refetch.

@@ -111,6 +111,8 @@ impl Relay {
     }
 
     pub fn withdraw(&self, _t: Option<u64>) {}
+
+    pub fn close(&self) {}
 }
 
 /// `keel check` on the file at `path`, which must exist: read-only unless repairing, and a

@@ -67,7 +67,7 @@ impl TestDb {
                 .unwrap();
         });
         TestDb {
-            at: Location::Postgres(with_database(server, &name)),
+            at: Location::Postgres(keel_server::storage::postgres::database_url(server, &name)),
             _dir: None,
             made: Some((server.to_owned(), name)),
         }
@@ -164,21 +164,6 @@ impl Drop for TestDb {
                 }
             });
         }
-    }
-}
-
-/// `url` naming database `name` instead of its own.
-fn with_database(url: &str, name: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap();
-    let (before_query, query) = rest
-        .split_once('?')
-        .map_or((rest, None), |(a, q)| (a, Some(q)));
-    let authority = before_query
-        .split_once('/')
-        .map_or(before_query, |(a, _)| a);
-    match query {
-        Some(q) => format!("{scheme}://{authority}/{name}?{q}"),
-        None => format!("{scheme}://{authority}/{name}"),
     }
 }
 

@@ -177,16 +177,7 @@ pub async fn write(
         return Ok(());
     }
     // Each target column from the source column of the same name.
-    let at: Vec<usize> = table
-        .columns
-        .iter()
-        .map(|(name, _)| {
-            from.columns
-                .iter()
-                .position(|(n, _)| n == name)
-                .ok_or_else(|| anyhow::anyhow!("the source has no column {}.{name}", table.name))
-        })
-        .collect::<Result<_, _>>()?;
+    let at = from.order_of(table);
     let mut converted = Vec::with_capacity(rows.len());
     for row in rows {
         let mut out = Vec::with_capacity(at.len());

@@ -163,7 +163,8 @@ pub async fn cursor(
     run_id: i64,
 ) -> StoreResult<super::Cursor> {
     let (seq, event): (i64, i64) = sqlx::query_as(
-        "SELECT seq, (SELECT COALESCE(MAX(id), 0) FROM events WHERE run_id = $1) FROM runs WHERE id = $2",
+        "SELECT seq, COALESCE((SELECT id FROM events WHERE run_id = $1 ORDER BY id DESC LIMIT 1), 0)
+         FROM runs WHERE id = $2",
     )
     .bind(run_id)
     .bind(run_id)

@@ -232,12 +232,14 @@ async fn bounds(
 ) -> StoreResult<Option<(u64, u64)>> {
     let mut out: Option<(u64, u64)> = None;
     for &(branch, lo, hi) in segments {
-        // Two sub-queries: SQLite answers a lone MIN or MAX from the index in one seek, but
-        // MIN and MAX in one SELECT scan the whole range.
+        // The first and the last by the index, one row each: an aggregate (MIN, MAX) would be
+        // planned as a scan of the whole range where PostgreSQL's statistics are not fresh.
         let hi = hi.min(i64::MAX as u64) as i64;
         let (min, max): (Option<i64>, Option<i64>) = sqlx::query_as(
-            "SELECT (SELECT MIN(step) FROM steps WHERE run_id = $1 AND branch = $2 AND step BETWEEN $3 AND $4),
-                    (SELECT MAX(step) FROM steps WHERE run_id = $1 AND branch = $2 AND step BETWEEN $3 AND $4)",
+            "SELECT (SELECT step FROM steps WHERE run_id = $1 AND branch = $2 AND step BETWEEN $3 AND $4
+                     ORDER BY step LIMIT 1),
+                    (SELECT step FROM steps WHERE run_id = $1 AND branch = $2 AND step BETWEEN $3 AND $4
+                     ORDER BY step DESC LIMIT 1)",
         )
         .bind(run_id)
         .bind(i64::from(branch))

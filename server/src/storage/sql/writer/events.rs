@@ -61,6 +61,28 @@ impl Writer {
         Ok(incident)
     }
 
+    /// The `stalled` alert already stored for this stall (the run and its last step): the
+    /// watchdog of every server on a shared database sees the same stall, and it is told once.
+    pub(super) async fn told_already(
+        &self,
+        tx: &mut Conn,
+        e: &NewEvent,
+    ) -> StoreResult<Option<EventRecord>> {
+        if (e.kind.as_str(), e.name.as_str()) != ("alert", "stalled") {
+            return Ok(None);
+        }
+        let id: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM events WHERE run_id = $1 AND kind = 'alert' AND name = 'stalled'
+             AND step IS NOT DISTINCT FROM $2 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(e.run_id)
+        .bind(e.step.map(|s| s as i64))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(id) = id else { return Ok(None) };
+        Ok(runs::events(&mut *tx, e.run_id, id - 1, 1).await?.pop())
+    }
+
     /// Stores an event; an alert (of `size`, see [`crate::alerts::Alert::size`]) then joins
     /// its incident and fires the run's rules that are on it.
     pub(super) async fn add_event(

@@ -88,7 +88,8 @@ pub async fn spawn(
     relay: Arc<super::Relay>,
 ) -> anyhow::Result<mpsc::Sender<WriteOp>> {
     let (seq, event): (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT COALESCE(MAX(seq), 0) FROM runs), (SELECT COALESCE(MAX(id), 0) FROM events)",
+        "SELECT (SELECT COALESCE(MAX(seq), 0) FROM runs),
+                COALESCE((SELECT id FROM events ORDER BY id DESC LIMIT 1), 0)",
     )
     .fetch_one(&db)
     .await
@@ -116,6 +117,7 @@ pub async fn spawn(
             writer.apply(&db, ops).await;
         }
         tracing::debug!("writer stopped: every store handle is gone");
+        writer.relay.close();
         db.close().await;
         drop(lock);
     });
@@ -219,8 +221,11 @@ impl Writer {
                 Box::new(Answer(reply, refusal(result)?))
             }
             WriteOp::AddEvent(event, reply) => {
-                let result = self.add_event(tx, event, 0.0, changes).await;
-                Box::new(Answer(reply, Ok(result?)))
+                let result = match self.told_already(tx, &event).await? {
+                    Some(told) => told,
+                    None => self.add_event(tx, event, 0.0, changes).await?,
+                };
+                Box::new(Answer(reply, Ok(result)))
             }
             WriteOp::SetStatus(run_id, status, message, reply) => {
                 let result = self.set_status(tx, run_id, status, message, changes).await;
