@@ -236,7 +236,9 @@ impl Postgres {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/pg-test-cluster.sh");
         let mut own = None;
         if std::env::var("KEEL_TEST_PG").map_or(true, |u| u.is_empty()) {
-            let dir = std::env::temp_dir().join(format!("keel-pg-e2e-{}", std::process::id()));
+            static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dir = std::env::temp_dir().join(format!("keel-pg-e2e-{}-{n}", std::process::id()));
             let out = Command::new(&script).arg("up").arg(&dir).output().unwrap();
             assert!(
                 out.status.success(),

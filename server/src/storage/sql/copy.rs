@@ -54,10 +54,25 @@ pub async fn count(db: &Pool, table: &Table) -> StoreResult<u64> {
     Ok(n as u64)
 }
 
+/// The key's columns as compared and sorted: text in byte order on both backends (SQLite's
+/// own order; PostgreSQL's "C" collation), so that a copy from one goes on from the other's
+/// last key.
+fn key_order(table: &Table) -> Vec<String> {
+    table
+        .key
+        .iter()
+        .zip(table.key_kinds())
+        .map(|(k, kind)| match kind {
+            Kind::Text if POSTGRES => format!("{k} COLLATE \"C\""),
+            _ => k.clone(),
+        })
+        .collect()
+}
+
 /// `SELECT <columns> FROM <table>`, rows after `after` (a key) in key order, at most `limit`.
 fn select(table: &Table, after: Option<&[Cell]>, limit: usize) -> QueryBuilder<Db> {
     let cols = table.column_list();
-    let key = table.key.join(", ");
+    let key = key_order(table).join(", ");
     let mut q = QueryBuilder::<Db>::new(format!("SELECT {cols} FROM {} ", table.name));
     if let Some(after) = after {
         q.push(format!("WHERE ({key}) > ("));
@@ -92,8 +107,7 @@ pub async fn read(
 /// The key of the last row of `table` in key order (where an interrupted copy stopped).
 pub async fn last_key(db: &Pool, table: &Table) -> StoreResult<Option<Vec<Cell>>> {
     let key = table.key.join(", ");
-    let desc = table
-        .key
+    let desc = key_order(table)
         .iter()
         .map(|k| format!("{k} DESC"))
         .collect::<Vec<_>>()
