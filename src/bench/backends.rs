@@ -18,7 +18,7 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::time::Instant;
 
-use keel_server::storage::{Location, Store, postgres};
+use keel_server::storage::{Location, postgres};
 
 use super::{create, fill, median, open, trainer_step};
 
@@ -162,7 +162,7 @@ async fn measure(dir: &Path, scale: u64, made: &mut Made) -> anyhow::Result<Vec<
         Location::Sqlite(dir.join("backends-ingest.db")),
         made.database("ingest").await?,
     ];
-    let stores = [open_at(&sides[0]).await?, open_at(&sides[1]).await?];
+    let stores = [open(&sides[0]).await?, open(&sides[1]).await?];
     // Ingest: rounds alternate between the backends.
     let (mut rates, steps) = ([Vec::new(), Vec::new()], 4_000 / scale);
     for round in 0..6 {
@@ -196,7 +196,7 @@ async fn measure(dir: &Path, scale: u64, made: &mut Made) -> anyhow::Result<Vec<
     let mut runs = Vec::new();
     let mut stores = Vec::new();
     for at in &sides {
-        let store = open_at(at).await?;
+        let store = open(at).await?;
         let run = create(&store, "query", 64).await?;
         let t = Instant::now();
         let (values, _) = fill(&store, run, steps, 2000, super::query_step).await?;
@@ -311,8 +311,4 @@ async fn measure(dir: &Path, scale: u64, made: &mut Made) -> anyhow::Result<Vec<
         format!("≤ {MEMORY_BUDGET_MB} MB, 0"),
     ));
     Ok(rows)
-}
-
-async fn open_at(at: &Location) -> anyhow::Result<Store> {
-    open(at).await
 }

@@ -283,14 +283,6 @@ impl Store {
         matches!(self.read, Pool::Postgres(_))
     }
 
-    /// Which backend this store is on: `sqlite` or `postgres`.
-    pub fn backend(&self) -> &'static str {
-        match self.read {
-            Pool::Sqlite(_) => "sqlite",
-            Pool::Postgres(_) => "postgres",
-        }
-    }
-
     /// Sends incidents and rule firings to `notifier` from now on (once: a second is ignored).
     pub fn notify_to(&self, notifier: crate::webhooks::Notifier) {
         let _ = self.notifier.set(notifier);
