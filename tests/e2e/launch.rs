@@ -31,7 +31,8 @@ impl Serve {
         let _ = std::fs::remove_file(&log);
         let child = Command::new(env!("CARGO_BIN_EXE_keel"))
             .current_dir(dir)
-            .args(["serve", "--addr", addr, "--db", "keel.db"])
+            .args(["serve", "--addr", addr, "--db"])
+            .arg(crate::harness::db_arg(&dir.join("keel.db")))
             .arg("--grids")
             .arg(grids)
             .args(["--max-trainers", "1"])
