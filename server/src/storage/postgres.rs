@@ -152,13 +152,7 @@ impl Relay {
             .bind(WRITE_LOCK)
             .execute(&mut *tx)
             .await?;
-        let (seq, event): (i64, i64) = sqlx::query_as(
-            "SELECT (SELECT COALESCE(MAX(seq), 0) FROM runs),
-                    COALESCE((SELECT id FROM events ORDER BY id DESC LIMIT 1), 0)",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        Ok(Some(Cursor { seq, event }))
+        Ok(Some(runs::write_cursor(&mut *tx).await?))
     }
 
     /// Announces the transaction's changes (sent if it commits) and keeps them for this

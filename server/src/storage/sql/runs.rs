@@ -173,6 +173,17 @@ pub async fn cursor(
     Ok(super::Cursor { seq, event })
 }
 
+/// Where the whole database's writes stand: the last step arrival and the last event.
+pub async fn write_cursor(db: impl Executor<'_, Database = Db>) -> StoreResult<super::Cursor> {
+    let (seq, event): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COALESCE(MAX(seq), 0) FROM runs),
+                COALESCE((SELECT id FROM events ORDER BY id DESC LIMIT 1), 0)",
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(super::Cursor { seq, event })
+}
+
 /// Runs whose trainer has not been heard from since `before` while they should be stepping.
 pub async fn silent_runs(
     db: impl Executor<'_, Database = Db>,

@@ -87,16 +87,12 @@ pub async fn spawn(
     lock: Option<super::lock::DbLock>,
     relay: Arc<super::Relay>,
 ) -> anyhow::Result<mpsc::Sender<WriteOp>> {
-    let (seq, event): (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT COALESCE(MAX(seq), 0) FROM runs),
-                COALESCE((SELECT id FROM events ORDER BY id DESC LIMIT 1), 0)",
-    )
-    .fetch_one(&db)
-    .await
-    .context("reading the write cursors")?;
+    let cursor = runs::write_cursor(&db)
+        .await
+        .context("reading the write cursors")?;
     let mut writer = Writer {
         changes,
-        cursor: Cursor { seq, event },
+        cursor,
         series: HashMap::new(),
         tails: summaries::Tails::default(),
         detectors: HashMap::new(),
