@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use keel_protocol::{
     GridInfo, LaunchRecord, LaunchRequest, LaunchVariant, RunStatus, VariantState,
 };
-use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::child::{self, Ended};
@@ -40,11 +40,17 @@ pub(super) struct Inner {
     table: Mutex<Table>,
     changes: broadcast::Sender<Arc<LaunchRecord>>,
     /// Records to write, in the order they changed.
-    saves: mpsc::UnboundedSender<StoredLaunch>,
+    saves: mpsc::UnboundedSender<Save>,
     /// Woken whenever a trainer exits (shutdown waits for the last one).
     exited: Notify,
     /// Wakes the SLURM poller before its time: a job submitted or a launch cancelled.
     pub(super) poke: Notify,
+}
+
+/// What the saving task is asked: a record to write, or to say when all before it are written.
+enum Save {
+    Launch(StoredLaunch),
+    Written(oneshot::Sender<()>),
 }
 
 #[derive(Default)]
@@ -117,13 +123,20 @@ impl Launches {
             .into_iter()
             .filter(|l| !shared || l.owner == owner)
             .collect();
-        let (saves, mut to_save) = mpsc::unbounded_channel::<StoredLaunch>();
+        let (saves, mut to_save) = mpsc::unbounded_channel();
         let writer = store.clone();
         tokio::spawn(async move {
-            while let Some(launch) = to_save.recv().await {
-                let id = launch.record.id;
-                if let Err(e) = writer.save_launch(launch).await {
-                    tracing::warn!(launch = id, "saving a launch: {e:#}");
+            while let Some(save) = to_save.recv().await {
+                match save {
+                    Save::Launch(launch) => {
+                        let id = launch.record.id;
+                        if let Err(e) = writer.save_launch(launch).await {
+                            tracing::warn!(launch = id, "saving a launch: {e:#}");
+                        }
+                    }
+                    Save::Written(done) => {
+                        let _ = done.send(());
+                    }
                 }
             }
         });
@@ -258,12 +271,20 @@ impl Launches {
     /// Writes the entry to the store (in order with its other changes).
     fn save(&self, entry: &Entry) -> LaunchRecord {
         let record = entry.snapshot();
-        let _ = self.0.saves.send(StoredLaunch {
+        let _ = self.0.saves.send(Save::Launch(StoredLaunch {
             record: record.clone(),
             pids: entry.pids.clone(),
             owner: self.0.owner.clone(),
-        });
+        }));
         record
+    }
+
+    /// Returns once every change saved so far is written.
+    async fn written(&self) {
+        let (done, written) = oneshot::channel();
+        if self.0.saves.send(Save::Written(done)).is_ok() {
+            let _ = written.await;
+        }
     }
 
     /// Saves the entry and tells the live stream.
@@ -344,6 +365,10 @@ impl Launches {
                 tokio::spawn(self.clone().submit(id, indexes, options));
             }
             None => self.pump(),
+        }
+        // Answered once it is in the database: the other servers on it list it from there.
+        if self.0.store.is_shared() {
+            self.written().await;
         }
         self.get(id)
     }
