@@ -57,6 +57,29 @@ pub fn note_skipped() {
     }
 }
 
+/// chromedriver answers `/status` once it listens; poll it (it is another process, slow to
+/// start on a loaded machine). `Err` when it exited instead.
+fn wait_until_ready(agent: &ureq::Agent, base: &str, driver: &mut Child) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = driver.try_wait() {
+            return Err(format!("exited ({status})"));
+        }
+        let ready = agent
+            .get(&format!("{base}/status"))
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_json::<Value>().ok())
+            .is_some_and(|v| v["value"]["ready"] == true);
+        if ready {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = driver.kill();
+    panic!("chromedriver did not become ready within 60 s");
+}
+
 impl Browser {
     /// A fresh browser with a window of `width` × `height`, or `None` when
     /// `KEEL_SKIP_BROWSER=1`. Panics with what to install when Chromium is missing.
@@ -77,49 +100,38 @@ impl Browser {
             );
         };
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-        let port = free_port();
-        let child = Command::new(driver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting chromedriver");
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .new_agent();
-        let profile = tempfile::tempdir().unwrap();
-        let mut browser = Browser {
-            base: format!("http://127.0.0.1:{port}"),
-            session: String::new(),
-            agent,
-            driver: child,
-            _profile: profile,
-            _turn: turn,
-        };
-        browser.wait_until_ready();
-        browser.session = browser.new_session(&chromium, width, height);
-        Some(browser)
-    }
-
-    /// chromedriver answers `/status` once it listens; poll it (it is another process).
-    fn wait_until_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            let ready = self
-                .agent
-                .get(&format!("{}/status", self.base))
-                .call()
-                .ok()
-                .and_then(|mut r| r.body_mut().read_json::<Value>().ok())
-                .is_some_and(|v| v["value"]["ready"] == true);
-            if ready {
-                return;
+        // The port is free when asked but may be taken before chromedriver binds it: a driver
+        // that exits is started again on another.
+        for _ in 0..3 {
+            let port = free_port();
+            let mut child = Command::new(&driver)
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("starting chromedriver");
+            let agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(60)))
+                .build()
+                .new_agent();
+            let base = format!("http://127.0.0.1:{port}");
+            if let Err(exited) = wait_until_ready(&agent, &base, &mut child) {
+                eprintln!("chromedriver on port {port} {exited}: starting another");
+                continue;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            let mut browser = Browser {
+                base,
+                session: String::new(),
+                agent,
+                driver: child,
+                _profile: tempfile::tempdir().unwrap(),
+                _turn: turn,
+            };
+            browser.session = browser.new_session(&chromium, width, height);
+            return Some(browser);
         }
-        panic!("chromedriver did not become ready within 20 s");
+        panic!("chromedriver exited three times before it listened");
     }
 
     fn new_session(&self, chromium: &std::path::Path, width: u32, height: u32) -> String {
