@@ -10,7 +10,7 @@
 //! Launches that ended more than [`super::LaunchConfig::retention`] ago are forgotten.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use keel_protocol::{
@@ -23,7 +23,7 @@ use super::child::{self, Ended};
 use super::sbatch::{self, SbatchOptions};
 use super::{Engine, Job, LaunchConfig, grids};
 use crate::error::AppError;
-use crate::storage::launches::StoredLaunch;
+use crate::storage::launches::{ASK_TIMEOUT_S, CancelAsk, LaunchNews, StoredLaunch};
 use crate::storage::{Store, now};
 
 /// The launches of this server: cheap to clone, shared by every handler.
@@ -92,6 +92,41 @@ impl Entry {
     }
 }
 
+/// Tells this server's live stream of each launch that another server on the database wrote,
+/// and answers the others' requests to cancel this server's launches, until the store or the
+/// launches are gone.
+async fn follow_others(launches: Weak<Inner>, mut news: broadcast::Receiver<LaunchNews>) {
+    loop {
+        let heard = match news.recv().await {
+            Ok(heard) => heard,
+            Err(broadcast::error::RecvError::Lagged(_)) => LaunchNews::Missed,
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(inner) = launches.upgrade() else {
+            return;
+        };
+        let this = Launches(inner);
+        if let LaunchNews::Cancel(ask) = heard {
+            if ask.to == this.0.owner {
+                tokio::spawn(this.cancel_for(ask));
+            }
+            continue;
+        }
+        let others = match this.others().await {
+            Ok(others) => others,
+            Err(e) => {
+                tracing::warn!("reading the other servers' launches: {e:?}");
+                continue;
+            }
+        };
+        for (record, _) in others {
+            if heard == LaunchNews::Missed || heard == LaunchNews::Changed(record.id) {
+                let _ = this.0.changes.send(Arc::new(record));
+            }
+        }
+    }
+}
+
 /// How often the run of a starting trainer is looked for.
 const FIND_RUN_EVERY: Duration = Duration::from_millis(200);
 
@@ -157,6 +192,9 @@ impl Launches {
             submit.extend(launches.restore(launch).await);
         }
         launches.pump();
+        if let Some(news) = launches.0.store.launch_news() {
+            tokio::spawn(follow_others(Arc::downgrade(&launches.0), news));
+        }
         if let Engine::Slurm(slurm) = &launches.0.config.engine {
             sbatch::check_installed()?;
             for (id, indexes) in submit {
@@ -450,17 +488,62 @@ impl Launches {
             .collect())
     }
 
-    /// 409 when launch `id` is another server's: only the server running its trainers can
-    /// stop them.
-    pub async fn own(&self, id: i64) -> Result<(), AppError> {
+    /// Cancels launch `id`, or its variant `variant` alone, on whichever server on the
+    /// database runs it: here at once, else by asking that server (503 when it does not
+    /// answer). Answers the launch as it is then.
+    pub async fn cancel_anywhere(
+        &self,
+        id: i64,
+        variant: Option<&str>,
+    ) -> Result<LaunchRecord, AppError> {
         if self.get(id).is_ok() {
-            return Ok(());
+            return match variant {
+                None => self.cancel(id),
+                Some(name) => self.cancel_variant(id, name),
+            };
         }
-        match self.others().await?.into_iter().find(|(r, _)| r.id == id) {
-            Some((_, owner)) => Err(AppError::Conflict(format!(
-                "launch {id} is run by the server `{owner}`: cancel it there"
-            ))),
-            None => Err(not_found(id)),
+        let (_, owner) = self
+            .others()
+            .await?
+            .into_iter()
+            .find(|(r, _)| r.id == id)
+            .ok_or_else(|| not_found(id))?;
+        let answer = self
+            .0
+            .store
+            .ask_to_cancel(&owner, id, variant.map(str::to_owned))
+            .await?;
+        match answer {
+            Some(Ok(())) => self.find(id).await,
+            Some(Err((404, why))) => Err(AppError::NotFound(why)),
+            Some(Err((409, why))) => Err(AppError::Conflict(why)),
+            Some(Err((_, why))) => Err(anyhow::anyhow!("the server `{owner}`: {why}").into()),
+            None => Err(AppError::Busy(
+                format!(
+                    "the server `{owner}` that runs launch {id} did not answer within \
+                     {ASK_TIMEOUT_S} s: is it running?"
+                ),
+                ASK_TIMEOUT_S,
+            )),
+        }
+    }
+
+    /// Does what another server on the database asks (see [`Launches::cancel_anywhere`]) and
+    /// answers once the launch is written, so that it reads the launch as cancelled.
+    async fn cancel_for(self, ask: CancelAsk) {
+        let done = match &ask.variant {
+            None => self.cancel(ask.launch),
+            Some(name) => self.cancel_variant(ask.launch, name),
+        };
+        let answer = match done {
+            Ok(_) => {
+                self.written().await;
+                Ok(())
+            }
+            Err(e) => Err((e.status().as_u16(), e.to_string())),
+        };
+        if let Err(e) = self.0.store.answer(&ask, answer).await {
+            tracing::warn!(launch = ask.launch, "answering a request to cancel: {e:?}");
         }
     }
 

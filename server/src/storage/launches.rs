@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use keel_protocol::LaunchRecord;
+use serde::{Deserialize, Serialize};
 
 /// A launch as stored: its record and the process ids of its running trainers by variant.
 #[derive(Clone, Debug, PartialEq)]
@@ -13,6 +14,35 @@ pub struct StoredLaunch {
     /// resumes its own launches only and shows the others'.
     pub owner: String,
 }
+
+/// What a server hears of the launches of the other servers on its database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LaunchNews {
+    /// Launch `id`'s record was written.
+    Changed(i64),
+    /// Some news may have been missed (a lost connection, a slow reader): read them all.
+    Missed,
+    /// A server asks the one named in it to cancel one of its launches.
+    Cancel(CancelAsk),
+}
+
+/// One server asking another to cancel a launch it runs, or one variant of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelAsk {
+    /// The server asked (its `--replica` name).
+    pub to: String,
+    pub launch: i64,
+    pub variant: Option<String>,
+    /// Who asks, and which of their questions this is: where the answer goes.
+    pub(super) from: u64,
+    pub(super) ask: u64,
+}
+
+/// How long a server waits for the answer to a [`CancelAsk`], in seconds.
+pub const ASK_TIMEOUT_S: u32 = 5;
+
+/// The answer to a [`CancelAsk`]: done, or refused with an HTTP status and why.
+pub type CancelAnswer = Result<(), (u16, String)>;
 
 #[cfg(test)]
 mod tests {

@@ -240,6 +240,8 @@ pub struct Store {
     writer: mpsc::Sender<WriteOp>,
     /// Where the writer sends its notices once they are committed (see [`Store::notify_to`]).
     notifier: Arc<OnceLock<crate::webhooks::Notifier>>,
+    /// On PostgreSQL, what is heard from the other servers on the database.
+    relay: Option<Arc<postgres::Relay>>,
 }
 
 impl Store {
@@ -251,29 +253,35 @@ impl Store {
     ) -> anyhow::Result<(Store, mpsc::UnboundedReceiver<Change>)> {
         let (changes_tx, changes_rx) = mpsc::unbounded_channel();
         let notifier = Arc::new(OnceLock::new());
-        let (read, writer) = match at.into() {
+        let (read, writer, shared) = match at.into() {
             Location::Sqlite(path) => {
                 let (read, write, lock) = sqlite::open(&path).await?;
                 let relay = Arc::new(sqlite::Relay);
                 let writer =
                     sqlite::writer::spawn(write, changes_tx, notifier.clone(), Some(lock), relay)
                         .await?;
-                (Pool::Sqlite(read), writer)
+                (Pool::Sqlite(read), writer, None)
             }
             Location::Postgres(url) => {
                 let (read, write) = postgres::open(&url).await?;
                 let relay = Arc::new(postgres::Relay::new()?);
                 postgres::listen(&read, relay.clone(), changes_tx.clone()).await?;
-                let writer =
-                    postgres::writer::spawn(write, changes_tx, notifier.clone(), None, relay)
-                        .await?;
-                (Pool::Postgres(read), writer)
+                let writer = postgres::writer::spawn(
+                    write,
+                    changes_tx,
+                    notifier.clone(),
+                    None,
+                    relay.clone(),
+                )
+                .await?;
+                (Pool::Postgres(read), writer, Some(relay))
             }
         };
         let store = Store {
             read,
             writer,
             notifier,
+            relay: shared,
         };
         Ok((store, changes_rx))
     }
@@ -281,6 +289,39 @@ impl Store {
     /// Whether other servers may share the database (PostgreSQL).
     pub fn is_shared(&self) -> bool {
         matches!(self.read, Pool::Postgres(_))
+    }
+
+    /// On a shared database, the news of the launches the other servers write, from now on.
+    pub fn launch_news(&self) -> Option<tokio::sync::broadcast::Receiver<launches::LaunchNews>> {
+        self.relay.as_ref().map(|r| r.launch_news())
+    }
+
+    /// Asks server `owner` on the database to cancel its launch `launch` (or that launch's
+    /// `variant` alone); its answer, or `None` when it gave none in time.
+    pub async fn ask_to_cancel(
+        &self,
+        owner: &str,
+        launch: i64,
+        variant: Option<String>,
+    ) -> StoreResult<Option<launches::CancelAnswer>> {
+        match (&self.read, &self.relay) {
+            (Pool::Postgres(db), Some(relay)) => {
+                relay.ask_to_cancel(db, owner, launch, variant).await
+            }
+            _ => Err(anyhow::anyhow!("no other server shares this database").into()),
+        }
+    }
+
+    /// Answers another server's request to cancel.
+    pub async fn answer(
+        &self,
+        asked: &launches::CancelAsk,
+        answer: launches::CancelAnswer,
+    ) -> StoreResult<()> {
+        match (&self.read, &self.relay) {
+            (Pool::Postgres(db), Some(relay)) => relay.answer(db, asked, answer).await,
+            _ => Err(anyhow::anyhow!("no other server shares this database").into()),
+        }
     }
 
     /// Sends incidents and rule firings to `notifier` from now on (once: a second is ignored).

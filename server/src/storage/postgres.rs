@@ -16,6 +16,9 @@
 //!   ones travel in the notification, steps (and anything large) are read back by reference.
 //!   Notifications missed while the listening connection was down are made up for with a
 //!   `resync` to every run that changed meanwhile.
+//! - **Launches.** A launch record written is announced on a channel of its own; the other
+//!   servers hear its id ([`LaunchNews`]) and show the launch as it now is. On that channel a
+//!   server also asks the one running a launch to cancel it, and hears the answer.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -30,8 +33,9 @@ use keel_protocol::LiveMessage;
 use serde::{Deserialize, Serialize};
 use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc, oneshot};
 
+use super::launches::{ASK_TIMEOUT_S, CancelAnswer, CancelAsk, LaunchNews};
 pub use super::{Change, Cursor, StoreError, StoreResult, codec, lock, now, ops, summary};
 
 pub type Db = sqlx::Postgres;
@@ -65,6 +69,8 @@ pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/p
 
 /// The channel the servers on one database announce their commits on.
 const CHANNEL: &str = "keel_changes";
+/// The channel they announce the launch records they write on.
+const LAUNCHES: &str = "keel_launches";
 /// The advisory lock every write transaction takes (any fixed number; "keel" in ASCII).
 const WRITE_LOCK: i64 = 0x6b65_656c;
 /// A notification's payload must stay under PostgreSQL's 8000 bytes.
@@ -130,6 +136,29 @@ pub struct Relay {
     pending: Mutex<HashMap<u64, Vec<Change>>>,
     /// Cancelled when the writer stops (the store is gone): the listener stops too.
     closed: tokio_util::sync::CancellationToken,
+    /// The launches the other servers write, as the listener hears of them.
+    launches: broadcast::Sender<LaunchNews>,
+    /// This server's questions to the others, numbered, and who waits for each answer.
+    asked: AtomicU64,
+    answers: Mutex<HashMap<u64, oneshot::Sender<CancelAnswer>>>,
+}
+
+/// What travels on the launches' channel.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "k", rename_all = "lowercase")]
+enum LaunchNote {
+    /// Server `o` wrote launch `id`'s record.
+    Saved {
+        o: u64,
+        id: i64,
+    },
+    Cancel(CancelAsk),
+    /// The answer to question `ask` of server `to`.
+    Answer {
+        to: u64,
+        ask: u64,
+        answer: CancelAnswer,
+    },
 }
 
 impl Relay {
@@ -142,7 +171,94 @@ impl Relay {
             next: AtomicU64::new(0),
             pending: Mutex::new(HashMap::new()),
             closed: tokio_util::sync::CancellationToken::new(),
+            launches: broadcast::channel(256).0,
+            asked: AtomicU64::new(0),
+            answers: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// What this server hears from now on of the launches of the others.
+    pub fn launch_news(&self) -> broadcast::Receiver<LaunchNews> {
+        self.launches.subscribe()
+    }
+
+    /// Announces that the transaction writes launch `id`'s record (sent if it commits).
+    pub async fn announce_launch(&self, tx: &mut Conn, id: i64) -> StoreResult<()> {
+        let note = LaunchNote::Saved { o: self.origin, id };
+        tell(&mut *tx, &note).await
+    }
+
+    /// Asks server `to` to cancel its launch `launch` (or that launch's `variant` alone) and
+    /// waits for its answer; `None` when none came within [`ASK_TIMEOUT_S`].
+    pub async fn ask_to_cancel(
+        &self,
+        db: &Pool,
+        to: &str,
+        launch: i64,
+        variant: Option<String>,
+    ) -> StoreResult<Option<CancelAnswer>> {
+        let ask = self.asked.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        self.answers.lock().expect("relay lock").insert(ask, reply);
+        let note = LaunchNote::Cancel(CancelAsk {
+            to: to.to_owned(),
+            launch,
+            variant,
+            from: self.origin,
+            ask,
+        });
+        let answered = match tell(db, &note).await {
+            Ok(()) => {
+                let limit = Duration::from_secs(ASK_TIMEOUT_S.into());
+                tokio::time::timeout(limit, answer).await
+            }
+            Err(e) => {
+                self.answers.lock().expect("relay lock").remove(&ask);
+                return Err(e);
+            }
+        };
+        self.answers.lock().expect("relay lock").remove(&ask);
+        Ok(answered.ok().and_then(Result::ok))
+    }
+
+    /// Answers another server's [`CancelAsk`].
+    pub async fn answer(
+        &self,
+        db: &Pool,
+        asked: &CancelAsk,
+        answer: CancelAnswer,
+    ) -> StoreResult<()> {
+        let note = LaunchNote::Answer {
+            to: asked.from,
+            ask: asked.ask,
+            answer,
+        };
+        tell(db, &note).await
+    }
+
+    /// A notification on the launches' channel.
+    fn hear_launch(&self, payload: &str) {
+        let note = match serde_json::from_str(payload) {
+            Ok(note) => note,
+            Err(e) => {
+                tracing::warn!("a launch notification that does not read ({e}): {payload:?}");
+                return;
+            }
+        };
+        let news = match note {
+            LaunchNote::Saved { o, .. } if o == self.origin => return,
+            LaunchNote::Saved { id, .. } => LaunchNews::Changed(id),
+            LaunchNote::Cancel(ask) => LaunchNews::Cancel(ask),
+            LaunchNote::Answer { to, ask, answer } => {
+                if to == self.origin
+                    && let Some(reply) = self.answers.lock().expect("relay lock").remove(&ask)
+                {
+                    let _ = reply.send(answer);
+                }
+                return;
+            }
+        };
+        let _ = self.launches.send(news);
     }
 
     /// Waits for this transaction's turn among every server's writers; answers where the
@@ -221,6 +337,20 @@ impl Relay {
         all.sort_by_key(|(t, _)| *t);
         all.into_iter().flat_map(|(_, c)| c).collect()
     }
+}
+
+/// Sends `note` on the launches' channel (at once on the pool; at commit in a transaction).
+async fn tell<'e>(
+    db: impl sqlx::Executor<'e, Database = Db>,
+    note: &LaunchNote,
+) -> StoreResult<()> {
+    let payload = serde_json::to_string(note).map_err(anyhow::Error::from)?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(LAUNCHES)
+        .bind(payload)
+        .execute(db)
+        .await?;
+    Ok(())
 }
 
 /// A change as a notification carries it.
@@ -322,23 +452,30 @@ pub async fn listen(
         .await
         .context("opening the listening connection")?;
     listener
-        .listen(CHANNEL)
+        .listen_all([CHANNEL, LAUNCHES])
         .await
         .context("listening for other servers")?;
     // One task only receives (a receive is never cut short, which would lose what it was
     // reading); the other reads back what travelled by reference, several notifications at
     // once, and publishes them in the order they came.
     let (heard_tx, mut heard) = mpsc::unbounded_channel::<Heard>();
-    let stop = relay.closed.clone();
+    let hearing = relay.clone();
     tokio::spawn(async move {
         loop {
             let next = tokio::select! {
                 next = listener.try_recv() => next,
-                () = stop.cancelled() => break,
+                () = hearing.closed.cancelled() => break,
             };
             let event = match next {
+                Ok(Some(n)) if n.channel() == LAUNCHES => {
+                    hearing.hear_launch(n.payload());
+                    continue;
+                }
                 Ok(Some(n)) => Heard::Note(n.payload().to_owned()),
-                Ok(None) => Heard::Lost,
+                Ok(None) => {
+                    let _ = hearing.launches.send(LaunchNews::Missed);
+                    Heard::Lost
+                }
                 Err(sqlx::Error::PoolClosed) => break,
                 Err(e) => {
                     tracing::warn!("listening for other servers: {e}");

@@ -112,6 +112,10 @@ impl Relay {
 
     pub fn withdraw(&self, _t: Option<u64>) {}
 
+    pub async fn announce_launch(&self, _tx: &mut Conn, _id: i64) -> StoreResult<()> {
+        Ok(())
+    }
+
     pub fn close(&self) {}
 }
 

@@ -12,6 +12,7 @@ use keel_server::launches::{Job, LaunchConfig, Launcher, grids};
 use serde_json::{Value, json};
 
 use crate::helpers::{PgServer, Reply, TOKEN, TestApp};
+use crate::live::{all_runs_stream, next_named};
 use crate::sessions::{csrf_of, get_with_cookie, post_login, session_cookie};
 
 /// Grids for the tests: each line of `<name>.toml` is `variant: shell script`, run by `sh -c`
@@ -519,32 +520,8 @@ fn a_signed_in_page_launches_with_its_csrf_token_and_a_visitor_gets_a_sign_in_li
 #[test]
 fn the_live_stream_announces_every_change_of_a_launch() {
     let s = Launching::new(&[("g", &format!("a: {WAIT_FOR_GO}"))], 1);
-    let resp = s.app.agent.get(&s.app.url("/api/v1/live")).call().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<(String, Value)>();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        let reader = std::io::BufReader::new(resp.into_body().into_reader());
-        let mut event = String::new();
-        for line in reader.lines() {
-            let Ok(line) = line else { return };
-            if let Some(name) = line.strip_prefix("event: ") {
-                event = name.to_owned();
-            } else if let Some(data) = line.strip_prefix("data: ") {
-                let data = serde_json::from_str(data).unwrap();
-                if tx.send((std::mem::take(&mut event), data)).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    let next = |name: &str| loop {
-        let (event, data) = rx
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("no `{name}` event within 20 s"));
-        if event == name {
-            return data;
-        }
-    };
+    let rx = all_runs_stream(&s.app);
+    let next = |name: &str| next_named(&rx, name);
     // Subscribed once the server has said hello: nothing after it is missed.
     next("hello");
     let l = s.launched("g");
@@ -582,6 +559,8 @@ fn on_a_shared_database_a_launch_belongs_to_the_server_that_started_it_and_shows
         })
     };
     let (a, b) = (server("a"), server("b"));
+    let live_on_b = all_runs_stream(&b);
+    next_named(&live_on_b, "hello");
     let on_a = a.post("/api/v1/launches", &json!({"grid": "wait"}));
     assert_eq!(on_a.status, 201, "{}", on_a.body);
     let on_b = b.post("/api/v1/launches", &json!({"grid": "wait"}));
@@ -605,17 +584,25 @@ fn on_a_shared_database_a_launch_belongs_to_the_server_that_started_it_and_shows
         b.get(&format!("/api/v1/launches/{ia}")).body["grid"],
         "wait"
     );
-    // Only the server running its trainers can stop them.
-    let r = b.post_raw(&format!("/api/v1/launches/{ia}/cancel"), b"", Some(TOKEN));
-    assert_refused(&r, 409, "`a`");
+    // Any server cancels any launch: B asks A, which runs its trainers, and answers the
+    // launch as A wrote it.
     let r = b.post_raw(
         &format!("/api/v1/launches/{ia}/variants/x/cancel"),
         b"",
         Some(TOKEN),
     );
-    assert_refused(&r, 409, "`a`");
-    let r = a.post_raw(&format!("/api/v1/launches/{ia}/cancel"), b"", Some(TOKEN));
     assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["variants"][0]["cancelled"], true, "{}", r.body);
+    assert_eq!(r.body["variants"][1]["cancelled"], false, "{}", r.body);
+    let r = b.post_raw(
+        &format!("/api/v1/launches/{ia}/variants/nosuch/cancel"),
+        b"",
+        Some(TOKEN),
+    );
+    assert_refused(&r, 404, "no variant `nosuch`");
+    let r = b.post_raw(&format!("/api/v1/launches/{ia}/cancel"), b"", Some(TOKEN));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["cancelled"], true, "{}", r.body);
     // B sees it end as A writes it.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -627,13 +614,30 @@ fn on_a_shared_database_a_launch_belongs_to_the_server_that_started_it_and_shows
         assert!(Instant::now() < deadline, "B never saw A's launch end: {l}");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // B's live stream told of A's launch from its start to its end.
+    let mut told = Vec::new();
+    while told
+        .last()
+        .is_none_or(|s: &String| s != "cancelled cancelled")
+    {
+        let e = next_named(&live_on_b, "launch");
+        if e["launch"]["id"] == ia {
+            told.push(states(&e["launch"]).join(" "));
+        }
+    }
+    assert!(told.len() > 1, "{told:?}");
+    let r = b.post_raw(&format!("/api/v1/launches/{ia}/cancel"), b"", Some(TOKEN));
+    assert_refused(&r, 409, "has ended");
     // A restarted takes back its own launches only: B's stays B's, running.
     drop(a);
     let a = server("a");
     let l = a.get(&format!("/api/v1/launches/{ib}")).body;
     assert_eq!(l["active"], true, "{l}");
     let r = a.post_raw(&format!("/api/v1/launches/{ib}/cancel"), b"", Some(TOKEN));
-    assert_refused(&r, 409, "`b`");
-    let r = b.post_raw(&format!("/api/v1/launches/{ib}/cancel"), b"", Some(TOKEN));
     assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["cancelled"], true, "{}", r.body);
+    // A server that is gone cannot answer: 503, and nothing changes.
+    drop(b);
+    let r = a.post_raw(&format!("/api/v1/launches/{ib}/cancel"), b"", Some(TOKEN));
+    assert_refused(&r, 503, "the server `b` that runs launch");
 }

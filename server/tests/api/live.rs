@@ -56,6 +56,40 @@ fn events_of(resp: ureq::http::Response<ureq::Body>) -> mpsc::Receiver<Sse> {
     rx
 }
 
+/// The events of `/api/v1/live` as (name, data), read on a thread.
+pub fn all_runs_stream(app: &TestApp) -> mpsc::Receiver<(String, Value)> {
+    let resp = app.agent.get(&app.url("/api/v1/live")).call().unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut name = String::new();
+        for line in BufReader::new(resp.into_body().into_reader()).lines() {
+            let Ok(line) = line else { return };
+            if let Some(v) = line.strip_prefix("event: ") {
+                name = v.to_owned();
+            } else if let Some(v) = line.strip_prefix("data: ") {
+                let data = serde_json::from_str(v).unwrap_or(Value::Null);
+                if tx.send((name.clone(), data)).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// The data of the next `name` event of an [`all_runs_stream`].
+pub fn next_named(rx: &mpsc::Receiver<(String, Value)>, name: &str) -> Value {
+    loop {
+        let (event, data) = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("no `{name}` event within 20 s"));
+        if event == name {
+            return data;
+        }
+    }
+}
+
 pub fn next(rx: &mpsc::Receiver<Sse>, event: &str) -> Sse {
     loop {
         let e = rx

@@ -1,14 +1,13 @@
 //! The pages and the charts over plain HTTP: HTML answers, error pages, PNG and SVG images,
 //! and the all-runs live stream that the runs page follows.
 
-use std::io::{BufRead, BufReader};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use crate::browser::synthetic_step;
 use crate::helpers::TestApp;
+use crate::live::all_runs_stream;
 
 fn run_with_steps(app: &TestApp, steps: u64) -> i64 {
     let id = app.create_run("proxy-tiny", 8);
@@ -90,28 +89,6 @@ fn a_scalar_chart_renders_for_a_key_with_a_slash() {
         String::from_utf8(svg).unwrap().contains("<polygon"),
         "the NaN marker"
     );
-}
-
-/// The events of `/api/v1/live` as (name, data), read on a thread.
-fn all_runs_stream(app: &TestApp) -> mpsc::Receiver<(String, Value)> {
-    let resp = app.agent.get(&app.url("/api/v1/live")).call().unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut name = String::new();
-        for line in BufReader::new(resp.into_body().into_reader()).lines() {
-            let Ok(line) = line else { return };
-            if let Some(v) = line.strip_prefix("event: ") {
-                name = v.to_owned();
-            } else if let Some(v) = line.strip_prefix("data: ") {
-                let data = serde_json::from_str(v).unwrap_or(Value::Null);
-                if tx.send((name.clone(), data)).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    rx
 }
 
 #[test]

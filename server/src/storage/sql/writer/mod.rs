@@ -278,6 +278,7 @@ impl Writer {
             }
             WriteOp::SaveLaunch(launch, reply) => {
                 super::launches::save(tx, &launch).await?;
+                self.relay.announce_launch(tx, launch.record.id).await?;
                 Box::new(Answer(reply, Ok(())))
             }
             WriteOp::PruneLaunches(before, reply) => {
