@@ -1,6 +1,7 @@
 //! Several servers on one PostgreSQL database behave as one: what is written through one is
 //! pushed live by the others, commands reach a trainer polling another server, sessions hold
-//! on every server, and two servers ingesting into one run keep its summaries exact.
+//! on every server, and two servers ingesting into one run keep its summaries exact and raise
+//! its alerts once.
 //! (They use a PostgreSQL server whatever the suite runs on; `KEEL_SKIP_POSTGRES=1` skips.)
 
 use std::time::{Duration, Instant};
@@ -151,4 +152,63 @@ fn two_servers_ingesting_into_one_run_keep_every_summary_exact() {
     let report = block_on(check::check(&db.at, false)).unwrap();
     assert!(report.is_clean(), "{report:?}");
     assert_eq!(report.steps, distinct);
+}
+
+/// The alerts of run `id`, as (name, step).
+fn alerts(app: &TestApp, id: i64) -> Vec<(String, u64)> {
+    let events = app.get(&format!("/api/v1/runs/{id}/events")).body;
+    let alert = |e: &Value| {
+        (
+            e["name"].as_str().unwrap().to_owned(),
+            e["step"].as_u64().unwrap(),
+        )
+    };
+    let events = events.as_array().unwrap().iter();
+    events.filter(|e| e["kind"] == "alert").map(alert).collect()
+}
+
+#[test]
+fn two_servers_taking_turns_at_one_run_raise_its_alerts_once_as_one_server_would() {
+    let Some(pg) = PgServer::up() else { return };
+    let (_db, a, b) = two(&pg);
+    let mut steps = crate::commands::spiky_losses(0..600, &[100, 320])
+        .as_array()
+        .unwrap()
+        .clone();
+    // The loss is NaN for steps 400 to 499: one alert when it turns, not one per server.
+    for s in &mut steps[400..500] {
+        s["scalars"]["loss"] = json!("NaN");
+    }
+    // From step 200 on, only a loss four times its course is a spike: the doubling at step
+    // 320 is none (its batch goes through A; the thresholds are set through B).
+    let thresholds = json!({"loss_spike": 3.0});
+    let id = a.create_run("shared", 1);
+    // Batches of 20 go to the servers in turn, as a load balancer would send them.
+    let batches = |range: std::ops::Range<usize>| {
+        for (i, batch) in steps[range].chunks(20).enumerate() {
+            let app = if i % 2 == 0 { &a } else { &b };
+            let r = app.ingest(id, json!(batch));
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+    };
+    batches(0..200);
+    let r = b.put(&format!("/api/v1/runs/{id}/thresholds"), &thresholds);
+    assert_eq!(r.status, 200, "{}", r.body);
+    batches(200..600);
+    // The same steps through one server alone.
+    let one = TestApp::spawn();
+    let alone = one.create_run("alone", 1);
+    for (i, batch) in steps.chunks(20).enumerate() {
+        if i == 10 {
+            let r = one.put(&format!("/api/v1/runs/{alone}/thresholds"), &thresholds);
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+        assert_eq!(one.ingest(alone, json!(batch)).status, 200);
+    }
+    let want = [
+        ("loss_spike".to_owned(), 100),
+        ("non_finite_loss".to_owned(), 400),
+    ];
+    assert_eq!(alerts(&one, alone), want, "one server alone");
+    assert_eq!(alerts(&a, id), want, "two servers in turn");
 }

@@ -5,7 +5,7 @@ use keel_protocol::{
 };
 use sqlx::{Executor, Row};
 
-use super::{Db, DbRow, Pool, StoreError, StoreResult, codec};
+use super::{Conn, Db, DbRow, Pool, StoreError, StoreResult, codec};
 pub use crate::storage::runs::*;
 
 macro_rules! run_columns {
@@ -386,6 +386,34 @@ pub async fn open_commands(
 
 /// Steps of `branch` that arrived after arrival number `seq`, oldest arrival first, at most
 /// `limit` (for a live subscriber that resumes).
+/// The steps of a branch that arrived after `after` and before `before` (arrival numbers), at
+/// most the last `limit` of them, in arrival order.
+pub async fn steps_between(
+    tx: &mut Conn,
+    run_id: i64,
+    branch: u32,
+    (after, before): (i64, i64),
+    limit: i64,
+) -> StoreResult<Vec<StepRecord>> {
+    let series = series_of(&mut *tx, run_id).await?;
+    let mut rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT step, data FROM steps WHERE run_id = $1 AND seq > $2 AND seq < $3 AND branch = $4
+         ORDER BY seq DESC LIMIT $5",
+    )
+    .bind(run_id)
+    .bind(after)
+    .bind(before)
+    .bind(i64::from(branch))
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    rows.reverse();
+    Ok(rows
+        .into_iter()
+        .map(|(step, data)| decode_step(step as u64, &data, &series))
+        .collect())
+}
+
 pub async fn steps_since(
     db: &Pool,
     run_id: i64,

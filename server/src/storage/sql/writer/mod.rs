@@ -41,6 +41,8 @@ use crate::webhooks::{self, Notice, Notifier, RunRef};
 const MAX_OPS: usize = 256;
 /// Runs whose alert state is kept in memory before it is emptied (it re-learns as steps come).
 const MAX_DETECTORS: usize = 10_000;
+/// Most steps of other servers a detector catches up on before it judges this server's.
+const CATCH_UP: i64 = 2_000;
 
 /// An answer waiting for the commit.
 trait Finish: Send {
@@ -62,6 +64,16 @@ impl<T: Send> Finish for Answer<T> {
 
 type SeriesKey = (bool, String);
 
+/// The alert detector of a branch and how far it has followed the branch's steps.
+struct Judge {
+    detector: Detector,
+    /// The arrival number of the last step it saw.
+    seen: i64,
+    /// Another server on the database may have written steps since: it catches up on them
+    /// (their alerts were that server's to raise) before it judges this server's.
+    behind: bool,
+}
+
 struct Writer {
     changes: mpsc::UnboundedSender<Change>,
     cursor: Cursor,
@@ -70,7 +82,7 @@ struct Writer {
     /// The newest bucket of each (run, branch, series, level), as last written.
     tails: summaries::Tails,
     /// Alert detectors of each (run, branch) that receives steps.
-    detectors: HashMap<(i64, u32), Detector>,
+    detectors: HashMap<(i64, u32), Judge>,
     notifier: Arc<OnceLock<Notifier>>,
     /// Notices of the transaction under way: sent once it commits.
     notices: Vec<Notice>,
@@ -132,8 +144,8 @@ impl Writer {
                 && now != self.cursor
             {
                 // Another server wrote since this one's last commit: what is cached may be
-                // stale (a bucket's tail, a run's series).
-                self.forget();
+                // stale (a bucket's tail, a run's series, what a detector has seen).
+                self.moved_on();
                 self.cursor = now;
             }
             for op in ops {
@@ -176,6 +188,13 @@ impl Writer {
     fn forget(&mut self) {
         self.tails.clear();
         self.series.clear();
+    }
+
+    /// Another server wrote since this one's last commit: the caches may be stale and the
+    /// detectors may have missed steps.
+    fn moved_on(&mut self) {
+        self.forget();
+        self.detectors.values_mut().for_each(|j| j.behind = true);
     }
 
     /// A notice about run `run_id`, sent if the transaction commits.
@@ -260,9 +279,9 @@ impl Writer {
                     .await;
                 if result.is_ok() {
                     // In force from the next step: the detectors keep what they have seen.
-                    for ((run, _), d) in self.detectors.iter_mut() {
+                    for ((run, _), j) in self.detectors.iter_mut() {
                         if *run == run_id {
-                            d.set_thresholds(thresholds.clone());
+                            j.detector.set_thresholds(thresholds.clone());
                         }
                     }
                 }

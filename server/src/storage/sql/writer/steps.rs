@@ -79,7 +79,7 @@ impl Writer {
         fresh: Vec<StepRecord>,
         changes: &mut Vec<Change>,
     ) -> StoreResult<()> {
-        let alerts = self.judge(run, branch, &fresh);
+        let alerts = self.judge(tx, run, branch, &fresh).await?;
         if !fresh.is_empty() {
             let message = LiveMessage::Steps {
                 branch,
@@ -102,25 +102,52 @@ impl Writer {
         Ok(())
     }
 
-    /// Runs the new steps of a branch through its alert detector, in step order.
-    fn judge(&mut self, run: &runs::RunRow, branch: u32, fresh: &[StepRecord]) -> Vec<Alert> {
+    /// Runs the new steps of a branch (stored just now, the last arrivals) through its alert
+    /// detector, in step order; first, when other servers wrote to the database meanwhile,
+    /// the steps they stored in the branch since the detector last looked.
+    async fn judge(
+        &mut self,
+        tx: &mut Conn,
+        run: &runs::RunRow,
+        branch: u32,
+        fresh: &[StepRecord],
+    ) -> StoreResult<Vec<Alert>> {
         if self.detectors.len() > MAX_DETECTORS {
             self.detectors.clear();
         }
-        let detector = self.detectors.entry((run.id, branch)).or_insert_with(|| {
+        let first = self.cursor.seq - fresh.len() as i64 + 1;
+        let thresholds = || {
             let config = serde_json::from_str(&run.config).unwrap_or_default();
             let set = run
                 .thresholds
                 .as_deref()
                 .and_then(|t| serde_json::from_str(t).ok());
-            Detector::new(set.unwrap_or_else(|| Thresholds::from_config(&config)))
-        });
+            set.unwrap_or_else(|| Thresholds::from_config(&config))
+        };
+        let judge = self
+            .detectors
+            .entry((run.id, branch))
+            .or_insert_with(|| Judge {
+                detector: Detector::new(thresholds()),
+                seen: first - 1,
+                behind: false,
+            });
+        if judge.behind {
+            let missed = (judge.seen, first);
+            for r in runs::steps_between(tx, run.id, branch, missed, CATCH_UP).await? {
+                judge.detector.observe(&r);
+            }
+            // Thresholds set through another server are in force here from now on too.
+            judge.detector.set_thresholds(thresholds());
+            judge.behind = false;
+        }
+        judge.seen = self.cursor.seq;
         let mut ordered: Vec<&StepRecord> = fresh.iter().collect();
         ordered.sort_by_key(|r| r.step);
-        ordered
+        Ok(ordered
             .into_iter()
-            .flat_map(|r| detector.observe(r))
-            .collect()
+            .flat_map(|r| judge.detector.observe(r))
+            .collect())
     }
 
     /// The series of one step as (series id, values), registering new series on first sight.
