@@ -32,7 +32,8 @@ pub enum AppError {
     TooLarge(String),
     #[error("{0}")]
     Invalid(String),
-    /// Too much is in flight right now: 503 with `Retry-After` (seconds).
+    /// Cannot be done right now (too much in flight, or another server that must do it does
+    /// not answer): 503 with `Retry-After` (seconds).
     #[error("{0}")]
     Busy(String, u32),
     #[error(transparent)]

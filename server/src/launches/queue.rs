@@ -497,10 +497,7 @@ impl Launches {
         variant: Option<&str>,
     ) -> Result<LaunchRecord, AppError> {
         if self.get(id).is_ok() {
-            return match variant {
-                None => self.cancel(id),
-                Some(name) => self.cancel_variant(id, name),
-            };
+            return self.cancel_here(id, variant);
         }
         let (_, owner) = self
             .others()
@@ -531,11 +528,7 @@ impl Launches {
     /// Does what another server on the database asks (see [`Launches::cancel_anywhere`]) and
     /// answers once the launch is written, so that it reads the launch as cancelled.
     async fn cancel_for(self, ask: CancelAsk) {
-        let done = match &ask.variant {
-            None => self.cancel(ask.launch),
-            Some(name) => self.cancel_variant(ask.launch, name),
-        };
-        let answer = match done {
+        let answer = match self.cancel_here(ask.launch, ask.variant.as_deref()) {
             Ok(_) => {
                 self.written().await;
                 Ok(())
@@ -551,6 +544,14 @@ impl Launches {
         let t = self.table();
         let entry = t.launches.get(&id).ok_or_else(|| not_found(id))?;
         Ok(entry.snapshot())
+    }
+
+    /// Cancels this server's launch `id`, or its variant `variant` alone.
+    fn cancel_here(&self, id: i64, variant: Option<&str>) -> Result<LaunchRecord, AppError> {
+        match variant {
+            None => self.cancel(id),
+            Some(name) => self.cancel_variant(id, name),
+        }
     }
 
     /// Cancels the queued variants at once and asks the running ones to stop; they show as

@@ -207,18 +207,17 @@ impl Relay {
             from: self.origin,
             ask,
         });
-        let answered = match tell(db, &note).await {
-            Ok(()) => {
-                let limit = Duration::from_secs(ASK_TIMEOUT_S.into());
-                tokio::time::timeout(limit, answer).await
-            }
-            Err(e) => {
-                self.answers.lock().expect("relay lock").remove(&ask);
-                return Err(e);
-            }
+        let sent = tell(db, &note).await;
+        let limit = Duration::from_secs(ASK_TIMEOUT_S.into());
+        let answered = match sent {
+            Ok(()) => tokio::time::timeout(limit, answer)
+                .await
+                .ok()
+                .and_then(Result::ok),
+            Err(_) => None,
         };
         self.answers.lock().expect("relay lock").remove(&ask);
-        Ok(answered.ok().and_then(Result::ok))
+        sent.map(|()| answered)
     }
 
     /// Answers another server's [`CancelAsk`].

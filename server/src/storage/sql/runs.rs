@@ -384,8 +384,6 @@ pub async fn open_commands(
     rows.iter().map(command_from).collect()
 }
 
-/// Steps of `branch` that arrived after arrival number `seq`, oldest arrival first, at most
-/// `limit` (for a live subscriber that resumes).
 /// The steps of a branch that arrived after `after` and before `before` (arrival numbers), at
 /// most the last `limit` of them, in arrival order.
 pub async fn steps_between(
@@ -414,6 +412,8 @@ pub async fn steps_between(
         .collect())
 }
 
+/// Steps of `branch` that arrived after arrival number `seq`, oldest arrival first, at most
+/// `limit` (for a live subscriber that resumes).
 pub async fn steps_since(
     db: &Pool,
     run_id: i64,
