@@ -304,12 +304,8 @@ impl Store {
         launch: i64,
         variant: Option<String>,
     ) -> StoreResult<Option<launches::CancelAnswer>> {
-        match (&self.read, &self.relay) {
-            (Pool::Postgres(db), Some(relay)) => {
-                relay.ask_to_cancel(db, owner, launch, variant).await
-            }
-            _ => Err(anyhow::anyhow!("no other server shares this database").into()),
-        }
+        let (db, relay) = self.shared()?;
+        relay.ask_to_cancel(db, owner, launch, variant).await
     }
 
     /// Answers another server's request to cancel.
@@ -318,8 +314,14 @@ impl Store {
         asked: &launches::CancelAsk,
         answer: launches::CancelAnswer,
     ) -> StoreResult<()> {
+        let (db, relay) = self.shared()?;
+        relay.answer(db, asked, answer).await
+    }
+
+    /// The database and the relay to the other servers on it (PostgreSQL only).
+    fn shared(&self) -> StoreResult<(&sqlx::PgPool, &postgres::Relay)> {
         match (&self.read, &self.relay) {
-            (Pool::Postgres(db), Some(relay)) => relay.answer(db, asked, answer).await,
+            (Pool::Postgres(db), Some(relay)) => Ok((db, relay)),
             _ => Err(anyhow::anyhow!("no other server shares this database").into()),
         }
     }
